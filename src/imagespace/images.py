@@ -1,0 +1,195 @@
+"""The only module that opens image files.
+
+Everything that can go wrong with a file on disk becomes an :class:`ImageError` whose
+message is a reason a person can act on; callers record it and move on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Extensions that a scan picks up. Other files in a folder are not images to us and are
+# ignored silently (a .txt or .xmp beside the photos is normal); a file with one of these
+# extensions that does not decode is a failure with a reason.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"}
+)
+
+# 16,000 x 16,000 is larger than any camera; beyond it a file is almost certainly a
+# decompression bomb or a scan that would take gigabytes to hold.
+MAX_PIXELS = 256_000_000
+# Files over this size are refused before being read at all.
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+# Pillow refuses by itself at 2x its limit and only warns at 1x; we check the header
+# ourselves against MAX_PIXELS, so let Pillow's own guard sit just above ours.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(Exception):
+    """A file that could not be turned into pixels, with the reason why."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Pixels ready for a model plus what we learnt about the original file."""
+
+    pixels: np.ndarray  # (size, size, 3) uint8 RGB
+    width: int  # of the original image, after EXIF orientation
+    height: int
+    format: str
+
+
+def is_image_path(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Read a whole file, turning OS errors into reasons."""
+    try:
+        if os.path.isdir(path):
+            raise ImageError("is a directory, not an image file")
+        size = os.path.getsize(path)
+        if size == 0:
+            raise ImageError("empty file (0 bytes)")
+        if size > max_bytes:
+            raise ImageError(f"file is {size:,} bytes, over the limit of {max_bytes:,}")
+        with open(path, "rb") as f:
+            return f.read()
+    except ImageError:
+        raise
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except FileNotFoundError:
+        raise ImageError("file vanished before it could be read") from None
+    except OSError as e:
+        raise ImageError(f"cannot read file: {e.strerror or e}") from None
+
+
+def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    """Decode image bytes to a ``size`` x ``size`` RGB array.
+
+    The whole image is resized (not centre-cropped): on photos this measured better, since
+    subjects often reach the edges. Large JPEGs are decoded at a reduced scale first.
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"image is {width:,}x{height:,} pixels, over the limit of "
+                    f"{max_pixels:,} pixels (possible decompression bomb)"
+                )
+            fmt = im.format or "unknown"
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)  # animated GIF/WebP/TIFF: the first frame stands for the file
+            transposed = _orientation(im) in (5, 6, 7, 8)
+            if fmt == "JPEG":
+                # Let libjpeg scale by 1/2, 1/4 or 1/8 while decoding: a 12 MP photo then
+                # costs a fraction of a full decode. Keep at least 2x the target size so
+                # the final resize still averages over enough pixels.
+                im.draft("RGB", (size * 2, size * 2))
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            rgb = _to_rgb(im)
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            pixels = np.asarray(rgb, dtype=np.uint8)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"refused as a possible decompression bomb: {e}") from None
+    except MemoryError:
+        raise ImageError("image too large to decode in memory") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg.lower():
+            raise ImageError(f"truncated or corrupt image data ({msg})") from None
+        raise ImageError(f"corrupt image: {msg}") from None
+    if pixels.shape != (size, size, 3):
+        raise ImageError(f"unexpected decoded shape {pixels.shape}")
+    if transposed:
+        width, height = height, width
+    return DecodedImage(pixels=pixels, width=width, height=height, format=fmt)
+
+
+def load_image(path: str | os.PathLike[str], size: int = 224) -> DecodedImage:
+    """Read and decode one file; raises :class:`ImageError` with a reason."""
+    return decode(read_bytes(path), size=size)
+
+
+def load_pil(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image:
+    """An upright RGB Pillow image, for thumbnails and analysis that needs more pixels."""
+    data = read_bytes(path)
+    try:
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise ImageError(f"image is {w:,}x{h:,} pixels, over the limit of {MAX_PIXELS:,}")
+        if getattr(im, "n_frames", 1) > 1:
+            im.seek(0)
+        if max_side and im.format == "JPEG":
+            im.draft("RGB", (max_side, max_side))
+        im.load()
+        im = ImageOps.exif_transpose(im) or im
+        im = _to_rgb(im)
+        if max_side:
+            im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        return im
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not a recognised image format") from None
+    except Exception as e:  # noqa: BLE001 - every decoder failure becomes a reason
+        raise ImageError(f"corrupt image: {e}") from None
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block means "no orientation"
+        return 1
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited onto white."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # 16-bit and 32-bit greyscale: scale the real range to 8 bits instead of letting
+        # Pillow clip everything above 255 to white.
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        if mode == "F":
+            lo = float(arr.min())
+            arr = (arr - lo) / max(float(arr.max()) - lo, 1e-12) * 255.0
+        else:
+            arr = np.clip(arr, 0, hi) / hi * 255.0
+        grey = Image.fromarray(arr.round().astype(np.uint8), "L")
+        return grey.convert("RGB")
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "1":
+        return im.convert("L").convert("RGB")
+    return im.convert("RGB")
+

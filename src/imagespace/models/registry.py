@@ -1,0 +1,62 @@
+"""A registry of embedding models by name, with one entry point: :func:`create_model`.
+
+Model files register a factory with ``@register_model``; callers never import a model
+module directly. A name that is a folder made by ``imagespace train`` loads that model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .base import EmbeddingModel
+
+DEFAULT_MODEL = "efficientnet-lite0"
+
+_model_entrypoints: dict[str, Callable[..., EmbeddingModel]] = {}
+_builtin_modules = ("imagespace.models.efficientnet",)
+
+
+def register_model(name: str) -> Callable[[Callable[..., EmbeddingModel]], Callable[..., EmbeddingModel]]:
+    def wrap(fn: Callable[..., EmbeddingModel]) -> Callable[..., EmbeddingModel]:
+        _model_entrypoints[name] = fn
+        return fn
+
+    return wrap
+
+
+def _import_builtins() -> None:
+    import importlib
+
+    for module in _builtin_modules:
+        importlib.import_module(module)
+
+
+def list_models() -> list[str]:
+    _import_builtins()
+    return sorted(_model_entrypoints)
+
+
+def is_model_dir(spec: str | os.PathLike[str]) -> bool:
+    from .model_dir import MODEL_CARD
+
+    return (Path(spec) / MODEL_CARD).is_file()
+
+
+def create_model(name: str | os.PathLike[str] | None = None, **kwargs) -> EmbeddingModel:
+    """The model called ``name`` (a registered name, or a trained model folder)."""
+    name = name or DEFAULT_MODEL
+    if is_model_dir(name):
+        from .model_dir import load_model_dir
+
+        return load_model_dir(Path(name), **kwargs)
+    _import_builtins()
+    try:
+        factory = _model_entrypoints[str(name)]
+    except KeyError:
+        known = ", ".join(sorted(_model_entrypoints))
+        raise ValueError(
+            f"unknown model {str(name)!r}: use one of {known}, or a folder made by 'imagespace train'"
+        ) from None
+    return factory(**kwargs)
