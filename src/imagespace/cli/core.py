@@ -1,0 +1,131 @@
+"""Core commands: index, search, export, info."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._common import DEFAULT_DB, DbOption, JsonOption, app, console, emit, open_collection
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (scanned recursively).")],
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonOption = False,
+    model: Annotated[Optional[str], typer.Option(help="Model name or trained model folder; default: the collection's, else efficientnet-lite0.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Images per model call.")] = 32,
+    workers: Annotated[Optional[int], typer.Option(min=1, max=256, help="Decoding threads (default: one per core).")] = None,
+) -> None:
+    """Add new, changed and removed images to the collection, incrementally."""
+    from ..models import DEFAULT_MODEL, create_model
+
+    with open_collection(db, create=True) as coll:
+        spec = model or coll.model_spec or DEFAULT_MODEL
+        if model and Path(model).is_dir():
+            spec = str(Path(model).resolve())
+        m = create_model(spec)
+        progress = sys.stderr.isatty() or not as_json
+        report = coll.sync([str(p) for p in paths], m, model_spec=spec, batch_size=batch_size, workers=workers, progress=progress)
+        total = len(coll)
+
+    def human(r: dict) -> None:
+        c = console()
+        c.print(
+            f"added {r['added']}, updated {r['updated']}, moved {r['moved']}, removed {r['removed']}, "
+            f"unchanged {r['unchanged']}, failed {len(r['failed'])} in {r['seconds']:.1f}s "
+            f"({r['images_per_second']:.1f} images/s); the collection at {Path(db).resolve()} holds {total} images"
+        )
+        for f in r["failed"]:
+            c.print(f"  [red]failed[/red] {f['path']}: {f['error']}", highlight=False, markup=True)
+
+    emit(as_json, report.to_dict(), human)
+
+
+@app.command()
+def search(
+    image: Annotated[Optional[Path], typer.Argument(help="A query image file (need not be in the collection).")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="Search by words.")] = None,
+    like: Annotated[Optional[Path], typer.Option("--like", help="Search by an image already in the collection.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=10_000, help="Number of results.")] = 10,
+    where: Annotated[Optional[str], typer.Option(help="Filter on stored fields, e.g. \"tag = daisy and width > 500\".")] = None,
+    min_score: Annotated[Optional[float], typer.Option(help="Drop results with a cosine similarity below this.")] = None,
+    text_model: Annotated[Optional[Path], typer.Option(help="A local CLIP model folder for open-vocabulary --text.")] = None,
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonOption = False,
+) -> None:
+    """Images most like a query image, a stored image, or words."""
+    given = [x is not None for x in (image, text, like)]
+    if sum(given) != 1:
+        raise typer.BadParameter("give exactly one of IMAGE, --text WORDS or --like PATH")
+    from ..search import Searcher
+
+    extra: dict = {}
+    with open_collection(db) as coll:
+        searcher = Searcher(coll)
+        opts = dict(k=k, where=where, min_score=min_score)
+        if image is not None:
+            hits = searcher.by_image(image, **opts)
+        elif like is not None:
+            hits = searcher.by_path(like, **opts)
+        else:
+            from ..text import search_text
+
+            hits, extra = search_text(searcher, text, text_model=text_model, **opts)
+    payload = {"results": [h.to_dict() for h in hits], **extra}
+
+    def human(p: dict) -> None:
+        from rich.table import Table
+
+        if p.get("understood_as"):
+            console().print("understood as: " + ", ".join(c["concept"] for c in p["understood_as"]))
+        table = Table(show_edge=False)
+        table.add_column("#", justify="right")
+        table.add_column("score", justify="right")
+        table.add_column("path", overflow="fold")
+        table.add_column("tags")
+        for i, r in enumerate(p["results"], 1):
+            table.add_row(str(i), f"{r['score']:.3f}", r["path"], ", ".join(r["tags"][:3]))
+        console().print(table)
+        if not p["results"]:
+            console().print("no results")
+
+    emit(as_json, payload, human)
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonOption = False,
+) -> None:
+    """Write every row with its vector to a Parquet file."""
+    from ..export import export_parquet
+
+    with open_collection(db) as coll:
+        n = export_parquet(coll, out)
+    emit(as_json, {"out": str(out), "rows": n}, lambda p: console().print(f"wrote {p['rows']} rows to {p['out']}"))
+
+
+@app.command()
+def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
+    """What the collection holds: images, model, failures."""
+    with open_collection(db) as coll:
+        payload = {
+            "db": str(coll.root),
+            "images": len(coll),
+            "model_id": coll.model_id,
+            "model": coll.model_spec,
+            "dim": coll.dim,
+            "failures": coll.failures(),
+        }
+
+    def human(p: dict) -> None:
+        c = console()
+        c.print(f"collection {p['db']}: {p['images']} images, model {p['model']} ({p['model_id']}), {p['dim']} dimensions")
+        for f in p["failures"]:
+            c.print(f"  failed {f['path']}: {f['error']}", highlight=False, markup=False)
+
+    emit(as_json, payload, human)

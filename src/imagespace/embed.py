@@ -1,0 +1,172 @@
+"""Files to vectors: decode in parallel workers while the model runs, in bounded memory.
+
+Decoding (Pillow releases the GIL while it decodes and resizes) runs in a pool of threads
+that stays a fixed number of images ahead of the model; the model runs on whole batches.
+Nothing is kept per image once its batch has been handed back, so memory stays flat
+however many files there are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .images import DecodedImage, ImageError, decode, read_bytes
+from .models.base import EmbeddingModel
+
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    size: int
+    mtime_ns: int
+    digest: str  # blake2b-128 of the bytes: finds moved and identical files
+
+
+@dataclass(frozen=True)
+class Embedded:
+    file: FileInfo
+    vector: np.ndarray
+    tags: list[tuple[str, float]]
+    width: int
+    height: int
+    format: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    path: str
+    error: str
+    size: int | None = None
+    mtime_ns: int | None = None
+
+
+def content_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def file_digest(path: str) -> str:
+    return content_digest(read_bytes(path))
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def _read_one(path: str, size: int) -> tuple[FileInfo, DecodedImage] | Failed:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return Failed(path, f"cannot stat file: {e.strerror or e}")
+    try:
+        data = read_bytes(path)
+        info = FileInfo(path, len(data), st.st_mtime_ns, content_digest(data))
+        return info, decode(data, size=size)
+    except ImageError as e:
+        return Failed(path, str(e), st.st_size, st.st_mtime_ns)
+    except Exception as e:  # noqa: BLE001 - one bad file must never end the run
+        return Failed(path, f"unexpected error while decoding: {type(e).__name__}: {e}", st.st_size, st.st_mtime_ns)
+
+
+def embed_files(
+    paths: Iterable[str],
+    model: EmbeddingModel,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    total: int | None = None,
+    progress: bool = False,
+) -> Iterator[list[Embedded | Failed]]:
+    """Yield, batch by batch, what became of each path: :class:`Embedded` or :class:`Failed`."""
+    workers = workers or default_workers()
+    batch_size = max(1, int(batch_size))
+    ahead = batch_size * 2 + workers * 2  # decoded or decoding images waiting for the model
+    bar = _Progress(total, enabled=progress and total != 0)
+    pending: deque[Future] = deque()
+    path_iter = iter(paths)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imagespace-decode") as pool:
+
+        def refill() -> None:
+            while len(pending) < ahead:
+                path = next(path_iter, None)
+                if path is None:
+                    return
+                pending.append(pool.submit(_read_one, path, model.input_size))
+
+        refill()
+        ready: list[tuple[FileInfo, DecodedImage]] = []
+        failed: list[Failed] = []
+        while pending or ready:
+            while pending and len(ready) < batch_size:
+                result = pending.popleft().result()
+                refill()
+                if isinstance(result, Failed):
+                    failed.append(result)
+                else:
+                    ready.append(result)
+            out: list[Embedded | Failed] = list(failed)
+            failed = []
+            if ready:
+                out.extend(_run_model(model, ready))
+                ready = []
+            bar.advance(len(out))
+            if out:
+                yield out
+    bar.close()
+
+
+def _run_model(model: EmbeddingModel, items: list[tuple[FileInfo, DecodedImage]]) -> list[Embedded | Failed]:
+    pixels = np.stack([img.pixels for _, img in items])
+    try:
+        output = model.embed(pixels)
+    except Exception as e:  # noqa: BLE001 - e.g. out of memory on a GPU: keep the reason per file
+        return [Failed(info.path, f"model failed on this batch: {e}", info.size, info.mtime_ns) for info, _ in items]
+    return [
+        Embedded(info, output.vectors[i], output.tags[i], img.width, img.height, img.format)
+        for i, (info, img) in enumerate(items)
+    ]
+
+
+class _Progress:
+    """A progress bar with images/s and ETA on standard error (never standard output)."""
+
+    def __init__(self, total: int | None, enabled: bool):
+        self._bar = None
+        self.done = 0
+        self.start = time.perf_counter()
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("embedding"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+            transient=False,
+        )
+        self._task = self._bar.add_task("embed", total=total, rate="")
+        self._bar.start()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+            self._bar.update(self._task, advance=n, rate=f"{rate:,.1f} img/s")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

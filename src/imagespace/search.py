@@ -1,0 +1,286 @@
+"""Queries over a collection: by image, by a stored image, by vector, with filters.
+
+Scores are cosine similarities between L2-normalised vectors of one model, so they mean
+the same thing across queries and a ``min_score`` cut-off is meaningful.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .collection import Collection, CollectionError, Row
+from .index import EXACT_LIMIT, VectorIndex
+
+
+class QueryError(Exception):
+    """A query that cannot be answered as asked (unreadable image, bad filter...)."""
+
+
+@dataclass
+class Hit:
+    id: int
+    path: str
+    score: float
+    tags: list[tuple[str, float]]
+    width: int
+    height: int
+    size: int
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "path": self.path,
+            "score": round(float(self.score), 6),
+            "tags": [t for t, _ in self.tags],
+            "width": self.width,
+            "height": self.height,
+            "size": self.size,
+        }
+
+
+class Searcher:
+    """Answers queries over one collection; the model is loaded only for image queries."""
+
+    def __init__(self, collection: Collection, model=None):
+        if collection.model_id is None or len(collection) == 0:
+            raise CollectionError(f"the collection at {collection.root} is empty: index some images first")
+        self.collection = collection
+        self._model = model
+        if model is not None:
+            collection.check_model(model.model_id)
+        self._index: VectorIndex | None = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            from .models import create_model
+
+            self._model = create_model(self.collection.model_spec)
+            self.collection.check_model(self._model.model_id)
+        return self._model
+
+    @property
+    def index(self) -> VectorIndex:
+        if self._index is None:
+            self._index = VectorIndex.open(self.collection)
+        return self._index
+
+    # -- query vectors -------------------------------------------------------------------
+
+    def embed_image(self, image: str | os.PathLike[str] | bytes) -> np.ndarray:
+        from .images import ImageError, decode, read_bytes
+
+        try:
+            data = image if isinstance(image, bytes) else read_bytes(image)
+            decoded = decode(data, size=self.model.input_size)
+        except ImageError as e:
+            name = "the uploaded image" if isinstance(image, bytes) else str(image)
+            raise QueryError(f"cannot read query image {name}: {e}") from None
+        return self.model.embed(decoded.pixels[None]).vectors[0]
+
+    def stored_vector(self, path: str | os.PathLike[str]) -> tuple[int, np.ndarray]:
+        row = self.collection.row_by_path(path)
+        if row is None:
+            raise QueryError(f"{path} is not in the collection (index it first, or search by the image file itself)")
+        ids, vecs = self.collection.vectors([row.id])
+        if not len(ids):
+            raise QueryError(f"{path} has not been embedded with the collection's current model yet: re-run index")
+        return row.id, vecs[0]
+
+    # -- queries -------------------------------------------------------------------------
+
+    def by_image(self, image, **kw) -> list[Hit]:
+        return self.by_vector(self.embed_image(image), **kw)
+
+    def by_path(self, path, **kw) -> list[Hit]:
+        row_id, vec = self.stored_vector(path)
+        exclude = set(kw.pop("exclude", ())) | {row_id}
+        return self.by_vector(vec, exclude=exclude, **kw)
+
+    def by_vector(
+        self,
+        vector: np.ndarray,
+        *,
+        k: int = 10,
+        where: str | None = None,
+        min_score: float | None = None,
+        exclude: set[int] | frozenset[int] = frozenset(),
+        offset: int = 0,
+    ) -> list[Hit]:
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.collection.dim:
+            raise QueryError(f"query vector has {vector.shape[0]} dimensions, the collection {self.collection.dim}")
+        want = k + offset + len(exclude)
+        if where:
+            ids, scores = self._filtered(vector, want, where)
+        else:
+            ids, scores = self._nearest(vector, want)
+        pairs = [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0 and int(i) not in exclude]
+        if min_score is not None:
+            pairs = [(i, s) for i, s in pairs if s >= min_score]
+        pairs = pairs[offset : offset + k]
+        rows = self.collection.rows(i for i, _ in pairs)
+        return [_hit(rows[i], s) for i, s in pairs if i in rows]
+
+    def _nearest(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, scores = self.index.search(vector[None], k)
+        return ids[0], scores[0]
+
+    def _filtered(self, vector: np.ndarray, k: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+        sql, params = compile_where(where)
+        allowed = [
+            r[0]
+            for r in self.collection.conn.execute(
+                f"SELECT id FROM images WHERE model=? AND ({sql})", [self.collection.model_id, *params]
+            )
+        ]
+        if len(allowed) <= EXACT_LIMIT:
+            return exact_search(vector, *self.collection.vectors(allowed), k)
+        # Many rows pass the filter: ask the graph for more until enough of them pass.
+        allowed_set = set(allowed)
+        n = len(self.index)
+        fetch = max(k * 4, 64)
+        while True:
+            ids, scores = self._nearest(vector, fetch)
+            keep = np.array([int(i) in allowed_set for i in ids], dtype=bool)
+            if keep.sum() >= k or fetch >= n:
+                return ids[keep][:k], scores[keep][:k]
+            fetch = min(n, fetch * 4)
+
+
+def exact_search(query: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if not len(ids):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    scores = vectors @ query
+    k = min(k, len(ids))
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return ids[top], scores[top]
+
+
+def _hit(row: Row, score: float) -> Hit:
+    return Hit(row.id, row.path, score, row.tags, row.width, row.height, row.size)
+
+
+# -- filters -----------------------------------------------------------------------------
+
+_FIELDS = {"path": "path", "size": "size", "width": "width", "height": "height", "format": "format"}
+_OPS = {"=": "=", "==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "like": "LIKE", "glob": "GLOB", "~": "~"}
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<op>==|!=|<=|>=|=|<|>|~)|(?P<paren>[()])|(?P<str>'(?:[^']|'')*'|"(?:[^"]|"")*")"""
+    r"""|(?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.]))|(?P<word>[^\s()=<>!~'"]+))"""
+)
+
+WHERE_HELP = (
+    "FIELD OP VALUE joined by and/or/not and parentheses. Fields: path, size (bytes), width, "
+    "height, format, tag (one of the image's top ImageNet labels). Ops: = != < <= > >= like glob "
+    "~ (contains). Examples: \"tag = daisy\", \"path like '/photos/2020/%'\", \"width >= 1000 and not tag ~ dog\"."
+)
+
+
+def compile_where(expr: str) -> tuple[str, list]:
+    """Turn a filter expression into a parameterised SQL condition over ``images``.
+
+    Only the fields and operators above are accepted; values are always bound
+    parameters, never pasted into SQL.
+    """
+    tokens = _tokenize(expr)
+    pos = 0
+
+    def peek():
+        return tokens[pos] if pos < len(tokens) else (None, None)
+
+    def take():
+        nonlocal pos
+        tok = peek()
+        pos += 1
+        return tok
+
+    def parse_or():
+        sql, params = parse_and()
+        while peek() == ("word", "or"):
+            take()
+            s2, p2 = parse_and()
+            sql, params = f"({sql} OR {s2})", params + p2
+        return sql, params
+
+    def parse_and():
+        sql, params = parse_not()
+        while peek() == ("word", "and"):
+            take()
+            s2, p2 = parse_not()
+            sql, params = f"({sql} AND {s2})", params + p2
+        return sql, params
+
+    def parse_not():
+        if peek() == ("word", "not"):
+            take()
+            sql, params = parse_not()
+            return f"(NOT {sql})", params
+        return parse_atom()
+
+    def parse_atom():
+        kind, value = take()
+        if kind == "paren" and value == "(":
+            sql, params = parse_or()
+            if take() != ("paren", ")"):
+                raise QueryError(f"filter {expr!r}: missing ')'")
+            return sql, params
+        if kind != "word" or value not in (*_FIELDS, "tag"):
+            raise QueryError(f"filter {expr!r}: expected a field ({', '.join([*_FIELDS, 'tag'])}), got {value!r}")
+        field = value
+        op_kind, op = take()
+        op = (op or "").lower()
+        if op_kind not in ("op", "word") or op not in _OPS:
+            raise QueryError(f"filter {expr!r}: expected an operator after {field!r}, got {op!r}")
+        val_kind, val = take()
+        if val_kind not in ("str", "num", "word"):
+            raise QueryError(f"filter {expr!r}: expected a value after {field} {op}")
+        if val_kind == "num" and field in ("size", "width", "height"):
+            val = float(val)
+        sql_op = _OPS[op]
+        if field == "tag":
+            inner = "json_extract(t.value,'$[0]')"
+            if sql_op == "~":
+                cond, param = f"instr(lower({inner}), lower(?)) > 0", str(val)
+            elif sql_op in ("=", "!="):
+                cond, param = f"lower({inner}) = lower(?)", str(val)
+            else:
+                cond, param = f"{inner} {sql_op} ?", str(val)
+            exists = f"EXISTS (SELECT 1 FROM json_each(images.tags) AS t WHERE {cond})"
+            return (f"(NOT {exists})" if sql_op == "!=" else exists), [param]
+        column = _FIELDS[field]
+        if sql_op == "~":
+            return f"instr(lower({column}), lower(?)) > 0", [str(val)]
+        return f"{column} {sql_op} ?", [val]
+
+    if not tokens:
+        raise QueryError("empty filter")
+    sql, params = parse_or()
+    if pos != len(tokens):
+        raise QueryError(f"filter {expr!r}: unexpected {tokens[pos][1]!r}")
+    return sql, params
+
+
+def _tokenize(expr: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    expr = expr.strip()
+    while pos < len(expr):
+        m = _TOKEN.match(expr, pos)
+        if not m or m.end() == pos:
+            raise QueryError(f"filter {expr!r}: cannot read it from {expr[pos:]!r}")
+        pos = m.end()
+        kind = m.lastgroup
+        value = m.group(kind)
+        if kind == "str":
+            quote = value[0]
+            value = value[1:-1].replace(quote * 2, quote)
+        elif kind == "word" and value.lower() in ("and", "or", "not", "like", "glob"):
+            value = value.lower()
+        tokens.append((kind, value))
+    return tokens
