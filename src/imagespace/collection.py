@@ -13,7 +13,7 @@ import os
 import sqlite3
 import stat as statmod
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,10 +115,14 @@ class Collection:
                 raise CollectionError(
                     f"no collection at {self.root}: run 'imagespace index PATH --db {self.root}' first"
                 )
-            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # e.g. --db names a file, or a folder we may not write
+                raise CollectionError(f"cannot make a collection folder at {self.root}: {e.strerror or e}") from None
         self.db_path = db_path
         try:
             self.conn = sqlite3.connect(db_path, timeout=60, isolation_level=None, check_same_thread=False)
+            self.conn.text_factory = _decode_text  # file names need not be UTF-8
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; never corrupt
             self.conn.execute("PRAGMA foreign_keys=ON")
@@ -220,7 +224,7 @@ class Collection:
         return out
 
     def row_by_path(self, path: str | os.PathLike[str]) -> Row | None:
-        r = self.conn.execute(f"SELECT {self._ROW_COLUMNS} FROM images WHERE path=?", (_abspath(path),)).fetchone()
+        r = self.conn.execute(f"SELECT {self._ROW_COLUMNS} FROM images WHERE path=CAST(? AS TEXT)", (_sql_path(_abspath(path)),)).fetchone()
         return self._row(r) if r else None
 
     def all_rows(self) -> Iterator[Row]:
@@ -289,24 +293,24 @@ class Collection:
             for e in items:
                 self.conn.execute(
                     """INSERT INTO images(path,size,mtime_ns,digest,width,height,format,tags,embedding,model,seq,indexed_at)
-                       VALUES(?,?,?,?,?,?,?,?,?,?,?,?)
+                       VALUES(CAST(? AS TEXT),?,?,?,?,?,?,?,?,?,?,?)
                        ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,
                          digest=excluded.digest, width=excluded.width, height=excluded.height,
                          format=excluded.format, tags=excluded.tags, embedding=excluded.embedding,
                          model=excluded.model, seq=excluded.seq, indexed_at=excluded.indexed_at""",
                     (
-                        e.file.path, e.file.size, e.file.mtime_ns, e.file.digest, e.width, e.height, e.format,
+                        _sql_path(e.file.path), e.file.size, e.file.mtime_ns, e.file.digest, e.width, e.height, e.format,
                         json.dumps([[t, s] for t, s in e.tags]), np.asarray(e.vector, dtype=np.float32).tobytes(),
                         model, seq, now,
                     ),
                 )
-                self.conn.execute("DELETE FROM failures WHERE path=?", (e.file.path,))
+                self.conn.execute("DELETE FROM failures WHERE path=CAST(? AS TEXT)", (_sql_path(e.file.path),))
             for f in failed:
                 self.conn.execute(
-                    """INSERT INTO failures(path,size,mtime_ns,error,seen_at) VALUES(?,?,?,?,?)
+                    """INSERT INTO failures(path,size,mtime_ns,error,seen_at) VALUES(CAST(? AS TEXT),?,?,?,?)
                        ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,
                          error=excluded.error, seen_at=excluded.seen_at""",
-                    (f.path, f.size, f.mtime_ns, f.error, now),
+                    (_sql_path(f.path), f.size, f.mtime_ns, f.error, now),
                 )
 
     def _remove_ids(self, ids: Sequence[int], seq: int) -> None:
@@ -329,12 +333,18 @@ class Collection:
         batch_size: int = 32,
         workers: int | None = None,
         progress: bool = False,
+        embedder=None,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> SyncReport:
         """Bring the collection up to date with ``paths`` (files or folders).
 
         New and changed files are embedded; files gone from a scanned folder leave the
         collection; a moved or renamed file keeps its row and vector. Results are committed
         batch by batch, so a killed run loses at most one batch of work.
+
+        ``embedder`` replaces the embedding step only (the plan and the writes stay the
+        same): a callable like :func:`embed.embed_files`, e.g. ``distributed.ray_embedder()``.
+        ``on_progress(done, total)`` is called before the first batch and after each one.
         """
         from .embed import embed_files, file_digest
 
@@ -347,6 +357,7 @@ class Collection:
                 self.bind_model(model.model_id, model_spec, model.dim)
             scan = _scan(paths)
             report.failed.extend(scan.failed)
+            self._remember_roots(scan.roots)
             existing = self._rows_under(scan.roots)
             current = model.model_id
 
@@ -390,17 +401,21 @@ class Collection:
                     seq = self._next_seq()
                     for row_id, path, size, mtime_ns in moves:
                         self.conn.execute(
-                            "UPDATE images SET path=?, size=?, mtime_ns=?, seq=? WHERE id=?", (path, size, mtime_ns, seq, row_id)
+                            "UPDATE images SET path=CAST(? AS TEXT), size=?, mtime_ns=?, seq=? WHERE id=?",
+                            (_sql_path(path), size, mtime_ns, seq, row_id),
                         )
                     for row_id, mtime_ns in touched:
                         self.conn.execute("UPDATE images SET mtime_ns=? WHERE id=?", (mtime_ns, row_id))
                     self._remove_ids(gone, seq)
             report.moved = len(moves)
             report.removed = len(gone)
+            self._forget_failures(scan)
 
             known = set(changed)
             to_embed = sorted(changed + added)
-            for batch in embed_files(
+            if on_progress is not None:
+                on_progress(0, len(to_embed))
+            for batch in (embedder or embed_files)(
                 to_embed, model, batch_size=batch_size, workers=workers, total=len(to_embed), progress=progress
             ):
                 ok = [r for r in batch if not hasattr(r, "error")]
@@ -413,6 +428,8 @@ class Collection:
                     else:
                         report.added += 1
                 report.failed.extend({"path": r.path, "error": r.error} for r in bad)
+                if on_progress is not None:
+                    on_progress(report.embedded + len(report.failed) - len(scan.failed), len(to_embed))
             # Files that fail now but were indexed before keep their old row: the photo is
             # still there on disk, even if we could not read it this time.
             from .index import VectorIndex
@@ -421,14 +438,44 @@ class Collection:
         report.seconds = time.perf_counter() - started
         return report
 
+    def roots(self) -> list[str]:
+        """The files and folders that indexing runs have scanned (absolute paths).
+
+        Collections made before roots were recorded: the folders that hold their images.
+        """
+        recorded = self.get_meta("roots")
+        if recorded:
+            return json.loads(recorded)
+        folders = sorted({os.path.dirname(r[0]) for r in self.conn.execute("SELECT path FROM images")})
+        out: list[str] = []
+        for folder in folders:  # sorted: a folder comes before the folders inside it
+            if not any(folder.startswith(o.rstrip("/") + "/") for o in out):
+                out.append(folder)
+        return out
+
+    def _remember_roots(self, roots: Sequence[str]) -> None:
+        known = json.loads(self.get_meta("roots") or "[]")
+        new = [r for r in roots if r not in known]
+        if new:
+            self.set_meta("roots", json.dumps(sorted(known + new)))
+
+    def _forget_failures(self, scan: _Scan) -> None:
+        """Failures recorded under the scanned roots for files that are no longer there."""
+        stale = []
+        for root in scan.roots:
+            under, params = _under("path", root)
+            for (path,) in self.conn.execute(f"SELECT path FROM failures WHERE {under}", params):
+                if path not in scan.files:
+                    stale.append(path)
+        if stale:
+            with self.transaction():
+                self.conn.executemany("DELETE FROM failures WHERE path=CAST(? AS TEXT)", [(_sql_path(p),) for p in stale])
+
     def _rows_under(self, roots: Sequence[str]) -> dict[str, tuple[int, int, int, str, str]]:
         out: dict[str, tuple[int, int, int, str, str]] = {}
         for root in roots:
-            prefix = root.rstrip("/") + "/"
-            for r in self.conn.execute(
-                "SELECT path, id, size, mtime_ns, digest, model FROM images WHERE path=? OR substr(path,1,?)=?",
-                (root, len(prefix), prefix),
-            ):
+            under, params = _under("path", root)
+            for r in self.conn.execute(f"SELECT path, id, size, mtime_ns, digest, model FROM images WHERE {under}", params):
                 out[r[0]] = (r[1], r[2], r[3], r[4], r[5])
         return out
 
@@ -442,6 +489,34 @@ def _same_digest(path: str, digest: str, file_digest) -> bool:
 
 def _abspath(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.fspath(path))
+
+
+# File names are bytes on Linux and need not be UTF-8; Python holds the bytes that are not
+# as surrogate escapes, which SQLite's driver refuses. Such paths are bound as their raw
+# bytes through CAST(? AS TEXT) and read back with the same escapes, so every name
+# round-trips exactly and compares byte by byte.
+
+
+def _sql_path(path: str | bytes) -> str | bytes:
+    """A path as a parameter for ``CAST(? AS TEXT)``."""
+    if isinstance(path, bytes):
+        return path
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _under(column: str, root: str) -> tuple[str, list]:
+    """SQL for "``column`` is ``root`` or lies under it", as a byte range the index can use."""
+    low = os.fsencode(root.rstrip("/") + "/")
+    high = low[:-1] + b"0"  # "0" is the byte after "/": the range holds exactly the paths under root
+    return f"({column}=CAST(? AS TEXT) OR ({column}>=CAST(? AS TEXT) AND {column}<CAST(? AS TEXT)))", [_sql_path(root), low, high]
 
 
 @dataclass

@@ -19,7 +19,8 @@ def export_parquet(collection: Collection, out: str | os.PathLike[str]) -> int:
     schema = pa.schema(
         [
             ("id", pa.int64()),
-            ("path", pa.string()),
+            ("path", pa.string()),  # names that are not UTF-8 show their odd bytes as \xNN
+            ("path_bytes", pa.binary()),  # the exact bytes of every name
             ("size", pa.int64()),
             ("width", pa.int32()),
             ("height", pa.int32()),
@@ -41,7 +42,8 @@ def export_parquet(collection: Collection, out: str | os.PathLike[str]) -> int:
             table = pa.table(
                 {
                     "id": ids,
-                    "path": [r.path for r in ordered],
+                    "path": [_readable(r.path) for r in ordered],
+                    "path_bytes": [os.fsencode(r.path) for r in ordered],
                     "size": [r.size for r in ordered],
                     "width": [r.width for r in ordered],
                     "height": [r.height for r in ordered],
@@ -57,3 +59,12 @@ def export_parquet(collection: Collection, out: str | os.PathLike[str]) -> int:
             written += len(ids)
     os.replace(tmp, out)
     return written
+
+
+def _readable(path: str) -> str:
+    """A path as valid UTF-8 text: bytes that are not UTF-8 (surrogate escapes) become \\xNN."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return path

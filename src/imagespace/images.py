@@ -70,7 +70,8 @@ def read_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) ->
     except PermissionError:
         raise ImageError("permission denied") from None
     except FileNotFoundError:
-        raise ImageError("file vanished before it could be read") from None
+        # A query path with a typo and a file deleted during a scan both end here.
+        raise ImageError("no such file (missing, or moved or deleted before it could be read)") from None
     except OSError as e:
         raise ImageError(f"cannot read file: {e.strerror or e}") from None
 

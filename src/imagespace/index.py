@@ -8,6 +8,7 @@ the rows do not support.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -60,6 +61,8 @@ class VectorIndex:
                 meta = json.loads(meta_path.read_text())
                 if meta.get("format") != INDEX_FORMAT or meta.get("model_id") != collection.model_id or meta.get("dim") != dim:
                     reason = "index made for another model or format"
+                elif meta.get("digest") != file_checksum(path):
+                    reason = "index file damaged (its checksum does not match)"
                 else:
                     loaded = cls._load(path)
                     if loaded is None or loaded.ndim != dim:
@@ -124,21 +127,26 @@ class VectorIndex:
             return
         root = self.collection.root
         tmp = root / f"{INDEX_FILE}.{os.getpid()}.tmp"
-        self.index.save(str(tmp))
-        meta = {
-            "format": INDEX_FORMAT,
-            "seq": self.seq,
-            "model_id": self.collection.model_id,
-            "dim": self.collection.dim,
-            "count": len(self.index),
-            "settings": self.settings.__dict__,
-        }
         meta_tmp = root / f"{INDEX_META}.{os.getpid()}.tmp"
-        meta_tmp.write_text(json.dumps(meta))
-        # Index first, then its description. A crash between the two leaves an index newer
-        # than its recorded seq; replaying changes is idempotent, so that is harmless.
-        os.replace(tmp, root / INDEX_FILE)
-        os.replace(meta_tmp, root / INDEX_META)
+        try:
+            self.index.save(str(tmp))
+            meta = {
+                "format": INDEX_FORMAT,
+                "seq": self.seq,
+                "model_id": self.collection.model_id,
+                "dim": self.collection.dim,
+                "count": len(self.index),
+                "settings": self.settings.__dict__,
+                "digest": file_checksum(tmp),  # a damaged file is rebuilt, never searched
+            }
+            meta_tmp.write_text(json.dumps(meta))
+            # Index first, then its description. A crash between the two leaves an index
+            # whose checksum does not match its description: it is rebuilt from the rows.
+            os.replace(tmp, root / INDEX_FILE)
+            os.replace(meta_tmp, root / INDEX_META)
+        finally:  # e.g. disk full: leave no half-written temporary files behind
+            tmp.unlink(missing_ok=True)
+            meta_tmp.unlink(missing_ok=True)
         self.collection.prune_removed(self.seq)
         self.dirty = False
 
@@ -170,3 +178,12 @@ class VectorIndex:
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
         got = self.index.get(np.asarray(ids, dtype=np.int64))
         return np.asarray(got, dtype=np.float32)
+
+
+def file_checksum(path: os.PathLike[str] | str) -> str:
+    """blake2b of a file's bytes, read in chunks."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -69,6 +69,11 @@ class Searcher:
             self._index = VectorIndex.open(self.collection)
         return self._index
 
+    def refresh(self) -> None:
+        """Catch up with rows written since the index was opened (e.g. by an indexing run)."""
+        if self._index is not None and self._index.seq != self.collection.seq and not self._index._catch_up():
+            self._index = None  # no longer matches the rows: reopened (rebuilt) on next use
+
     # -- query vectors -------------------------------------------------------------------
 
     def embed_image(self, image: str | os.PathLike[str] | bytes) -> np.ndarray:
@@ -240,8 +245,11 @@ def compile_where(expr: str) -> tuple[str, list]:
         val_kind, val = take()
         if val_kind not in ("str", "num", "word"):
             raise QueryError(f"filter {expr!r}: expected a value after {field} {op}")
-        if val_kind == "num" and field in ("size", "width", "height"):
-            val = float(val)
+        if field in ("size", "width", "height") and _OPS[op] not in ("LIKE", "GLOB", "~"):
+            try:  # SQLite would compare a number with text without complaint, matching nothing
+                val = float(val)
+            except ValueError:
+                raise QueryError(f"filter {expr!r}: {field} is a number, got {val!r}") from None
         sql_op = _OPS[op]
         if field == "tag":
             inner = "json_extract(t.value,'$[0]')"

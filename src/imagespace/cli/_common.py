@@ -29,9 +29,24 @@ class Failure(Exception):
 def emit(as_json: bool, payload: dict, human) -> None:
     """One JSON document on standard output with --json, else ``human(payload)``."""
     if as_json:
-        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_text(payload) + "\n")
     else:
         human(payload)
+
+
+def json_text(payload: dict) -> str:
+    """Readable UTF-8 JSON; with file names that are not UTF-8, \\udcXX escapes instead.
+
+    Such names are held as surrogate escapes; written raw they would make the document
+    invalid UTF-8. Escaped, the document stays valid and ``os.fsencode(json.loads(...))``
+    gives back the exact bytes of the name.
+    """
+    text = json.dumps(payload, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(payload)
+    return text
 
 
 def console():

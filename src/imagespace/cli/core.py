@@ -18,8 +18,12 @@ def index(
     model: Annotated[Optional[str], typer.Option(help="Model name or trained model folder; default: the collection's, else efficientnet-lite0.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Images per model call.")] = 32,
     workers: Annotated[Optional[int], typer.Option(min=1, max=256, help="Decoding threads (default: one per core).")] = None,
+    engine: Annotated[str, typer.Option(help="Where decoding and the model run: local (threads) or ray.")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="With --engine ray: an existing Ray cluster (default: start a local Ray).")] = None,
 ) -> None:
     """Add new, changed and removed images to the collection, incrementally."""
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter("--engine must be local or ray")
     from ..models import DEFAULT_MODEL, create_model
 
     with open_collection(db, create=True) as coll:
@@ -28,7 +32,12 @@ def index(
             spec = str(Path(model).resolve())
         m = create_model(spec)
         progress = sys.stderr.isatty() or not as_json
-        report = coll.sync([str(p) for p in paths], m, model_spec=spec, batch_size=batch_size, workers=workers, progress=progress)
+        if engine == "ray":
+            from ..distributed import sync_with_ray
+
+            report = sync_with_ray(coll, [str(p) for p in paths], m, model_spec=spec, address=address, batch_size=batch_size, progress=progress)
+        else:
+            report = coll.sync([str(p) for p in paths], m, model_spec=spec, batch_size=batch_size, workers=workers, progress=progress)
         total = len(coll)
 
     def human(r: dict) -> None:

@@ -1,0 +1,39 @@
+"""The integrity check: ``imagespace check [--repair]``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._common import DEFAULT_DB, DbOption, JsonOption, app, console, emit, open_collection
+
+
+@app.command()
+def check(
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonOption = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Rebuild the vector index from the rows first.")] = False,
+) -> None:
+    """Check the database, every row's vector and the vector index; exit 1 on errors."""
+    from ..integrity import check_collection
+
+    with open_collection(db) as coll:
+        report = check_collection(coll, repair=repair)
+
+    def human(p: dict) -> None:
+        c = console()
+        for line in p["repaired"]:
+            c.print(f"repaired: {line}", highlight=False, markup=False)
+        for f in p["errors"]:
+            c.print(f"[red]error[/red] {f['kind']}: {f['message']}", highlight=False)
+            for ex in f["examples"]:
+                c.print(f"    {ex}", highlight=False, markup=False)
+        for f in p["notices"]:
+            c.print(f"notice {f['kind']}: {f['message']}", highlight=False, markup=False)
+        verdict = "ok" if p["ok"] else f"{len(p['errors'])} kinds of error"
+        c.print(f"{p['db']}: {p['rows']} rows, {p['dim']} dimensions, index {p['index_entries']} entries: {verdict}", highlight=False)
+
+    emit(as_json, report.to_dict(), human)
+    if not report.ok:
+        raise typer.Exit(1)

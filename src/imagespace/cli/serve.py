@@ -1,0 +1,40 @@
+"""The serve command: the REST API and the web page over one collection."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from ._common import DEFAULT_DB, DbOption, Failure, app
+
+
+@app.command()
+def serve(
+    db: DbOption = DEFAULT_DB,
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    token: Annotated[
+        Optional[str],
+        typer.Option(envvar="IMAGESPACE_TOKEN", help="Required on every API call when given (env IMAGESPACE_TOKEN)."),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(min=0.1, max=1024, help="Largest accepted upload, in MB.")] = 20.0,
+) -> None:
+    """Serve the REST API and the web page (runs until stopped)."""
+    from ..server.security import is_loopback
+
+    if not is_loopback(host) and not token:
+        raise Failure(
+            f"refusing to listen on {host} without a token: anyone who can reach it could read the "
+            "collection. Give --token TOKEN (or set IMAGESPACE_TOKEN), or keep the default --host 127.0.0.1"
+        )
+    import uvicorn
+
+    from ..server import create_app
+
+    application = create_app(db, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), warm=True)
+    shown = f"[{host}]" if ":" in host else host
+    where = f"http://{shown}:{port}/" + (" (open it with /#token=TOKEN, or enter the token on the page)" if token else "")
+    print(f"imagespace: serving {application.state.engine.root} at {where}; Ctrl+C stops", file=sys.stderr, flush=True)
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, server_header=False)

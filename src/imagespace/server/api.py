@@ -1,0 +1,307 @@
+"""The REST API: each route parses, calls the library (through the Engine), and shapes JSON."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from ..collection import Row
+from ..search import Hit
+from .engine import Engine
+from .files import CONTENT_TYPES, DEFAULT_THUMB, THUMB_SIZES, ThumbnailCache, original_bytes
+from .security import COOKIE, token_matches
+
+MAX_K = 200
+MAX_IDS = 1000
+
+
+# -- response shapes ---------------------------------------------------------------------
+
+
+class Item(BaseModel):
+    id: int
+    path: str
+    score: float | None = None
+    tags: list[str] = []
+    width: int
+    height: int
+    size: int
+    thumb: str = Field(description="URL of a 256 px thumbnail (add &size=128|512|1024)")
+
+
+class Tag(BaseModel):
+    label: str
+    score: float
+
+
+class Results(BaseModel):
+    results: list[Item]
+    k: int
+    offset: int
+    understood_as: list[dict] | None = None
+
+
+class ImageDetails(BaseModel):
+    id: int
+    path: str
+    size: int
+    width: int
+    height: int
+    format: str
+    tags: list[Tag]
+    thumb: str
+    file: str
+    neighbours: list[Item]
+
+
+class Cluster(BaseModel):
+    id: int
+    label: str
+    size: int
+    ids: list[int]
+    sample: list[Item]
+
+
+class Clusters(BaseModel):
+    clusters: list[Cluster]
+    outliers: list[int]
+
+
+class Duplicates(BaseModel):
+    groups: list[list[Item]]
+
+
+class MapPoint(BaseModel):
+    id: int
+    x: float
+    y: float
+    thumb: str
+
+
+class MapOut(BaseModel):
+    points: list[MapPoint]
+
+
+class Job(BaseModel):
+    state: str
+    done: int
+    total: int | None
+    roots: list[str]
+    started_at: float | None
+    finished_at: float | None
+    report: dict | None
+    error: str | None
+
+
+class Health(BaseModel):
+    status: str
+    images: int
+    indexing: str
+
+
+class Recommend(BaseModel):
+    like: list[int] = Field(min_length=1, max_length=MAX_IDS)
+    unlike: list[int] = Field(default=[], max_length=MAX_IDS)
+    k: int = Field(default=24, ge=1, le=MAX_K)
+
+
+class Session(BaseModel):
+    token: str = Field(max_length=1000)
+
+
+# -- shaping -----------------------------------------------------------------------------
+
+
+def thumb_url(row: Row) -> str:
+    return f"/api/images/{row.id}/thumb?v={row.digest[:12]}"
+
+
+def items(engine: Engine, hits: list[Hit]) -> list[Item]:
+    rows = engine.rows([h.id for h in hits])
+    return [
+        Item(**h.to_dict(), thumb=thumb_url(rows[h.id])) for h in hits if h.id in rows
+    ]
+
+
+def row_items(rows: dict[int, Row], ids) -> list[Item]:
+    out = []
+    for i in ids:
+        r = rows.get(int(i))
+        if r is not None:
+            out.append(
+                Item(id=r.id, path=r.path, tags=[t for t, _ in r.tags], width=r.width, height=r.height, size=r.size, thumb=thumb_url(r))
+            )
+    return out
+
+
+def get_row(engine: Engine, row_id: int) -> Row:
+    row = engine.row(row_id)
+    if row is None:
+        raise HTTPException(404, f"no image with id {row_id} in the collection")
+    return row
+
+
+# -- routes ------------------------------------------------------------------------------
+
+K = Annotated[int, Query(ge=1, le=MAX_K, description="number of results")]
+Offset = Annotated[int, Query(ge=0, le=10_000, description="results to skip (paging)")]
+Where = Annotated[str | None, Query(max_length=500, description="filter, e.g. \"tag = daisy and width > 500\"")]
+MinScore = Annotated[float | None, Query(ge=-1, le=1, description="drop results below this cosine similarity")]
+
+
+def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/health", response_model=Health)
+    def health() -> Health:
+        return Health(status="ok", images=engine.info()["images"], indexing=engine.job().state)
+
+    @r.get("/info")
+    def info() -> dict:
+        return {**engine.info(), "indexing": engine.job().to_dict()}
+
+    @r.get("/search", response_model=Results, summary="Search by words")
+    def search_words(
+        q: Annotated[str, Query(min_length=1, max_length=500, description="words")],
+        k: K = 24, offset: Offset = 0, where: Where = None, min_score: MinScore = None,
+    ) -> Results:
+        hits, extra = engine.by_text(q, k=k, offset=offset, where=where, min_score=min_score)
+        return Results(results=items(engine, hits), k=k, offset=offset, understood_as=extra.get("understood_as"))
+
+    @r.post("/search/image", response_model=Results, summary="Search by an uploaded image (multipart field 'file')")
+    def search_image(
+        file: Annotated[UploadFile, File(description="an image file")],
+        k: K = 24, offset: Offset = 0, where: Where = None, min_score: MinScore = None,
+    ) -> Results:
+        vector = engine.embed_upload(file.file.read())
+        hits = engine.by_vector(vector, k=k, offset=offset, where=where, min_score=min_score)
+        return Results(results=items(engine, hits), k=k, offset=offset)
+
+    @r.get("/images/{image_id}", response_model=ImageDetails, summary="An image's details and nearest neighbours")
+    def image(image_id: int, k: K = 12) -> ImageDetails:
+        row = get_row(engine, image_id)
+        hits = engine.similar(row, k=k)
+        return ImageDetails(
+            id=row.id, path=row.path, size=row.size, width=row.width, height=row.height, format=row.format,
+            tags=[Tag(label=t, score=s) for t, s in row.tags], thumb=thumb_url(row),
+            file=f"/api/images/{row.id}/file", neighbours=items(engine, hits),
+        )
+
+    @r.get("/images/{image_id}/similar", response_model=Results, summary="Search by a stored image")
+    def similar(image_id: int, k: K = 24, offset: Offset = 0, where: Where = None, min_score: MinScore = None) -> Results:
+        hits = engine.similar(get_row(engine, image_id), k=k, offset=offset, where=where, min_score=min_score)
+        return Results(results=items(engine, hits), k=k, offset=offset)
+
+    @r.get("/images/{image_id}/thumb", response_class=FileResponse, summary="A JPEG thumbnail (cached)")
+    def thumbnail(
+        request: Request, image_id: int,
+        size: Annotated[int, Query(description=f"one of {THUMB_SIZES}")] = DEFAULT_THUMB,
+        v: Annotated[str | None, Query(max_length=64, description="content version, from the thumb URL")] = None,
+    ):
+        if size not in THUMB_SIZES:
+            raise HTTPException(422, f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
+        row = get_row(engine, image_id)
+        thumb = thumbs.get(row, size, engine.roots())
+        versioned = v is not None and v == row.digest[:12]
+        headers = {
+            "ETag": thumb.etag,
+            "Cache-Control": "private, max-age=31536000, immutable" if versioned else "private, no-cache",
+        }
+        if thumb.etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return FileResponse(thumb.path, media_type="image/jpeg", headers=headers)
+
+    @r.get("/images/{image_id}/file", summary="The original image file, by id only")
+    def original(request: Request, image_id: int) -> Response:
+        row = get_row(engine, image_id)
+        data = original_bytes(row, engine.roots())
+        etag = f'"{row.id}-{row.digest[:16]}"'
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Content-Disposition": "inline"}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type=CONTENT_TYPES.get(row.format.upper(), "application/octet-stream"), headers=headers)
+
+    @r.get("/items", response_model=list[Item], summary="Several images by id")
+    def some_items(ids: Annotated[str, Query(max_length=20_000, description="comma-separated ids")]) -> list[Item]:
+        try:
+            wanted = [int(x) for x in ids.split(",") if x.strip()][:MAX_IDS]
+        except ValueError:
+            raise HTTPException(422, "ids must be comma-separated integers") from None
+        return row_items(engine.rows(wanted), wanted)
+
+    @r.post("/recommend", response_model=Results, summary="More like these, less like those")
+    def recommend(body: Recommend) -> Results:
+        known = engine.rows(body.like + body.unlike)
+        missing = [i for i in body.like + body.unlike if i not in known]
+        if missing:
+            raise HTTPException(404, f"no image with id {missing[0]} in the collection")
+        hits = engine.recommend(body.like, body.unlike, body.k)
+        return Results(results=items(engine, hits), k=body.k, offset=0)
+
+    @r.get("/duplicates", response_model=Duplicates, summary="Groups of near-duplicate images")
+    def duplicates(threshold: Annotated[float | None, Query(gt=0, le=1)] = None) -> Duplicates:
+        groups = engine.duplicates(threshold)
+        rows = engine.rows([i for g in groups for i in g])
+        return Duplicates(groups=[row_items(rows, g) for g in groups])
+
+    @r.get("/clusters", response_model=Clusters, summary="Clusters with readable labels")
+    def clusters(k: Annotated[int | None, Query(ge=2, le=500)] = None) -> Clusters:
+        result = engine.clusters(k)
+        sample_ids = [i for c in result.clusters for i in list(c.ids)[:12]]
+        rows = engine.rows(sample_ids)
+        return Clusters(
+            clusters=[
+                Cluster(id=int(c.id), label=str(c.label), size=len(c.ids), ids=[int(i) for i in c.ids], sample=row_items(rows, list(c.ids)[:12]))
+                for c in result.clusters
+            ],
+            outliers=[int(i) for i in result.outliers],
+        )
+
+    @r.get("/map", response_model=MapOut, summary="2-D map coordinates, scaled to [0, 1]")
+    def map_points(max_points: Annotated[int, Query(ge=10, le=100_000)] = 5000) -> MapOut:
+        ids, xy = engine.layout(max_points)
+        if len(ids) == 0:
+            return MapOut(points=[])
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
+        scaled = (xy - lo) / ((hi - lo).clip(min=1e-12))
+        rows = engine.rows([int(i) for i in ids])
+        return MapOut(
+            points=[
+                MapPoint(id=int(i), x=round(float(p[0]), 5), y=round(float(p[1]), 5), thumb=thumb_url(rows[int(i)]))
+                for i, p in zip(ids, scaled) if int(i) in rows
+            ]
+        )
+
+    @r.post("/index", response_model=Job, status_code=202, summary="Start indexing the collection's folders")
+    def start_index() -> Job:
+        return Job(**engine.start_indexing().to_dict())
+
+    @r.get("/index", response_model=Job, summary="Progress of the indexing run")
+    def index_progress() -> Job:
+        return Job(**engine.job().to_dict())
+
+    return r
+
+
+def build_session_router(token: str | None) -> APIRouter:
+    """Routes that work without the token: how the page learns of it and hands it over."""
+    r = APIRouter()
+
+    @r.get("/session", summary="Whether this server needs a token, and whether the caller has it")
+    def session_state(request: Request) -> dict:
+        ok = token is None or token_matches(request.cookies.get(COOKIE), token)
+        return {"token_required": token is not None, "authenticated": ok}
+
+    @r.post("/session", status_code=204, summary="Give the token once; the page then carries it in a cookie")
+    def open_session(response: Response, body: Annotated[Session, Body()]) -> Response:
+        if token is not None and not token_matches(body.token, token):
+            raise HTTPException(401, "wrong token")
+        response.status_code = 204
+        if token is not None:
+            response.set_cookie(COOKIE, body.token, httponly=True, samesite="strict", path="/")
+        return response
+
+    return r

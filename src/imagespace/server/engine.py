@@ -1,0 +1,270 @@
+"""What one server process keeps open: the collection, one Searcher, the model, caches, jobs.
+
+Every answer comes from the library; this module only decides what is shared between
+requests (one Searcher and its index per process, the model loaded on first need) and
+guards it for use from the threads that serve requests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..collection import Collection, CollectionError, Row
+from ..search import Hit, Searcher
+
+# Uploaded queries are decoded under a tighter pixel limit than files on disk: a request
+# must never make the server hold gigabytes of pixels.
+UPLOAD_MAX_PIXELS = 50_000_000
+
+
+class EmptyCollection(Exception):
+    """Nothing to search yet."""
+
+
+class Unavailable(Exception):
+    """A feature whose library part is not installed in this build."""
+
+
+class Busy(Exception):
+    """An indexing run is already going."""
+
+
+@dataclass
+class IndexJob:
+    """The state of the server's indexing run, as the API reports it."""
+
+    state: str = "idle"  # idle | running | done | failed
+    done: int = 0
+    total: int | None = None
+    roots: list[str] = field(default_factory=list)
+    started_at: float | None = None
+    finished_at: float | None = None
+    report: dict | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Engine:
+    def __init__(self, db_path: str | Path):
+        self.db_path = Path(db_path)
+        self.collection = Collection(self.db_path, create=False)
+        self.root = self.collection.root
+        self._search_lock = threading.RLock()  # the Searcher and its SQLite connection
+        self._model_lock = threading.Lock()
+        self._rows_lock = threading.Lock()
+        self._rows_db = Collection(self.root, create=False, readonly=True)  # lookups for thumbnails
+        self._searcher: Searcher | None = None
+        self._searcher_model_id: str | None = None
+        self._model = None
+        self._cache: dict[tuple, Any] = {}
+        self._cache_lock = threading.Lock()
+        self._job = IndexJob()
+        self._job_lock = threading.Lock()
+        self._job_thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        if self._job_thread is not None:
+            self._job_thread.join()
+        self.collection.close()
+        self._rows_db.close()
+
+    # -- shared objects ------------------------------------------------------------------
+
+    def model(self):
+        """The collection's embedding model, loaded on first need and kept."""
+        with self._model_lock:
+            spec = self.collection.model_spec
+            if self._model is None or self._model.model_id != self.collection.model_id:
+                if spec is None:
+                    raise EmptyCollection("the collection has no model yet: index some images first")
+                from ..models import create_model
+
+                self._model = create_model(spec)
+                self.collection.check_model(self._model.model_id)
+            return self._model
+
+    def _searcher_locked(self) -> Searcher:
+        coll = self.collection
+        if coll.model_id is None or len(coll) == 0:
+            raise EmptyCollection(f"the collection at {coll.root} is empty: index some images first")
+        if self._searcher is None or self._searcher_model_id != coll.model_id:
+            model = self._model if self._model is not None and self._model.model_id == coll.model_id else None
+            self._searcher = Searcher(coll, model=model)
+            self._searcher_model_id = coll.model_id
+        else:
+            self._searcher.refresh()
+        return self._searcher
+
+    def with_searcher(self, fn: Callable[[Searcher], Any]) -> Any:
+        """Run ``fn(searcher)`` with the process's one Searcher, up to date with the rows."""
+        with self._search_lock:
+            return fn(self._searcher_locked())
+
+    def warm(self) -> None:
+        """Open the index and load the model ahead of the first query (best effort)."""
+        try:
+            self.with_searcher(lambda s: len(s.index))
+            self.model()
+        except Exception:  # noqa: BLE001 - warming is an optimisation; queries report real errors
+            pass
+
+    # -- rows ----------------------------------------------------------------------------
+
+    def row(self, row_id: int) -> Row | None:
+        with self._rows_lock:
+            return self._rows_db.rows([row_id]).get(row_id)
+
+    def rows(self, ids: list[int]) -> dict[int, Row]:
+        with self._rows_lock:
+            return self._rows_db.rows(ids)
+
+    def info(self) -> dict:
+        with self._rows_lock:
+            c = self._rows_db
+            return {
+                "images": len(c),
+                "model_id": c.model_id,
+                "model": c.model_spec,
+                "dim": c.dim,
+                "roots": c.roots(),
+                "failures": len(c.failures()),
+                "seq": c.seq,
+            }
+
+    def roots(self) -> list[str]:
+        with self._rows_lock:
+            return self._rows_db.roots()
+
+    def seq(self) -> int:
+        with self._rows_lock:
+            return self._rows_db.seq
+
+    # -- queries -------------------------------------------------------------------------
+
+    def embed_upload(self, data: bytes) -> np.ndarray:
+        """The query vector of uploaded image bytes (``ImageError`` when they are not an image)."""
+        from ..images import decode
+
+        model = self.model()
+        decoded = decode(data, size=model.input_size, max_pixels=UPLOAD_MAX_PIXELS)
+        return model.embed(decoded.pixels[None]).vectors[0]
+
+    def by_vector(self, vector: np.ndarray, **opts) -> list[Hit]:
+        return self.with_searcher(lambda s: s.by_vector(vector, **opts))
+
+    def similar(self, row: Row, **opts) -> list[Hit]:
+        return self.with_searcher(lambda s: s.by_path(row.path, **opts))
+
+    def by_text(self, text: str, *, k: int, offset: int, where: str | None, min_score: float | None) -> tuple[list[Hit], dict]:
+        search_text = _optional("imagespace.text", "search_text", "search by words")
+        self.model()  # load outside the search lock's critical path on first use
+
+        def run(s: Searcher):
+            hits, extra = search_text(s, text, k=k + offset, where=where, min_score=min_score)
+            return hits[offset : offset + k], extra
+
+        return self.with_searcher(run)
+
+    def recommend(self, like: list[int], unlike: list[int], k: int) -> list[Hit]:
+        recommend = _optional("imagespace.analysis.recommend", "recommend", "recommendations")
+        return self._with_reader(lambda c: recommend(c, like=like, unlike=unlike, k=k))
+
+    # -- analysis (own connection, cached until the rows change) -------------------------
+
+    def duplicates(self, threshold: float | None) -> list[list[int]]:
+        find_duplicates = _optional("imagespace.analysis.duplicates", "find_duplicates", "duplicate detection")
+        return self._cached(("duplicates", threshold), lambda c: find_duplicates(c, threshold=threshold))
+
+    def clusters(self, k: int | None):
+        cluster_collection = _optional("imagespace.analysis.clusters", "cluster_collection", "clustering")
+        return self._cached(("clusters", k), lambda c: cluster_collection(c, k=k))
+
+    def layout(self, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+        layout = _optional("imagespace.analysis.maps", "layout", "the map")
+        return self._cached(("map", max_points), lambda c: layout(c, max_points=max_points))
+
+    def _with_reader(self, fn: Callable[[Collection], Any]) -> Any:
+        with Collection(self.root, create=False, readonly=True) as c:
+            if c.model_id is None or len(c) == 0:
+                raise EmptyCollection(f"the collection at {c.root} is empty: index some images first")
+            return fn(c)
+
+    def _cached(self, key: tuple, compute: Callable[[Collection], Any]) -> Any:
+        seq = self.seq()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == seq:
+                return hit[1]
+        value = self._with_reader(compute)
+        with self._cache_lock:
+            self._cache[key] = (seq, value)
+        return value
+
+    # -- indexing runs -------------------------------------------------------------------
+
+    def job(self) -> IndexJob:
+        with self._job_lock:
+            return IndexJob(**asdict(self._job))
+
+    def start_indexing(self) -> IndexJob:
+        """Start an indexing run of the collection's folders in a background thread."""
+        with self._job_lock:
+            if self._job.state == "running":
+                raise Busy("an indexing run is already going: follow it at GET /api/index")
+            roots = self.roots()
+            if not roots:
+                raise EmptyCollection("the collection has no folders yet: run 'imagespace index PATH' once first")
+            with self.collection.lock():  # fails fast if another process is indexing
+                pass
+            self._job = IndexJob(state="running", roots=roots, started_at=time.time())
+            self._job_thread = threading.Thread(target=self._run_indexing, args=(roots,), name="imagespace-index", daemon=True)
+            self._job_thread.start()
+            return IndexJob(**asdict(self._job))
+
+    def _run_indexing(self, roots: list[str]) -> None:
+        def progress(done: int, total: int) -> None:
+            with self._job_lock:
+                self._job.done, self._job.total = done, total
+
+        try:
+            model = self.model()
+            with Collection(self.root, create=False) as c:
+                report = c.sync(roots, model, model_spec=c.model_spec or "", progress=False, on_progress=progress)
+            with self._job_lock:
+                self._job.state, self._job.report = "done", report.to_dict()
+        except Exception as e:  # noqa: BLE001 - the run's failure is reported, never raised into a thread
+            with self._job_lock:
+                self._job.state, self._job.error = "failed", _reason(e)
+        finally:
+            with self._job_lock:
+                self._job.finished_at = time.time()
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, CollectionError | OSError | ValueError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def _optional(module: str, name: str, feature: str):
+    """A library function that may not be part of this build yet."""
+    import importlib
+
+    try:
+        found = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not module.startswith(e.name):
+            raise  # the module is there but something it needs is not: a real error
+        found = None
+    if found is None or not hasattr(found, name):
+        raise Unavailable(f"{feature} is not available in this version of imagespace ({module}.{name} is missing)")
+    return getattr(found, name)

@@ -1,0 +1,429 @@
+// imagespace web page: plain JavaScript, no build step. Talks only to this server's /api.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const view = () => $("#view");
+const state = { like: new Map(), unlike: new Map(), lastUpload: null, indexTimer: null };
+
+// -- small helpers ------------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+function status(message, kind = "info") {
+  const s = $("#status");
+  s.textContent = message || "";
+  s.className = message ? kind : "";
+}
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(path, options = {}) {
+  const response = await fetch("/api" + path, { credentials: "same-origin", ...options });
+  let body = null;
+  if (response.status !== 204) {
+    const text = await response.text();
+    try { body = text ? JSON.parse(text) : null; } catch { body = { detail: text }; }
+  }
+  if (response.status === 401) { showLogin(); throw new ApiError(401, (body && body.detail) || "token needed"); }
+  if (!response.ok) throw new ApiError(response.status, (body && body.detail) || response.statusText);
+  return body;
+}
+
+function fail(err) {
+  const msg = err instanceof ApiError ? err.message : String(err);
+  status(msg, err.status === 501 ? "info" : "error");
+}
+
+function fmtBytes(n) {
+  if (n >= 1e6) return (n / 1e6).toFixed(1) + " MB";
+  if (n >= 1e3) return (n / 1e3).toFixed(0) + " kB";
+  return n + " B";
+}
+
+function basename(path) { return path.split(/[\\/]/).pop(); }
+
+// -- results grid -------------------------------------------------------------------------
+
+function card(item) {
+  const img = el("img", { src: item.thumb, alt: basename(item.path), loading: "lazy", decoding: "async", width: 256, height: 256 });
+  const open = el("a", { href: `#/image/${item.id}`, class: "thumb", title: item.path }, img);
+  const meta = el("div", { class: "meta" },
+    item.score !== null && item.score !== undefined ? el("span", { class: "score", text: item.score.toFixed(3) }) : null,
+    el("span", { class: "tags", text: (item.tags || []).slice(0, 3).join(" · ") }));
+  const actions = el("div", { class: "actions" },
+    el("button", { type: "button", class: "like", title: "More like this", text: "＋ more like this", onclick: () => addTo("like", item) }),
+    el("button", { type: "button", class: "unlike", title: "Less like this", text: "− less", onclick: () => addTo("unlike", item) }));
+  return el("figure", { class: "card", "data-id": item.id }, open, meta, actions);
+}
+
+function grid(items, emptyText = "No results.") {
+  if (!items.length) return el("p", { class: "empty", text: emptyText });
+  return el("div", { class: "grid results" }, items.map(card));
+}
+
+function show(...nodes) {
+  const v = view();
+  v.replaceChildren(...nodes);
+  v.classList.toggle("full", false);
+}
+
+function heading(text, extra) { return el("h2", {}, text, extra || null); }
+
+// -- like / unlike tray -------------------------------------------------------------------
+
+function addTo(which, item) {
+  const other = which === "like" ? "unlike" : "like";
+  state[other].delete(item.id);
+  state[which].set(item.id, item);
+  renderTray();
+  recommend();
+}
+
+function renderTray() {
+  const tray = $("#tray");
+  const fill = (box, map, which) => box.replaceChildren(...[...map.values()].map((item) =>
+    el("button", { type: "button", class: "tray-item", title: "Remove " + basename(item.path),
+      onclick: () => { map.delete(item.id); renderTray(); if (state.like.size) recommend(); } },
+      el("img", { src: item.thumb.replace("/thumb?", "/thumb?size=128&"), alt: which }))));
+  fill($("#tray-like"), state.like, "like");
+  fill($("#tray-unlike"), state.unlike, "unlike");
+  tray.hidden = state.like.size === 0 && state.unlike.size === 0;
+}
+
+async function recommend() {
+  if (!state.like.size) { status("Add at least one image with “more like this”."); return; }
+  if (location.hash !== "#/recommend") { location.hash = "#/recommend"; return; }
+  status("Finding more like these…");
+  try {
+    const body = JSON.stringify({ like: [...state.like.keys()], unlike: [...state.unlike.keys()], k: 48 });
+    const r = await api("/recommend", { method: "POST", headers: { "Content-Type": "application/json" }, body });
+    show(heading(`More like ${state.like.size}, less like ${state.unlike.size}`), grid(r.results));
+    status("");
+  } catch (e) { fail(e); }
+}
+
+// -- views --------------------------------------------------------------------------------
+
+async function home() {
+  try {
+    const info = await api("/info");
+    show(heading("Your collection"),
+      el("p", { class: "lead", text: `${info.images.toLocaleString()} images · model ${info.model || "none yet"}` }),
+      el("p", { text: "Search by words above, drop or paste an image anywhere on the page, or click through clusters, duplicates and the map." }),
+      el("p", { class: "muted", text: "Folders: " + (info.roots.join(", ") || "none yet") }));
+    status("");
+  } catch (e) { fail(e); }
+}
+
+async function searchWords(q) {
+  $("#q").value = q;
+  status(`Searching for “${q}”…`);
+  const started = performance.now();
+  try {
+    const r = await api(`/search?q=${encodeURIComponent(q)}&k=48`);
+    const understood = r.understood_as && r.understood_as.length
+      ? el("span", { class: "muted", text: " — understood as " + r.understood_as.map((c) => c.concept || c.label || JSON.stringify(c)).join(", ") }) : null;
+    show(heading(`Results for “${q}”`, understood), grid(r.results));
+    status(`${r.results.length} results in ${Math.round(performance.now() - started)} ms`);
+  } catch (e) { fail(e); }
+}
+
+async function searchUpload(file) {
+  if (!file) return;
+  state.lastUpload = file;
+  status(`Searching by ${file.name || "the pasted image"}…`);
+  const form = new FormData();
+  form.append("file", file, file.name || "pasted.png");
+  try {
+    const r = await api("/search/image?k=48", { method: "POST", body: form });
+    const preview = el("img", { class: "query-preview", src: URL.createObjectURL(file), alt: "query image" });
+    if (location.hash !== "#/upload") history.pushState(null, "", "#/upload");
+    show(heading("Images like this one ", preview), grid(r.results));
+    status(`${r.results.length} results`);
+  } catch (e) { fail(e); }
+}
+
+async function imageView(id) {
+  status("Loading…");
+  try {
+    const d = await api(`/images/${id}?k=24`);
+    const big = el("img", { class: "big", src: d.thumb.replace("/thumb?", "/thumb?size=1024&"), alt: basename(d.path) });
+    const item = { id: d.id, path: d.path, thumb: d.thumb, tags: d.tags.map((t) => t.label) };
+    const facts = el("div", { class: "facts" },
+      el("h2", { text: basename(d.path) }),
+      el("p", { class: "muted path", text: d.path }),
+      el("p", { text: `${d.width} × ${d.height} · ${d.format} · ${fmtBytes(d.size)}` }),
+      el("ul", { class: "taglist" }, d.tags.map((t) => el("li", {}, el("a", { href: `#/search?q=${encodeURIComponent(t.label)}`, text: t.label }), ` ${(t.score * 100).toFixed(0)}%`))),
+      el("div", { class: "row" },
+        el("button", { type: "button", class: "like", text: "＋ More like this", onclick: () => addTo("like", item) }),
+        el("button", { type: "button", class: "unlike", text: "− Less like this", onclick: () => addTo("unlike", item) }),
+        el("a", { class: "button quiet", href: d.file, target: "_blank", rel: "noopener", text: "Original" })));
+    show(el("section", { class: "detail" }, el("div", { class: "detail-image" }, big), facts),
+      heading("Nearest neighbours"), el("div", { id: "neighbours" }, grid(d.neighbours)));
+    status("");
+  } catch (e) { fail(e); }
+}
+
+async function clustersView() {
+  status("Grouping the collection into clusters (the first time can take a while)…");
+  try {
+    const r = await api("/clusters");
+    const blocks = r.clusters.map((c) => el("section", { class: "cluster" },
+      el("h3", {}, el("a", { href: `#/cluster/${c.id}`, text: c.label }), el("span", { class: "muted", text: ` ${c.size} images` })),
+      el("div", { class: "strip" }, c.sample.map((item) => el("a", { href: `#/image/${item.id}`, title: item.path },
+        el("img", { src: item.thumb.replace("/thumb?", "/thumb?size=128&"), alt: basename(item.path), loading: "lazy", width: 128, height: 128 }))))));
+    sessionStorage.setItem("clusters", JSON.stringify(r.clusters.map((c) => ({ id: c.id, label: c.label, ids: c.ids }))));
+    show(heading(`${r.clusters.length} clusters`, el("span", { class: "muted", text: ` · ${r.outliers.length} outliers` })), ...blocks);
+    status("");
+  } catch (e) { fail(e); }
+}
+
+async function clusterView(id) {
+  const saved = JSON.parse(sessionStorage.getItem("clusters") || "[]").find((c) => String(c.id) === String(id));
+  if (!saved) { location.hash = "#/clusters"; return; }
+  try {
+    const items = await api(`/items?ids=${saved.ids.slice(0, 1000).join(",")}`);
+    show(heading(saved.label, el("span", { class: "muted", text: ` ${saved.ids.length} images` })), grid(items));
+  } catch (e) { fail(e); }
+}
+
+async function duplicatesView() {
+  status("Looking for near-duplicates…");
+  try {
+    const r = await api("/duplicates");
+    const groups = r.groups.map((g) => el("section", { class: "dup-group" }, g.map((item) =>
+      el("figure", { class: "dup" },
+        el("a", { href: `#/image/${item.id}`, title: item.path }, el("img", { src: item.thumb.replace("/thumb?", "/thumb?size=512&"), alt: basename(item.path), loading: "lazy" })),
+        el("figcaption", {}, el("div", { class: "path", text: item.path }), el("div", { class: "muted", text: `${item.width} × ${item.height} · ${fmtBytes(item.size)}` }))))));
+    show(heading(`${r.groups.length} groups of near-duplicates`), groups.length ? el("div", { class: "dups" }, groups) : el("p", { class: "empty", text: "No near-duplicates found." }));
+    status("");
+  } catch (e) { fail(e); }
+}
+
+// -- the map: a canvas that pans (drag) and zooms (wheel, buttons) ------------------------
+
+async function mapView() {
+  status("Laying out the map (the first time can take a while)…");
+  let points;
+  try { points = (await api("/map")).points; } catch (e) { fail(e); return; }
+  const canvas = el("canvas", { id: "map-canvas", "aria-label": "Map of the collection" });
+  const zoomIn = el("button", { type: "button", text: "+", title: "Zoom in" });
+  const zoomOut = el("button", { type: "button", text: "−", title: "Zoom out" });
+  const reset = el("button", { type: "button", text: "Fit", title: "Show everything" });
+  const wrap = el("div", { class: "map-wrap" }, canvas, el("div", { class: "map-controls" }, zoomIn, zoomOut, reset),
+    el("div", { class: "map-help muted", text: `${points.length} images · drag to pan, wheel to zoom, click an image to open it` }));
+  show(wrap);
+  view().classList.add("full");
+  status("");
+  const ctx = canvas.getContext("2d");
+  const images = new Map();
+  const cam = { x: 0, y: 0, scale: 1 };
+  let width = 0, height = 0, pending = false;
+
+  function fit() {
+    const margin = 40;
+    cam.scale = Math.max(1, Math.min(width, height) - 2 * margin);
+    cam.x = (width - cam.scale) / 2;
+    cam.y = (height - cam.scale) / 2;
+  }
+  function resize() {
+    const r = wrap.getBoundingClientRect();
+    const dpr = window.devicePixelRatio || 1;
+    width = r.width; height = r.height;
+    canvas.width = Math.round(width * dpr); canvas.height = Math.round(height * dpr);
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  }
+  function thumbSize() { return Math.max(4, Math.min(96, cam.scale / Math.sqrt(points.length) * 0.9)); }
+  function draw() {
+    pending = false;
+    ctx.clearRect(0, 0, width, height);
+    const s = thumbSize();
+    const showThumbs = s >= 14;
+    for (const p of points) {
+      const x = cam.x + p.x * cam.scale, y = cam.y + p.y * cam.scale;
+      if (x < -s || y < -s || x > width + s || y > height + s) continue;
+      if (showThumbs) {
+        let im = images.get(p.id);
+        if (!im) {
+          im = new Image();
+          im.onload = schedule;
+          im.src = p.thumb.replace("/thumb?", "/thumb?size=128&");
+          images.set(p.id, im);
+        }
+        if (im.complete && im.naturalWidth) {
+          const k = s / Math.max(im.naturalWidth, im.naturalHeight);
+          ctx.drawImage(im, x - im.naturalWidth * k / 2, y - im.naturalHeight * k / 2, im.naturalWidth * k, im.naturalHeight * k);
+          continue;
+        }
+      }
+      ctx.fillStyle = "#4f7cff";
+      ctx.fillRect(x - 2, y - 2, 4, 4);
+    }
+  }
+  function schedule() { if (!pending) { pending = true; requestAnimationFrame(draw); } }
+  function zoomAt(factor, cx, cy) {
+    const next = Math.min(Math.max(cam.scale * factor, 50), 200000);
+    factor = next / cam.scale;
+    cam.x = cx - (cx - cam.x) * factor;
+    cam.y = cy - (cy - cam.y) * factor;
+    cam.scale = next;
+    schedule();
+  }
+  function pointAt(cx, cy) {
+    const s = Math.max(thumbSize(), 8) / 2;
+    let best = null, bestD = Infinity;
+    for (const p of points) {
+      const dx = cam.x + p.x * cam.scale - cx, dy = cam.y + p.y * cam.scale - cy;
+      const d = Math.max(Math.abs(dx), Math.abs(dy));
+      if (d <= s && d < bestD) { best = p; bestD = d; }
+    }
+    return best;
+  }
+  let drag = null;
+  canvas.addEventListener("wheel", (e) => { e.preventDefault(); const r = canvas.getBoundingClientRect(); zoomAt(Math.exp(-e.deltaY * 0.0015), e.clientX - r.left, e.clientY - r.top); }, { passive: false });
+  canvas.addEventListener("pointerdown", (e) => { drag = { x: e.clientX, y: e.clientY, moved: 0 }; canvas.setPointerCapture(e.pointerId); });
+  canvas.addEventListener("pointermove", (e) => {
+    if (!drag) return;
+    const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+    drag.moved += Math.abs(dx) + Math.abs(dy); drag.x = e.clientX; drag.y = e.clientY;
+    cam.x += dx; cam.y += dy; schedule();
+  });
+  canvas.addEventListener("pointerup", (e) => {
+    const wasClick = drag && drag.moved < 5;
+    drag = null;
+    if (!wasClick) return;
+    const r = canvas.getBoundingClientRect();
+    const p = pointAt(e.clientX - r.left, e.clientY - r.top);
+    if (p) location.hash = `#/image/${p.id}`;
+  });
+  zoomIn.addEventListener("click", () => zoomAt(1.5, width / 2, height / 2));
+  zoomOut.addEventListener("click", () => zoomAt(1 / 1.5, width / 2, height / 2));
+  reset.addEventListener("click", () => { fit(); schedule(); });
+  const observer = new ResizeObserver(() => { resize(); schedule(); });
+  observer.observe(wrap);
+  resize(); fit(); draw();
+  canvas.dataset.points = String(points.length);
+}
+
+// -- indexing -----------------------------------------------------------------------------
+
+async function startIndexing() {
+  try {
+    await api("/index", { method: "POST" });
+    followIndexing();
+  } catch (e) { fail(e); }
+}
+
+function followIndexing() {
+  clearTimeout(state.indexTimer);
+  const button = $("#index-button");
+  const tick = async () => {
+    let job;
+    try { job = await api("/index"); } catch (e) { fail(e); return; }
+    if (job.state === "running") {
+      button.disabled = true;
+      button.textContent = job.total ? `Indexing ${job.done}/${job.total}` : "Indexing…";
+      state.indexTimer = setTimeout(tick, 700);
+      return;
+    }
+    button.disabled = false;
+    button.textContent = "Re-index";
+    if (job.state === "done" && job.report) {
+      const r = job.report;
+      status(`Indexed: ${r.added} added, ${r.updated} updated, ${r.removed} removed, ${r.unchanged} unchanged, ${r.failed.length} failed.`);
+    } else if (job.state === "failed") status("Indexing failed: " + job.error, "error");
+  };
+  tick();
+}
+
+// -- token --------------------------------------------------------------------------------
+
+function showLogin() {
+  const dialog = $("#login");
+  if (!dialog.open) dialog.showModal();
+}
+
+async function giveToken(token) {
+  const r = await fetch("/api/session", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token }) });
+  return r.status === 204;
+}
+
+// -- routing ------------------------------------------------------------------------------
+
+function route() {
+  const hash = location.hash || "#/";
+  const [path, query] = hash.slice(1).split("?");
+  const params = new URLSearchParams(query || "");
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === "#" + path);
+  let m;
+  if (path === "/search" && params.get("q")) return searchWords(params.get("q"));
+  if ((m = path.match(/^\/image\/(\d+)$/))) return imageView(m[1]);
+  if ((m = path.match(/^\/cluster\/(\d+)$/))) return clusterView(m[1]);
+  if (path === "/clusters") return clustersView();
+  if (path === "/duplicates") return duplicatesView();
+  if (path === "/map") return mapView();
+  if (path === "/recommend") return recommend();
+  if (path === "/upload") return state.lastUpload ? searchUpload(state.lastUpload) : home();
+  return home();
+}
+
+async function start() {
+  if (location.hash.startsWith("#token=")) {
+    const token = decodeURIComponent(location.hash.slice(7));
+    history.replaceState(null, "", location.pathname + "#/");
+    await giveToken(token);
+  }
+  $("#search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = $("#q").value.trim();
+    if (!q) return;
+    const target = `#/search?q=${encodeURIComponent(q)}`;
+    if (location.hash === target) searchWords(q); else location.hash = target;
+  });
+  $("#upload").addEventListener("change", (e) => { searchUpload(e.target.files[0]); e.target.value = ""; });
+  $("#index-button").addEventListener("click", startIndexing);
+  $("#tray-go").addEventListener("click", () => { location.hash = "#/recommend"; recommend(); });
+  $("#tray-clear").addEventListener("click", () => { state.like.clear(); state.unlike.clear(); renderTray(); });
+  $("#login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (await giveToken($("#login-token").value)) { $("#login").close(); route(); }
+    else $("#login-error").textContent = "That is not this server's token.";
+  });
+  let depth = 0;
+  const hint = $("#drop-hint");
+  document.addEventListener("dragenter", (e) => { e.preventDefault(); depth++; hint.hidden = false; });
+  document.addEventListener("dragleave", () => { depth = Math.max(0, depth - 1); if (!depth) hint.hidden = true; });
+  document.addEventListener("dragover", (e) => e.preventDefault());
+  document.addEventListener("drop", (e) => {
+    e.preventDefault(); depth = 0; hint.hidden = true;
+    const file = [...(e.dataTransfer.files || [])].find((f) => f.type.startsWith("image/")) || e.dataTransfer.files[0];
+    if (file) searchUpload(file);
+  });
+  document.addEventListener("paste", (e) => {
+    const item = [...(e.clipboardData.items || [])].find((i) => i.kind === "file" && i.type.startsWith("image/"));
+    if (item) { e.preventDefault(); searchUpload(item.getAsFile()); }
+  });
+  window.addEventListener("hashchange", route);
+  try {
+    const session = await (await fetch("/api/session")).json();
+    if (session.token_required && !session.authenticated) { showLogin(); return; }
+    const job = await api("/index");
+    if (job.state === "running") followIndexing();
+  } catch (e) { fail(e); }
+  route();
+}
+
+document.addEventListener("DOMContentLoaded", start);
