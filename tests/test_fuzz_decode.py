@@ -25,10 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from imagespace.images import DecodedImage, ImageError, decode
+from imagespace.images import MAX_PIXELS, DecodedImage, ImageError, decode
 
 HANG_SECONDS = 30.0  # one decode of a small mutated file taking longer than this is a hang
-MEMORY_GROWTH_MB = 768  # peak RSS growth over a whole fuzz run
+# Peak RSS growth over a whole fuzz run. A few hundred bytes can declare up to MAX_PIXELS
+# pixels (Pillow then holds 4 bytes a pixel, plus the conversion): 6 bytes a pixel bounds it.
+MEMORY_GROWTH_MB = 6 * MAX_PIXELS // 2**20
 INTERESTING = [0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
 
 
@@ -198,3 +200,44 @@ def test_fuzz_decode_quick(fmt: str) -> None:
 @pytest.mark.parametrize("fmt", sorted(SEEDS))
 def test_fuzz_decode_long(fmt: str) -> None:
     _fuzz(fmt, examples=2000)
+
+
+_BOMB_SCRIPT = r"""
+import resource, struct, sys, zlib
+from imagespace.images import ImageError, decode
+
+def chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+side, depth, colour, channels = (int(a) for a in sys.argv[1:])
+row = b"\0" * (1 + side * channels * depth // 8)
+ihdr = struct.pack(">IIBBBBB", side, side, depth, colour, 0, 0, 0)
+data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(row * side, 9)) + chunk(b"IEND", b"")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    decode(data)
+except ImageError:
+    pass
+print(len(data), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+@pytest.mark.parametrize("depth,colour,channels", [(16, 0, 1), (8, 2, 3), (8, 6, 4)], ids=["grey16", "rgb", "rgba"])
+def test_small_png_declaring_many_pixels_stays_bounded(depth: int, colour: int, channels: int) -> None:
+    """A PNG of a few kilobytes declaring 36 megapixels: at most 10 bytes a declared pixel.
+
+    Pillow itself holds 4 bytes a pixel. 16-bit greyscale used to take 17 (float64 copies
+    of the whole image) and RGBA 15 (five full-size copies alive at once).
+    """
+    import subprocess
+    import sys
+
+    side = 6000
+    out = subprocess.run(
+        [sys.executable, "-c", _BOMB_SCRIPT, str(side), str(depth), str(colour), str(channels)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    size, growth_mb = out.stdout.split()
+    assert int(size) < 200_000
+    assert float(growth_mb) < 10 * side * side / 2**20, f"{growth_mb} MB for {side}x{side} pixels"

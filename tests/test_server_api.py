@@ -128,6 +128,14 @@ def test_original_file_by_id(client, indexed):
     assert r.content == (photos / "small_000.png").read_bytes()
 
 
+def test_browse_pages_through_every_image(client, indexed):
+    first = client.get("/api/images", params={"limit": 10}).json()
+    rest = client.get("/api/images", params={"limit": 10, "offset": 10}).json()
+    assert len(first) == 10 and len(rest) == 8
+    assert sorted(x["id"] for x in first + rest) == sorted(ids_by_name(indexed[0]).values())
+    assert client.get("/api/images", params={"limit": 0}).status_code == 422
+
+
 def test_items_by_ids(client, indexed):
     ids = ids_by_name(indexed[0])
     want = [ids["img_001.jpg"], ids["img_002.jpg"], 424242]
@@ -194,7 +202,7 @@ def test_recommend_route(client, indexed, monkeypatch):
     ids = ids_by_name(indexed[0])
     calls = {}
 
-    def recommend(collection, like, unlike=(), k=10):
+    def recommend(collection, like, unlike=(), k=10, index=None):
         calls.update(like=like, unlike=unlike, k=k)
         return [Hit(ids["img_009.jpg"], "ignored", 0.5, [("daisy", 0.9)], 1, 1, 1)]
 

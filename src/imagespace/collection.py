@@ -359,6 +359,8 @@ class Collection:
             report.failed.extend(scan.failed)
             self._remember_roots(scan.roots)
             existing = self._rows_under(scan.roots)
+            # A folder we could not list is unreadable, not empty: its rows stay.
+            existing = {p: r for p, r in existing.items() if not any(_is_under(p, u) for u in scan.unlisted)}
             current = model.model_id
 
             changed: list[str] = []  # in the collection, to embed again
@@ -487,6 +489,10 @@ def _same_digest(path: str, digest: str, file_digest) -> bool:
         return False
 
 
+def _is_under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def _abspath(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.fspath(path))
 
@@ -524,6 +530,7 @@ class _Scan:
     files: dict[str, os.stat_result] = field(default_factory=dict)
     failed: list[dict] = field(default_factory=list)
     roots: list[str] = field(default_factory=list)  # roots that exist: rows under them may be removed
+    unlisted: list[str] = field(default_factory=list)  # folders that could not be listed: rows under them stay
 
 
 def _scan(paths: Sequence[str | os.PathLike[str]]) -> _Scan:
@@ -558,6 +565,7 @@ def _scan(paths: Sequence[str | os.PathLike[str]]) -> _Scan:
 def _walk(root: str, scan: _Scan) -> None:
     def onerror(e: OSError) -> None:
         scan.failed.append({"path": e.filename or root, "error": f"cannot list folder: {e.strerror or e}"})
+        scan.unlisted.append(e.filename or root)
 
     for folder, dirs, files in os.walk(root, onerror=onerror, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -589,7 +597,25 @@ class _Transaction:
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as e:
+                exc = e
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError) and _is_disk_full(exc):
+            raise CollectionError(
+                "no space left on the disk that holds the collection: this batch was not saved, "
+                "everything committed before it is kept; free some space and run index again to finish"
+            ) from None
+        if exc_type is None:
+            raise exc
+
+
+def _is_disk_full(e: sqlite3.Error) -> bool:
+    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
 
 
 class _RunLock:

@@ -1,5 +1,13 @@
 """Approximate nearest-neighbour index (usearch HNSW) over a collection's vectors.
 
+Up to ``EXACT_LIMIT`` vectors every query is compared with every vector (exact). Large
+collections (over ``REDUCE_ABOVE``) keep a compact graph instead: vectors projected onto
+their top ``REDUCED_DIM`` principal directions (uncentred PCA fitted on the collection, so
+inner products approximate cosines), stored as float16 (about 0.7 KB per vector with the
+graph, against 5.6 KB for float32 at 1,280 dimensions). The graph only proposes
+candidates: they are scored again with the rows' exact vectors, so scores stay exact
+cosine similarities whatever the size.
+
 The index is a derived file beside the database. It records the change sequence number it
 has applied; opening it replays the rows written and removed since then, and a missing,
 corrupt or inconsistent file is rebuilt from the rows, so it can never give answers that
@@ -16,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .collection import Collection
+from .collection import Collection, CollectionError
 
 INDEX_FILE = "vectors.usearch"
 INDEX_META = "vectors.json"
@@ -24,6 +32,12 @@ INDEX_META = "vectors.json"
 # above it the HNSW graph answers.
 EXACT_LIMIT = 20_000
 INDEX_FORMAT = 1
+PROJECTION_FILE = "vectors.projection.npy"
+# Above this many vectors a new index is built reduced (see the module's docstring); a
+# reduced index that shrinks back to EXACT_LIMIT or fewer is rebuilt full and exact.
+REDUCE_ABOVE = 2 * EXACT_LIMIT
+REDUCED_DIM = 256
+PROJECTION_SAMPLE = 20_000  # vectors the projection is fitted on
 
 
 @dataclass
@@ -33,22 +47,50 @@ class IndexSettings:
     connectivity: int = 16
     expansion_add: int = 128
     expansion_search: int = 64
+    reduce_dim: int = 0  # > 0: the graph holds projections to this many dimensions
+    rerank: int = 0  # with reduce_dim: candidates per query re-scored exactly, at least k
+
+
+def settings_for(count: int) -> IndexSettings:
+    """The representation for a collection of ``count`` vectors."""
+    if count > REDUCE_ABOVE:
+        return IndexSettings(metric="ip", dtype="f16", connectivity=16, expansion_add=128,
+                             expansion_search=96, reduce_dim=REDUCED_DIM, rerank=40)
+    return IndexSettings()
+
+
+def _fits(settings: IndexSettings, count: int) -> bool:
+    return count > EXACT_LIMIT if settings.reduce_dim else count <= REDUCE_ABOVE
+
+
+def fit_projection(sample: np.ndarray, dim: int) -> np.ndarray:
+    """(d, dim) float32: the top ``dim`` right singular vectors of ``sample`` (not centred,
+    so that projected inner products approximate the original ones)."""
+    sample = np.asarray(sample, dtype=np.float32)
+    gram = (sample.T.astype(np.float64) @ sample.astype(np.float64)) / max(len(sample), 1)
+    values, vectors = np.linalg.eigh(gram)
+    top = np.argsort(values)[::-1][:dim]
+    return np.ascontiguousarray(vectors[:, top], dtype=np.float32)
 
 
 class VectorIndex:
-    def __init__(self, collection: Collection, index, seq: int, settings: IndexSettings, dirty: bool):
+    def __init__(self, collection: Collection, index, seq: int, settings: IndexSettings, dirty: bool,
+                 projection: np.ndarray | None = None):
         self.collection = collection
         self.index = index
         self.seq = seq
         self.settings = settings
         self.dirty = dirty
+        self.projection = projection  # (dim, reduce_dim) or None
 
     # -- opening, catching up, rebuilding ------------------------------------------------
 
     @classmethod
     def open(cls, collection: Collection, *, settings: IndexSettings | None = None) -> VectorIndex:
-        """The collection's index, up to date with its rows (rebuilt if it must be)."""
-        settings = settings or IndexSettings()
+        """The collection's index, up to date with its rows (rebuilt if it must be).
+
+        Without ``settings`` the representation follows the collection's size."""
+        chosen = settings
         dim = collection.dim
         if dim is None:
             raise ValueError("the collection has no model yet: index some images first")
@@ -65,20 +107,35 @@ class VectorIndex:
                     reason = "index file damaged (its checksum does not match)"
                 else:
                     loaded = cls._load(path)
-                    if loaded is None or loaded.ndim != dim:
+                    if loaded is None:
                         reason, loaded = "index file unreadable", None
                     else:
                         settings = IndexSettings(**meta.get("settings", {}))
+                        projection = None
+                        if settings.reduce_dim:
+                            proj_path = collection.root / PROJECTION_FILE
+                            if meta.get("projection_digest") != file_checksum(proj_path):
+                                raise ValueError("projection file missing or damaged")
+                            projection = np.load(proj_path)
+                            if projection.shape != (dim, settings.reduce_dim) or loaded.ndim != settings.reduce_dim:
+                                raise ValueError("projection does not fit the index")
+                        elif loaded.ndim != dim:
+                            reason, loaded = "index file unreadable", None
+                        if chosen is not None and chosen != settings:
+                            reason, loaded = "other index settings asked for", None
             except (ValueError, OSError, RuntimeError, TypeError) as e:
                 reason, loaded = f"index file unreadable ({e})", None
         if loaded is not None:
-            me = cls(collection, loaded, int(meta["seq"]), settings, dirty=False)
+            me = cls(collection, loaded, int(meta["seq"]), settings, dirty=False, projection=projection)
             if me._catch_up():
-                return me
-            reason = "index does not match the rows"
+                if chosen is not None or _fits(settings, len(me)):
+                    return me
+                reason = f"{len(me):,} vectors call for a {'full' if settings.reduce_dim else 'reduced'} index"
+            else:
+                reason = "index does not match the rows"
         if path.exists():
             print(f"imagespace: rebuilding the vector index: {reason}", file=sys.stderr)
-        return cls.build(collection, settings)
+        return cls.build(collection, chosen)
 
     @staticmethod
     def _load(path):
@@ -88,12 +145,27 @@ class VectorIndex:
 
     @classmethod
     def build(cls, collection: Collection, settings: IndexSettings | None = None) -> VectorIndex:
-        settings = settings or IndexSettings()
         seq = collection.seq  # read first: rows written meanwhile have a higher seq and are replayed
-        index = cls._new(collection.dim, settings)
+        count = collection.count(collection.model_id)
+        settings = settings or settings_for(count)
+        projection = None
+        if settings.reduce_dim:
+            step = max(1, -(-count // PROJECTION_SAMPLE))
+            sample = [vecs[::step] for _, vecs in collection.iter_vectors()]
+            sample = np.concatenate(sample) if sample else np.zeros((0, collection.dim), np.float32)
+            projection = fit_projection(sample, settings.reduce_dim)
+        me = cls(collection, cls._new(settings.reduce_dim or collection.dim, settings), seq, settings,
+                 dirty=True, projection=projection)
         for ids, vecs in collection.iter_vectors():
-            index.add(ids, vecs)
-        return cls(collection, index, seq, settings, dirty=True)
+            me.index.add(ids, me._to_index(vecs))
+        return me
+
+    def _to_index(self, vectors: np.ndarray) -> np.ndarray:
+        """What the graph holds for ``vectors``: themselves, or their projection."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self.projection is None:
+            return vectors
+        return np.ascontiguousarray(vectors @ self.projection)
 
     @staticmethod
     def _new(dim: int, settings: IndexSettings):
@@ -117,7 +189,7 @@ class VectorIndex:
             if drop:
                 self.index.remove(np.asarray(drop, dtype=np.int64))
             if len(ids):
-                self.index.add(ids, vecs)
+                self.index.add(ids, self._to_index(vecs))
             self.seq = seq
             self.dirty = True
         return len(self.index) == self.collection.count(self.collection.model_id)
@@ -128,9 +200,16 @@ class VectorIndex:
         root = self.collection.root
         tmp = root / f"{INDEX_FILE}.{os.getpid()}.tmp"
         meta_tmp = root / f"{INDEX_META}.{os.getpid()}.tmp"
+        proj_tmp = root / f"{PROJECTION_FILE}.{os.getpid()}.tmp.npy"
         try:
             self.index.save(str(tmp))
+            extra = {}
+            if self.projection is not None:
+                np.save(proj_tmp, self.projection)
+                extra["projection_digest"] = file_checksum(proj_tmp)
+                os.replace(proj_tmp, root / PROJECTION_FILE)  # checked against the meta on opening
             meta = {
+                **extra,
                 "format": INDEX_FORMAT,
                 "seq": self.seq,
                 "model_id": self.collection.model_id,
@@ -144,9 +223,15 @@ class VectorIndex:
             # whose checksum does not match its description: it is rebuilt from the rows.
             os.replace(tmp, root / INDEX_FILE)
             os.replace(meta_tmp, root / INDEX_META)
-        finally:  # e.g. disk full: leave no half-written temporary files behind
+        except (OSError, RuntimeError) as e:  # e.g. no space left: the rows are safe, the index is derived
+            raise CollectionError(
+                f"cannot write the vector index in {root} ({e}); the rows are saved and the index "
+                "is rebuilt from them once there is space"
+            ) from None
+        finally:  # leave no half-written temporary files behind
             tmp.unlink(missing_ok=True)
             meta_tmp.unlink(missing_ok=True)
+            proj_tmp.unlink(missing_ok=True)
         self.collection.prune_removed(self.seq)
         self.dirty = False
 
@@ -164,8 +249,16 @@ class VectorIndex:
         k = min(k, n)
         if exact is None:
             exact = n <= EXACT_LIMIT
+        if self.projection is not None:
+            fetch = min(n, max(k, self.settings.rerank))
+            keys, _ = self._graph_search(self._to_index(queries), fetch, exact)
+            return self._rerank(queries, keys, k)
+        return self._graph_search(queries, k, exact)
+
+    def _graph_search(self, queries: np.ndarray, k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
         matches = self.index.search(queries, k, exact=exact)
         keys = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
+        # cos and ip distances in usearch are both 1 - similarity
         sims = 1.0 - np.asarray(matches.distances, dtype=np.float32).reshape(len(queries), -1)
         # usearch returns one Matches for a single query and BatchMatches for several;
         # rows with fewer than k hits are padded, and `counts` says how many are real.
@@ -175,8 +268,33 @@ class VectorIndex:
             sims[row, c:] = -np.inf
         return keys, sims
 
+    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` of each row's candidates by exact cosine with the rows' vectors."""
+        wanted = np.unique(candidates[candidates >= 0])
+        ids, vecs = self.collection.vectors(wanted.tolist())
+        out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        out_sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        if not len(ids):
+            return out_ids, out_sims
+        sims = queries @ vecs.T  # (n_queries, n_found); ids are sorted
+        for row, cands in enumerate(candidates):
+            pos = np.searchsorted(ids, cands[cands >= 0])
+            pos = pos[(pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == cands[cands >= 0])]
+            if not len(pos):
+                continue
+            s = sims[row, pos]
+            top = np.argsort(-s, kind="stable")[:k]
+            out_ids[row, : len(top)] = ids[pos[top]]
+            out_sims[row, : len(top)] = s[top]
+        return out_ids, out_sims
+
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
-        got = self.index.get(np.asarray(ids, dtype=np.int64))
+        """The full vectors of ``ids``, in that order."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.projection is not None:
+            found, vecs = self.collection.vectors(ids.tolist())
+            return vecs[np.searchsorted(found, ids)]
+        got = self.index.get(ids)
         return np.asarray(got, dtype=np.float32)
 
 

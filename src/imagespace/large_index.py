@@ -131,7 +131,7 @@ class CompressedIndex:
         if k <= 0:
             return out_ids[:, :0], out_sims[:, :0]
         want = max(k, self.settings.rerank)
-        cands = self.candidates(queries, want + len(exclude)) if len(self) else np.full((nq, 0), -1, np.int64)
+        cands = self.candidates(queries, want + min(len(exclude), want)) if len(self) else np.full((nq, 0), -1, np.int64)
         flat = np.unique(cands[cands >= 0])
         if exclude:
             flat = flat[~np.isin(flat, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))]

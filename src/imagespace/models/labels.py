@@ -17,9 +17,10 @@ def imagenet_labels() -> list[str]:
         counts[name] = counts.get(name, 0) + 1
     labels: list[str] = []
     for i, name in enumerate(clean):
-        # A few "clean" names are descriptions ("a cat having a striped coat") or are
-        # shared by two classes ("missile"); the first WordNet synonym is then clearer.
-        if counts[name] > 1 or name.startswith(("a ", "an ")):
+        # A few "clean" names are descriptions ("a cat having a striped coat", "tights for
+        # gymnastics, a one-piece leotard, or a sport jersey") or are shared by two classes
+        # ("missile"); the first WordNet synonym is then clearer.
+        if counts[name] > 1 or name.startswith(("a ", "an ")) or "," in name:
             name = synonyms[i][0]
         labels.append(name)
     seen: set[str] = set()

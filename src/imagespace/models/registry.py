@@ -15,7 +15,7 @@ from .base import EmbeddingModel
 DEFAULT_MODEL = "efficientnet-lite0"
 
 _model_entrypoints: dict[str, Callable[..., EmbeddingModel]] = {}
-_builtin_modules = ("imagespace.models.efficientnet",)
+_builtin_modules = ("imagespace.models.efficientnet", "imagespace.models.quantize")
 
 
 def register_model(name: str) -> Callable[[Callable[..., EmbeddingModel]], Callable[..., EmbeddingModel]]:

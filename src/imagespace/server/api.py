@@ -224,6 +224,11 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
             return Response(status_code=304, headers=headers)
         return Response(data, media_type=CONTENT_TYPES.get(row.format.upper(), "application/octet-stream"), headers=headers)
 
+    @r.get("/images", response_model=list[Item], summary="Browse the collection's images, in the order they were added")
+    def browse(limit: Annotated[int, Query(ge=1, le=MAX_K)] = 48, offset: Offset = 0) -> list[Item]:
+        rows = engine.page_of_rows(offset, limit)
+        return row_items({r.id: r for r in rows}, [r.id for r in rows])
+
     @r.get("/items", response_model=list[Item], summary="Several images by id")
     def some_items(ids: Annotated[str, Query(max_length=20_000, description="comma-separated ids")]) -> list[Item]:
         try:

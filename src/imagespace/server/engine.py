@@ -7,6 +7,7 @@ guards it for use from the threads that serve requests.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -127,6 +128,11 @@ class Engine:
         with self._rows_lock:
             return self._rows_db.rows(ids)
 
+    def page_of_rows(self, offset: int, limit: int) -> list[Row]:
+        """Rows in the order they were added, for browsing."""
+        with self._rows_lock:
+            return list(itertools.islice(self._rows_db.all_rows(), offset, offset + limit))
+
     def info(self) -> dict:
         with self._rows_lock:
             c = self._rows_db
@@ -176,7 +182,8 @@ class Engine:
 
     def recommend(self, like: list[int], unlike: list[int], k: int) -> list[Hit]:
         recommend = _optional("imagespace.analysis.recommend", "recommend", "recommendations")
-        return self._with_reader(lambda c: recommend(c, like=like, unlike=unlike, k=k))
+        # the process's open index: no reload of the index file per request
+        return self.with_searcher(lambda s: recommend(s.collection, like=like, unlike=unlike, k=k, index=s.index))
 
     # -- analysis (own connection, cached until the rows change) -------------------------
 

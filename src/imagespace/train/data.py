@@ -90,6 +90,8 @@ def check_supervised(ds: ImageSet) -> ImageSet:
         have = ", ".join(f"{ds.classes[c]} ({n})" for c, n in enumerate(counts) if n > 0) or "none"
         raise DataError(f"supervised training needs at least 2 classes with at least 2 readable images each; "
                         f"{ds.root} has: {have}")
+    skipped.extend({"path": item, "error": "image outside any class folder, left out of supervised training"}
+                   for item, y in zip(ds.items, ds.labels) if y < 0)
     remap = {old: new for new, old in enumerate(keep_classes)}
     idx = [i for i, y in enumerate(ds.labels) if int(y) in remap]
     out = ds.subset(idx)
@@ -160,8 +162,12 @@ def _scan_folder(root: Path, *, labelled: bool) -> ImageSet:
             for f in _images_under(sub):
                 items.append(f)
                 labels.append(c)
-        loose = [f for f in root.iterdir() if f.is_file() and is_image_path(f)]
-        skipped = [{"path": str(f), "error": "image outside any class folder, left out"} for f in sorted(loose)]
+        # Images beside the class folders have no label: kept (unlabelled training uses
+        # them), and left out by check_supervised with a reason.
+        for f in sorted(str(f) for f in root.iterdir() if f.is_file() and is_image_path(f)):
+            items.append(f)
+            labels.append(-1)
+        skipped = []
     else:
         items = _images_under(root)
         labels = [-1] * len(items)

@@ -14,16 +14,20 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """{"precision_at_1", "map", "queries"} over queries that have at least one relevant item."""
+def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray, queries: int | None = None) -> dict[str, float]:
+    """{"precision_at_1", "map", "queries"} over queries that have at least one relevant item.
+
+    The first ``queries`` rows (default: all) query all the other rows.
+    """
     z = _normalise(vectors)
     labels = np.asarray(labels)
     n = len(z)
     if n < 2:
         return {"precision_at_1": float("nan"), "map": float("nan"), "queries": 0}
+    n_q = n if queries is None else min(queries, n)
     p1, aps = [], []
-    for start in range(0, n, 1024):  # chunks keep memory at 1024 x n
-        sim = z[start:start + 1024] @ z.T
+    for start in range(0, n_q, 1024):  # chunks keep memory at 1024 x n
+        sim = z[start:min(start + 1024, n_q)] @ z.T
         for r in range(sim.shape[0]):
             i = start + r
             sim[r, i] = -np.inf
@@ -37,6 +41,19 @@ def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray) -> dict[str, floa
             aps.append(float((hits[rel] / (np.flatnonzero(rel) + 1)).sum() / n_rel))
     return {"precision_at_1": float(np.mean(p1)) if p1 else float("nan"),
             "map": float(np.mean(aps)) if aps else float("nan"), "queries": len(aps)}
+
+
+def split_metrics(val: np.ndarray, val_labels: np.ndarray, train: np.ndarray | None = None,
+                  train_labels: np.ndarray | None = None) -> dict:
+    """Retrieval metrics on a validation split: leave-one-out within it when its classes
+    have 2+ images, else (tiny data: one image per class held out) its images searching
+    the training images."""
+    m = retrieval_metrics(val, val_labels)
+    if m["queries"] > 0 or train is None or not len(train):
+        return {**m, "protocol": "leave-one-out within the validation split"}
+    m = retrieval_metrics(np.concatenate([val, train]), np.concatenate([val_labels, train_labels]),
+                          queries=len(val))
+    return {**m, "protocol": "validation images searching the training images"}
 
 
 def knn_accuracy(db: np.ndarray, db_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray,

@@ -64,7 +64,7 @@ function card(item) {
     item.score !== null && item.score !== undefined ? el("span", { class: "score", text: item.score.toFixed(3) }) : null,
     el("span", { class: "tags", text: (item.tags || []).slice(0, 3).join(" · ") }));
   const actions = el("div", { class: "actions" },
-    el("button", { type: "button", class: "like", title: "More like this", text: "＋ more like this", onclick: () => addTo("like", item) }),
+    el("button", { type: "button", class: "like", title: "More like this", text: "+ more like this", onclick: () => addTo("like", item) }),
     el("button", { type: "button", class: "unlike", title: "Less like this", text: "− less", onclick: () => addTo("unlike", item) }));
   return el("figure", { class: "card", "data-id": item.id }, open, meta, actions);
 }
@@ -117,13 +117,16 @@ async function recommend() {
 
 // -- views --------------------------------------------------------------------------------
 
-async function home() {
+async function home(offset = 0) {
+  const pageSize = 48;
   try {
-    const info = await api("/info");
-    show(heading("Your collection"),
-      el("p", { class: "lead", text: `${info.images.toLocaleString()} images · model ${info.model || "none yet"}` }),
-      el("p", { text: "Search by words above, drop or paste an image anywhere on the page, or click through clusters, duplicates and the map." }),
-      el("p", { class: "muted", text: "Folders: " + (info.roots.join(", ") || "none yet") }));
+    const [info, items] = await Promise.all([api("/info"), api(`/images?limit=${pageSize}&offset=${offset}`)]);
+    const pager = el("div", { class: "row pager" },
+      offset > 0 ? el("button", { type: "button", text: "← Previous", onclick: () => home(Math.max(0, offset - pageSize)) }) : null,
+      offset + items.length < info.images ? el("button", { type: "button", text: "Next →", onclick: () => home(offset + pageSize) }) : null);
+    show(heading("Your collection", el("span", { class: "muted", id: "collection-size", text: `${info.images.toLocaleString()} images · model ${info.model || "none yet"}` })),
+      el("p", { class: "muted", text: "Search by words above, drop or paste an image anywhere on the page, click an image for its neighbours, or look at clusters, duplicates and the map. Folders: " + (info.roots.join(", ") || "none yet") }),
+      grid(items, "The collection is empty: run “imagespace index FOLDER” or Re-index."), pager);
     status("");
   } catch (e) { fail(e); }
 }
@@ -168,7 +171,7 @@ async function imageView(id) {
       el("p", { text: `${d.width} × ${d.height} · ${d.format} · ${fmtBytes(d.size)}` }),
       el("ul", { class: "taglist" }, d.tags.map((t) => el("li", {}, el("a", { href: `#/search?q=${encodeURIComponent(t.label)}`, text: t.label }), ` ${(t.score * 100).toFixed(0)}%`))),
       el("div", { class: "row" },
-        el("button", { type: "button", class: "like", text: "＋ More like this", onclick: () => addTo("like", item) }),
+        el("button", { type: "button", class: "like", text: "+ More like this", onclick: () => addTo("like", item) }),
         el("button", { type: "button", class: "unlike", text: "− Less like this", onclick: () => addTo("unlike", item) }),
         el("a", { class: "button quiet", href: d.file, target: "_blank", rel: "noopener", text: "Original" })));
     show(el("section", { class: "detail" }, el("div", { class: "detail-image" }, big), facts),

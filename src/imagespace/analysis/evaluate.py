@@ -1,0 +1,71 @@
+"""How well a model's vectors separate the classes of a labelled folder.
+
+Leave-one-out over the folder's images: precision@1 (is the nearest other image of the same
+class), mAP (mean average precision of the full ranking), kNN accuracy (majority of the 10
+nearest, ties to the closest) and cluster NMI (k-means with k = number of classes, against
+the labels). The same protocol as ../shared/data/README.md, so figures compare with it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+
+import numpy as np
+
+from ..collection import Collection
+from .labelled import embed_labelled
+
+KNN = 10
+
+
+def evaluate_folder(collection: Collection, data_dir: str | os.PathLike[str], *, model=None, knn: int = KNN) -> dict:
+    """Metrics of the collection's model (or ``model``) on ``data_dir`` (one sub-folder per class)."""
+    started = time.perf_counter()
+    data = embed_labelled(collection, data_dir, min_per_class=2, model=model)
+    metrics = evaluate_vectors(data.vectors, data.labels, knn=knn)
+    metrics.update(
+        {
+            "images": len(data.labels),
+            "classes": len(set(data.labels)),
+            "model": collection.model_spec if model is None else model.name,
+            "failed": data.failed,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    return metrics
+
+
+def evaluate_vectors(vectors: np.ndarray, labels: list[str], *, knn: int = KNN, seed: int = 0) -> dict:
+    """Leave-one-out retrieval and clustering metrics of L2-normalised ``vectors``."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    y = np.asarray(labels)
+    n = len(y)
+    p1, aps, knn_ok = [], [], []
+    for start in range(0, n, 1024):
+        sims = vectors[start : start + 1024] @ vectors.T
+        for r in range(len(sims)):
+            me = start + r
+            s = sims[r].copy()
+            s[me] = -np.inf
+            order = np.argsort(-s, kind="stable")[: n - 1]
+            rel = y[order] == y[me]
+            p1.append(bool(rel[0]))
+            if rel.any():
+                hits = np.cumsum(rel)
+                aps.append(float((hits / np.arange(1, len(rel) + 1))[rel].mean()))
+            votes = Counter(y[order[:knn]].tolist())
+            top = max(votes.values())
+            winner = next(label for label in y[order[:knn]] if votes[label] == top)  # ties: the closest
+            knn_ok.append(winner == y[me])
+    classes = len(set(labels))
+    clusters = KMeans(classes, n_init=4, random_state=seed).fit_predict(vectors)
+    return {
+        "precision_at_1": round(float(np.mean(p1)), 4),
+        "map": round(float(np.mean(aps)), 4) if aps else None,
+        f"knn{knn}_accuracy": round(float(np.mean(knn_ok)), 4),
+        "nmi": round(float(normalized_mutual_info_score(y, clusters)), 4),
+    }

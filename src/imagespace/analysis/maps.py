@@ -1,0 +1,175 @@
+"""A 2-D map of a collection: thumbnails placed where their vectors fall.
+
+The layout is UMAP (cosine) of the vectors after PCA to 50 dimensions, fitted on at most
+``max_points`` images: a large collection is sampled, since a person can see a few thousand
+positions at most and UMAP on a sample of 5,000 takes seconds where 100,000 would take
+minutes. The picture is then gridded: each cell of the grid shows the one image nearest its
+centre, so thumbnails never pile up. umap-learn compiles its kernels with numba; the cache
+is turned on (in imagespace's cache folder) so only the first map on a machine pays that.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..collection import Collection, CollectionError
+
+MAX_POINTS = 5_000
+GRID = 32  # cells per side: at most 1,024 thumbnails
+THUMB = 64  # pixels per cell side
+_PCA_DIMS = 50
+
+
+def layout(collection: Collection, max_points: int = MAX_POINTS, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, xy) for up to ``max_points`` images, xy scaled to [0, 1] on both axes."""
+    ids, vectors = collection.vectors()
+    if not len(ids):
+        raise CollectionError(f"the collection at {collection.root} is empty: index some images first")
+    rng = np.random.default_rng(seed)
+    if len(ids) > max_points:
+        pick = np.sort(rng.choice(len(ids), max_points, replace=False))
+        ids, vectors = ids[pick], vectors[pick]
+    xy = _embed_2d(vectors, seed)
+    lo, hi = xy.min(0), xy.max(0)
+    xy = (xy - lo) / np.maximum(hi - lo, 1e-9)
+    return ids, xy.astype(np.float32)
+
+
+def _embed_2d(vectors: np.ndarray, seed: int) -> np.ndarray:
+    n = len(vectors)
+    if n == 1:
+        return np.zeros((1, 2), dtype=np.float32)
+    if n < 4:
+        # Too few points for a neighbourhood graph: the first two principal axes say it all.
+        centred = vectors - vectors.mean(0)
+        u, s, _ = np.linalg.svd(centred, full_matrices=False)
+        xy = u[:, :2] * s[:2]
+        return np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
+    from sklearn.decomposition import PCA
+
+    reduced = PCA(min(_PCA_DIMS, n - 1, vectors.shape[1]), random_state=seed).fit_transform(vectors)
+    try:
+        return _umap(reduced, seed)
+    except ImportError:
+        from sklearn.manifold import TSNE
+
+        return TSNE(2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed).fit_transform(reduced)
+
+
+def _umap(x: np.ndarray, seed: int) -> np.ndarray:
+    if "NUMBA_CACHE_DIR" not in os.environ:
+        from ..models.cache import cache_dir
+
+        folder = cache_dir().parent / "numba"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["NUMBA_CACHE_DIR"] = str(folder)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # umap's notes on n_jobs with a fixed seed
+        import umap
+
+        reducer = umap.UMAP(n_neighbors=min(15, len(x) - 1), min_dist=0.1, metric="cosine", random_state=seed, init="random" if len(x) < 10 else "spectral")
+        return reducer.fit_transform(x)
+
+
+def render_map(
+    collection: Collection,
+    out_path: str | os.PathLike[str],
+    *,
+    max_points: int = MAX_POINTS,
+    grid: int = GRID,
+    thumb: int = THUMB,
+) -> Path:
+    """Write the map as a PNG picture or a self-contained HTML page (by the file's suffix)."""
+    out = Path(out_path)
+    kind = out.suffix.lower()
+    if kind not in (".png", ".html", ".htm"):
+        raise ValueError(f"the map is written as .png or .html, not {out.suffix or 'a file without suffix'!r}")
+    ids, xy = layout(collection, max_points)
+    grid = max(1, min(grid, int(np.ceil(np.sqrt(len(ids)))) * 2))
+    cells = _grid_pick(ids, xy, grid)
+    rows = collection.rows(i for i, _ in cells.values())
+    thumbs = _thumbnails({c: rows[i].path for c, (i, _) in cells.items() if i in rows}, thumb)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if kind == ".png":
+        _write_png(out, thumbs, grid, thumb)
+    else:
+        _write_html(out, thumbs, {c: rows[i] for c, (i, _) in cells.items() if i in rows}, grid, thumb, len(collection), len(ids))
+    return out
+
+
+def _grid_pick(ids: np.ndarray, xy: np.ndarray, grid: int) -> dict[tuple[int, int], tuple[int, float]]:
+    """Per grid cell, the image nearest the cell's centre."""
+    pos = np.minimum((xy * grid).astype(int), grid - 1)
+    centre = (pos + 0.5) / grid
+    dist = ((xy - centre) ** 2).sum(1)
+    cells: dict[tuple[int, int], tuple[int, float]] = {}
+    for i, (cx, cy), d in zip(ids.tolist(), pos.tolist(), dist.tolist()):
+        key = (cx, cy)
+        if key not in cells or d < cells[key][1]:
+            cells[key] = (int(i), d)
+    return cells
+
+
+def _thumbnails(paths: dict[tuple[int, int], str], size: int):
+    from PIL import Image
+
+    from ..images import ImageError, load_pil
+
+    out = {}
+    for cell, path in paths.items():
+        try:
+            im = load_pil(path, max_side=size * 2)
+        except ImageError as e:
+            print(f"imagespace: map: skipping {path}: {e}", file=sys.stderr)
+            continue
+        im.thumbnail((size - 2, size - 2), Image.Resampling.BILINEAR)
+        out[cell] = im
+    return out
+
+
+def _write_png(out: Path, thumbs: dict, grid: int, size: int) -> None:
+    from PIL import Image
+
+    canvas = Image.new("RGB", (grid * size, grid * size), (24, 24, 24))
+    for (cx, cy), im in thumbs.items():
+        x = cx * size + (size - im.width) // 2
+        y = (grid - 1 - cy) * size + (size - im.height) // 2  # y up, as in a plot
+        canvas.paste(im, (x, y))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    canvas.save(tmp, format="PNG", optimize=False)
+    os.replace(tmp, out)
+
+
+def _write_html(out: Path, thumbs: dict, rows: dict, grid: int, size: int, total: int, placed: int) -> None:
+    side = grid * size
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>imagespace map</title><style>",
+        "body{background:#181818;color:#ddd;font:14px sans-serif;margin:16px}",
+        f"#map{{position:relative;width:{side}px;height:{side}px;background:#111}}",
+        "#map img{position:absolute;border:1px solid #333}#map img:hover{transform:scale(2.5);z-index:9;border-color:#fff}",
+        "</style></head><body>",
+        f"<p>{len(thumbs)} thumbnails of {total} images (layout of {placed}); hover to enlarge, the title shows the file.</p>",
+        "<div id='map'>",
+    ]
+    for (cx, cy), im in thumbs.items():
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=80)
+        data = base64.b64encode(buf.getvalue()).decode()
+        row = rows[(cx, cy)]
+        title = html.escape(f"{row.path}\n{', '.join(t for t, _ in row.tags[:3])}", quote=True)
+        x = cx * size + (size - im.width) // 2
+        y = (grid - 1 - cy) * size + (size - im.height) // 2
+        parts.append(f"<img style='left:{x}px;top:{y}px' width='{im.width}' height='{im.height}' title='{title}' src='data:image/jpeg;base64,{data}'>")
+    parts.append("</div></body></html>")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, out)

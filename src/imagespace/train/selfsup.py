@@ -1,0 +1,107 @@
+"""Self-supervised adaptation (--mode self-supervised): SimCLR-style, for images without labels.
+
+Each image is seen through several augmented views (random resized crop, flip, colour
+jitter, grey); a head on the frozen pretrained features learns to map two views of one
+image together and views of different images apart (NT-Xent). As in the adapter, the CNN
+runs once per view (cached), so 100,000 unlabelled photos cost one pass per view; the
+exported graph is the pretrained backbone, GeM and the head, with ImageNet tags kept.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .adapter import FitState, ProjectionHead, embed_with_head
+from .losses import nt_xent_loss
+from .metrics import view_retrieval
+from .progress import TrainProgress
+
+
+@dataclass
+class SelfSupSettings:
+    head: str = "linear"
+    dim: int = 512
+    views: int = 6  # cached views per image: original, mirror, and 4 random augmentations
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.2
+    seed: int = 0
+
+
+def fit_selfsup_head(train_x: np.ndarray, val_x: np.ndarray, settings: SelfSupSettings, *,
+                     state: FitState | None = None, on_epoch: Callable[[FitState], None] | None = None,
+                     progress: TrainProgress | None = None) -> tuple[ProjectionHead, FitState]:
+    """Train a head with NT-Xent between two different cached views of each image.
+
+    Without labels, the epoch kept is the one whose validation views find their twins best.
+    """
+    torch.manual_seed(settings.seed)
+    head = ProjectionHead(train_x.shape[-1], settings.dim, settings.head)
+    head.mean.copy_(torch.from_numpy(_unit(train_x[:, 0]).mean(0)))
+    opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    state = state or FitState()
+    if state.head is not None:
+        head.load_state_dict(state.head)
+        opt.load_state_dict(state.optimizer)
+        if state.torch_rng is not None:
+            torch.set_rng_state(state.torch_rng)
+    x = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32))
+    n, views = x.shape[0], x.shape[1]
+    steps = max(1, -(-n // settings.batch_size))
+    if progress and state.epoch < settings.epochs:
+        progress.start("self-supervised", total=settings.epochs * steps)
+        progress.advance(state.epoch * steps)
+    while state.epoch < settings.epochs:
+        head.train()
+        scale = 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * state.epoch / max(settings.epochs, 1)))
+        for g in opt.param_groups:
+            g["lr"] = settings.lr * scale
+        order = torch.randperm(n)
+        loss = torch.tensor(float("nan"))
+        for s in range(steps):
+            b = order[s * settings.batch_size:(s + 1) * settings.batch_size]
+            if len(b) < 2:
+                continue
+            v1 = torch.randint(0, views, (len(b),))
+            v2 = (v1 + torch.randint(1, views, (len(b),))) % views  # always a different view
+            loss = nt_xent_loss(head(x[b, v1]), head(x[b, v2]), settings.temperature)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if progress:
+                progress.advance(1, images=2 * len(b), loss=float(loss.detach()))
+        state.epoch += 1
+        score = evaluate_views(head, val_x)
+        state.history.append({"epoch": state.epoch, "loss": float(loss.detach()), **{f"val_{k}": v for k, v in score.items()}})
+        if score["view_top1"] >= state.best_score:
+            state.best_score, state.best_epoch = score["view_top1"], state.epoch
+            state.best_head = copy.deepcopy(head.state_dict())
+        state.head, state.optimizer, state.torch_rng = head.state_dict(), opt.state_dict(), torch.get_rng_state()
+        if on_epoch:
+            on_epoch(state)
+    if progress:
+        progress.stop()
+    if state.best_head is not None:
+        head.load_state_dict(state.best_head)
+    return head.eval(), state
+
+
+def evaluate_views(head: ProjectionHead, x: np.ndarray) -> dict[str, float]:
+    """Label-free: each image's plain view must find one of its augmented views (view 2+)."""
+    if x.shape[1] < 3 or len(x) < 2:
+        return {"view_top1": float("nan"), "view_mean_rank": float("nan")}
+    with torch.no_grad():
+        a = embed_with_head(head, x[:, 0])
+        b = embed_with_head(head, x[:, 2])
+    return view_retrieval(a, b)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -1,0 +1,176 @@
+"""End to end in headless Chromium (Debian's, driven by playwright): the page a person uses."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from serverkit import LiveServer, build_collection, jpeg_bytes
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT = 60_000  # ms; the first query loads the model in the server
+
+
+def has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (the CI installs Debian's chromium)")
+    db, photos = build_collection(tmp_path_factory.mktemp("browser"), n=16)
+    live = LiveServer(db)
+    live.wait_ready()
+    yield live, db, photos
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    live = server[0]
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT)
+    problems: list[str] = []
+    pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    pg.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    # Traffic only to the test server: anything else is a bug in the page.
+    pg.route("**/*", lambda route: route.continue_() if route.request.url.startswith(live.url) else (
+        problems.append(f"request off the server: {route.request.url}"), route.abort()))
+    pg.goto(live.url + "/")
+    yield pg
+    context.close()
+    assert not problems, problems
+
+
+def card_ids(pg) -> list[int]:
+    return [int(x) for x in pg.eval_on_selector_all("#view .results .card", "els => els.map(e => e.dataset.id)")]
+
+
+def test_page_loads_and_searches_by_an_uploaded_image(page, server, tmp_path):
+    _, db, photos = server
+    page.wait_for_selector("text=18 images")
+    query = tmp_path / "query.jpg"
+    query.write_bytes(jpeg_bytes(4))
+    page.set_input_files("#upload", str(query))
+    page.wait_for_selector("#view .results .card")
+    assert page.locator("#view h2").inner_text().startswith("Images like this one")
+    first = page.locator("#view .results .card").first
+    assert "img_004.jpg" in first.locator("a.thumb").get_attribute("title")
+    assert float(first.locator(".score").inner_text()) > 0.99
+    assert first.locator(".tags").inner_text().strip()  # tags shown under each thumbnail
+    # thumbnails really loaded (not broken images)
+    page.wait_for_function("() => [...document.querySelectorAll('#view .card img')].slice(0, 4).every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(tmp_path / "upload.png"), full_page=True)
+    assert (tmp_path / "upload.png").stat().st_size > 10_000
+
+
+def test_drop_an_image_on_the_page(page, tmp_path):
+    page.wait_for_selector("text=18 images")
+    data = list(jpeg_bytes(9))
+    page.evaluate(
+        """(bytes) => {
+            const file = new File([new Uint8Array(bytes)], 'dropped.jpg', {type: 'image/jpeg'});
+            const dt = new DataTransfer(); dt.items.add(file);
+            document.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }""",
+        data,
+    )
+    page.wait_for_selector("#view .results .card")
+    assert "img_009.jpg" in page.locator("#view .results .card a.thumb").first.get_attribute("title")
+
+
+def test_click_an_image_to_see_its_neighbours_then_more_like_this(page, tmp_path):
+    page.wait_for_selector("text=18 images")
+    page.goto(page.url.split("#")[0] + "#/image/3")
+    page.wait_for_selector("#neighbours .card")
+    assert page.url.endswith("#/image/3")
+    n = page.locator("#neighbours .card").count()
+    assert n >= 10 and "3" not in [page.locator("#neighbours .card").nth(i).get_attribute("data-id") for i in range(n)]
+    # click a neighbour: its own page, with its own neighbours
+    target = page.locator("#neighbours .card").first
+    target_id = target.get_attribute("data-id")
+    target.locator("a.thumb").click()
+    page.wait_for_url(f"**#/image/{target_id}")
+    page.wait_for_selector("#neighbours .card")
+    page.wait_for_function("() => document.querySelector('.detail-image img').naturalWidth > 0")
+    assert page.locator(".facts .taglist li").count() == 5
+    page.screenshot(path=str(tmp_path / "neighbours.png"), full_page=True)
+    # "more like this" puts the image in the tray
+    page.locator(".facts button.like").click()
+    assert page.locator("#tray").is_visible()
+    assert page.locator("#tray-like .tray-item").count() == 1
+    if has("imagespace.analysis.recommend"):
+        page.wait_for_selector("#view .results .card")
+        assert page.url.endswith("#/recommend")
+
+
+def test_word_search(page, tmp_path):
+    if not has("imagespace.text"):
+        pytest.skip("search by words: imagespace.text is not in this build yet")
+    page.wait_for_selector("text=18 images")
+    page.fill("#q", "a red ball")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#view .results .card")
+    assert "a red ball" in page.locator("#view h2").inner_text()
+    assert page.locator("#view .results .card").count() >= 10
+    assert "results in" in page.locator("#status").inner_text()
+    page.screenshot(path=str(tmp_path / "words.png"), full_page=True)
+
+
+def test_map_zooms_and_pans_and_opens_images(page, tmp_path):
+    if not has("imagespace.analysis.maps"):
+        pytest.skip("the map: imagespace.analysis.maps is not in this build yet")
+    page.wait_for_selector("text=18 images")
+    page.click("nav a[href='#/map']")
+    page.wait_for_selector("#map-canvas[data-points='18']", timeout=180_000)
+    canvas = page.locator("#map-canvas")
+    box = canvas.bounding_box()
+    before = canvas.screenshot()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -600)  # zoom in: thumbnails appear
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 80, box["y"] + box["height"] / 2 + 40, steps=5)
+    page.mouse.up()
+    page.wait_for_timeout(500)  # thumbnails load and the canvas redraws
+    after = canvas.screenshot()
+    assert after != before
+    page.screenshot(path=str(tmp_path / "map.png"))
+    page.click(".map-controls button[title='Show everything']")
+    # click the centre of a point: it opens that image
+    point = page.evaluate("""async () => {
+        const r = await fetch('/api/map'); const p = (await r.json()).points[0]; return p; }""")
+    assert point is not None
+
+
+def test_clusters_and_duplicates_views(page, tmp_path):
+    if not (has("imagespace.analysis.clusters") and has("imagespace.analysis.duplicates")):
+        pytest.skip("clusters/duplicates: imagespace.analysis is not in this build yet")
+    page.wait_for_selector("text=18 images")
+    page.click("nav a[href='#/duplicates']")
+    page.wait_for_selector(".dup-group .dup", timeout=180_000)
+    first = page.locator(".dup-group").first
+    names = first.locator(".path").all_inner_texts()
+    assert len(names) >= 2 and any("img_000.jpg" in n for n in names)
+    page.screenshot(path=str(tmp_path / "duplicates.png"), full_page=True)
+    page.click("nav a[href='#/clusters']")
+    page.wait_for_selector(".cluster h3 a", timeout=180_000)
+    assert page.locator(".cluster").count() >= 2
+    page.screenshot(path=str(tmp_path / "clusters.png"), full_page=True)

@@ -1,0 +1,98 @@
+"""The fast paths keep the answers: the reduced (projected, re-ranked) index and int8 model.
+
+No timings here: speed is measured by ``make bench``, never asserted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imagespace.collection import Collection
+from imagespace.embed import Embedded, FileInfo
+from imagespace.index import REDUCED_DIM, IndexSettings, VectorIndex, fit_projection, settings_for
+
+
+def _clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
+    """Vectors with a decaying spectrum and clusters, like image embeddings, L2-normalised."""
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(np.arange(1, dim + 1))
+    centres = rng.normal(size=(max(2, n // 20), dim)) * scale
+    x = centres[rng.integers(0, len(centres), n)] + 0.4 * rng.normal(size=(n, dim)) * scale + 0.8 / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _collection(root, vectors: np.ndarray, start: int = 0) -> Collection:
+    coll = Collection(root)
+    if coll.model_id is None:
+        coll.bind_model("test-model", "test-model", vectors.shape[1])
+    items = [
+        Embedded(FileInfo(f"/photos/{start + i}.jpg", 1, 1, f"{start + i:032x}"), v, [("thing", 0.5)], 8, 8, "JPEG")
+        for i, v in enumerate(vectors)
+    ]
+    for i in range(0, len(items), 100):
+        coll.write_embedded(items[i : i + 100], [])
+    return coll
+
+
+def _exact(coll: Collection, queries: np.ndarray, k: int) -> np.ndarray:
+    ids, vecs = coll.vectors()
+    return ids[np.argsort(-(queries @ vecs.T), axis=1, kind="stable")[:, :k]]
+
+
+REDUCED = IndexSettings(metric="ip", dtype="f16", reduce_dim=24, rerank=40, expansion_search=128)
+
+
+def test_reduced_index_returns_exact_top_results_and_cosines(tmp_path):
+    vecs = _clustered(600)
+    coll = _collection(tmp_path / "db", vecs)
+    index = VectorIndex.open(coll, settings=REDUCED)
+    assert index.projection is not None and index.index.ndim == 24
+    queries = _clustered(20, seed=1)
+    ids, sims = index.search(queries, 5)
+    want = _exact(coll, queries, 5)
+    assert (ids[:, 0] == want[:, 0]).mean() >= 0.95
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids, want)]) >= 0.9
+    # scores are exact cosines with the stored vectors, not the projection's
+    _, stored = coll.vectors(ids[0].tolist())
+    order = np.argsort(ids[0])
+    np.testing.assert_allclose(np.sort(sims[0])[::-1], np.sort(stored @ queries[0])[::-1], atol=1e-5)
+    assert sims[0][order].shape == (5,)
+    np.testing.assert_allclose(index.vectors_of(ids[0][:2]), vecs[ids[0][:2] - 1], atol=1e-6)
+
+
+def test_reduced_index_survives_saving_reopening_and_new_rows(tmp_path):
+    coll = _collection(tmp_path / "db", _clustered(400))
+    VectorIndex.open(coll, settings=REDUCED).save_if_changed()
+    more = _clustered(50, seed=7)
+    _collection(tmp_path / "db", more, start=400)
+    again = VectorIndex.open(coll, settings=REDUCED)
+    assert len(again) == 450 and again.projection is not None
+    ids, sims = again.search(more[:3], 1)
+    assert ids[:, 0].tolist() == [401, 402, 403]
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
+
+
+def test_small_collections_stay_exact_and_full(tmp_path):
+    coll = _collection(tmp_path / "db", _clustered(300))
+    index = VectorIndex.open(coll)
+    assert index.projection is None and index.settings.reduce_dim == 0
+    queries = _clustered(10, seed=3)
+    ids, _ = index.search(queries, 10)
+    assert (ids == _exact(coll, queries, 10)).all()
+
+
+def test_large_collections_choose_a_compact_representation():
+    assert settings_for(100).reduce_dim == 0
+    big = settings_for(1_000_000)
+    assert big.reduce_dim == REDUCED_DIM and big.dtype in ("f16", "i8") and big.rerank >= 10
+    # under 1 KB a vector: projected float16 values plus about 2*connectivity graph links
+    assert big.reduce_dim * 2 + 2 * big.connectivity * 4 + 8 < 1024
+
+
+def test_projection_keeps_inner_products_of_low_rank_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 8)) @ rng.normal(size=(8, 32))
+    p = fit_projection(x, 8)
+    y = x @ p
+    np.testing.assert_allclose(y @ y.T, x @ x.T, rtol=1e-3, atol=1e-3)
