@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test stress bench clean
 
 install: $(STAMP)
 
@@ -18,7 +18,11 @@ demo: install
 	$(BIN)/python -m imagespace.demo
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# The long fault, fuzz and load tests (marked slow): SIGKILL loops, long fuzzing, serving load.
+stress: install
+	$(BIN)/python -m pytest -q -m slow tests
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -27,8 +27,8 @@ def build_collection(base: Path, n: int = 16) -> tuple[Path, Path]:
     photos.mkdir(parents=True)
     for i in range(n):
         make_photo(i, (120, 90)).save(photos / f"img_{i:03d}.jpg", quality=90)
-    # two near-duplicates: a re-encoded copy and a resized copy of photo 0
-    make_photo(0, (120, 90)).save(photos / "copy_000.jpg", quality=70)
+    # duplicates of photo 0: the same file under another name, and a resized PNG copy
+    (photos / "copy_000.jpg").write_bytes((photos / "img_000.jpg").read_bytes())
     make_photo(0, (120, 90)).resize((100, 75)).save(photos / "small_000.png")
     db = base / "db"
     model = create_model(DEFAULT_MODEL)

@@ -237,6 +237,50 @@ def test_single_file_root(tmp_path, photo_folder, model):
         assert (r.added, r.unchanged) == (2, 1)
 
 
+def test_indexing_a_second_root_keeps_the_first(tmp_path, photo_folder, model):
+    a = photo_folder(3, name="a")
+    b = photo_folder(2, name="b")
+    with Collection(tmp_path / "db") as coll:
+        sync(coll, [a], model)
+        r = sync(coll, [b], model)
+        assert (r.added, r.removed) == (2, 0)
+        assert len(coll) == 5
+        check_consistent(coll)
+
+
+def test_incremental_cases_through_the_cli(tmp_path, photo_folder):
+    folder = photo_folder(5)
+    db = tmp_path / "db"
+    out = run_cli("index", folder, "--db", db, "--json")
+    assert out.returncode == 0, out.stderr
+    first = json.loads(out.stdout)
+    assert (first["added"], first["unchanged"], first["failed"]) == (5, 0, [])
+    with Collection(db) as coll:
+        ids = {Path(r.path).name: r.id for r in coll.all_rows()}
+
+    make_photo(50).save(folder / "img_001.jpg", quality=90)  # changed content
+    st = (folder / "img_002.jpg").stat()
+    os.utime(folder / "img_002.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 7_000_000_000))  # touched
+    (folder / "img_003.jpg").unlink()  # removed
+    (folder / "sub").mkdir()
+    os.rename(folder / "img_004.jpg", folder / "sub" / "moved.jpg")  # moved
+    make_photo(51).save(folder / "new.jpg", quality=90)  # added
+    out = run_cli("index", folder, "--db", db, "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert (r["added"], r["updated"], r["removed"], r["unchanged"], r["failed"]) == (1, 1, 1, 2, [])
+    assert r.get("moved", 1) == 1
+    with Collection(db) as coll:
+        assert len(coll) == 5
+        assert coll.row_by_path(folder / "img_001.jpg").id == ids["img_001.jpg"]
+        assert coll.row_by_path(folder / "sub" / "moved.jpg").id == ids["img_004.jpg"]
+        assert coll.row_by_path(folder / "img_003.jpg") is None
+        check_consistent(coll)
+    out = run_cli("index", folder, "--db", db, "--json")
+    r = json.loads(out.stdout)
+    assert (r["added"], r["updated"], r["removed"], r["unchanged"]) == (0, 0, 0, 5)
+
+
 # -- odd files in one folder -------------------------------------------------------------
 
 
@@ -341,6 +385,46 @@ def test_failures_are_remembered_and_forgotten(tmp_path, model):
         assert str(folder / "truncated.jpg") not in now
         assert str(folder / "random.jpg") not in now, "a deleted file is still listed as a failure"
         assert str(folder / "empty.jpg") in now
+
+
+def test_unreadable_file_is_listed_with_a_reason(model):
+    """chmod 000 stops every user but root. Tests may run as root: the run is then made
+    as the unprivileged 'nobody' (effective uid only, restored afterwards)."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="imagespace-unreadable-"))
+    try:
+        os.chmod(base, 0o777)
+        folder = base / "photos"
+        folder.mkdir()
+        make_photo(1).save(folder / "ok.jpg")
+        make_photo(2).save(folder / "secret.jpg")
+        os.chmod(folder / "secret.jpg", 0)
+        with Collection(base / "db") as coll:
+            os.chmod(base / "db", 0o777)
+            # everything the run needs is loaded before any privilege is dropped: nobody
+            # may not read the Python installation under /root
+            assert model.dim
+            import imagespace.embed  # noqa: F401
+            import usearch.index  # noqa: F401
+            dropped = False
+            if os.geteuid() == 0:
+                try:
+                    os.seteuid(65534)
+                    dropped = True
+                except OSError as e:
+                    pytest.skip(f"running as root and cannot drop to an unprivileged user ({e})")
+            try:
+                r = sync(coll, [folder], model)
+            finally:
+                if dropped:
+                    os.seteuid(0)
+            assert r.added == 1
+            assert r.failed == [{"path": str(folder / "secret.jpg"), "error": "permission denied"}]
+            assert [f["path"] for f in coll.failures()] == [str(folder / "secret.jpg")]
+    finally:
+        os.chmod(base / "photos" / "secret.jpg", 0o644)
+        shutil.rmtree(base)
 
 
 # -- a run killed with SIGKILL ------------------------------------------------------------

@@ -23,6 +23,7 @@ from imagespace.embed import content_digest, embed_files
 from imagespace.index import INDEX_FILE, INDEX_META, VectorIndex
 from imagespace.integrity import check_collection
 from imagespace.models import DEFAULT_MODEL, create_model
+from imagespace.search import Searcher
 
 CLI = [sys.executable, "-m", "imagespace"]
 TIMEOUT = 300
@@ -92,7 +93,7 @@ def small_disk(tmp_path: Path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.mark.parametrize("kilobytes", [360, 700])
+@pytest.mark.parametrize("kilobytes", [360, pytest.param(700, marks=pytest.mark.slow)])
 def test_disk_full_is_a_clear_error_and_the_next_run_completes(tmp_path: Path, small_disk, kilobytes: int) -> None:
     """360k fills up while rows are written; 700k holds the rows but not the index file."""
     disk, resize = small_disk
@@ -224,12 +225,18 @@ def test_odd_names_survive_sqlite_json_and_the_cli(tmp_path: Path) -> None:
     expected = {os.path.join(os.fsencode(folder), n) for n in ODD_NAMES}
     with Collection(db) as coll:
         assert {os.fsencode(r.path) for r in coll.all_rows()} == expected  # exact bytes back
-    for name in ODD_NAMES:
+    for name in ODD_NAMES[:2] + ODD_NAMES[3:5]:  # each CLI run loads the model: a few suffice
         path = os.path.join(os.fsencode(folder), name)
         found = _cli("search", "--like", os.fsdecode(path), "--db", str(db), "--json", "-k", "3")
         assert found.returncode == 0, (name, found.stderr)
         results = json.loads(found.stdout.decode("utf-8"))["results"]
         assert len(results) == 3 and all(os.fsencode(r["path"]) in expected - {path} for r in results)
+    with Collection(db) as coll:  # and every name through the library
+        searcher = Searcher(coll)
+        for name in ODD_NAMES:
+            path = os.fsdecode(os.path.join(os.fsencode(folder), name))
+            hits = searcher.by_path(path, k=len(ODD_NAMES))
+            assert {os.fsencode(h.path) for h in hits} == expected - {os.fsencode(path)}
     human = _cli("index", str(folder), "--db", str(db))  # the human output prints them too
     assert human.returncode == 0, human.stderr
     # Moves and removals of odd names are found like any other.

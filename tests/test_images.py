@@ -116,12 +116,14 @@ ORIENTED = {
 }
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
 @pytest.mark.parametrize("orientation", sorted(ORIENTED))
-def test_exif_orientation_is_applied(orientation):
+def test_exif_orientation_is_applied(orientation, fmt):
     a = quadrants(80, 40)
     exif = Image.Exif()
     exif[0x0112] = orientation
-    d = decode(encode(Image.fromarray(a), "JPEG", quality=95, exif=exif.tobytes()))
+    kw = {"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
+    d = decode(encode(Image.fromarray(a), fmt, exif=exif.tobytes(), **kw))
     expected = np.ascontiguousarray(ORIENTED[orientation](a))
     h, w = expected.shape[:2]
     assert (d.width, d.height) == (w, h)
@@ -322,6 +324,7 @@ def test_real_40000_square_png_is_refused_by_the_pixel_limit(huge_png):
     with pytest.raises(ImageError) as err:
         load_pil(huge_png, max_side=256)
     assert_pixel_limit_reason(str(err.value))
+    assert "corrupt" not in str(err.value)  # the file is fine; it is too large
 
 
 def test_image_over_our_own_limit_below_pillows_is_refused():
@@ -440,6 +443,7 @@ def test_unreadable_file(tmp_path):
         folder.rmdir()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on the corrupt TIFF tags
 def test_every_failure_is_an_image_error_not_a_crash():
     """A fuzz of small corruptions of valid files: each either decodes or gives a reason."""
     rng = np.random.default_rng(4)

@@ -37,7 +37,7 @@ def ids_by_name(db: Path) -> dict[str, int]:
 
 
 def test_health_and_info(client, indexed):
-    assert client.get("/api/health").json() == {"status": "ok", "images": 18, "indexing": "idle"}
+    assert client.get("/api/health").json() == {"status": "ok", "images": 18, "indexing": "idle", "warm": False}
     info = client.get("/api/info").json()
     assert info["images"] == 18 and info["dim"] == 1280
     assert info["roots"] == [str(indexed[1].resolve())]
@@ -246,6 +246,23 @@ def test_real_duplicates_when_present(indexed):
     assert r.status_code == 200, r.text
     groups = r.json()["groups"]
     assert any({ids["img_000.jpg"], ids["copy_000.jpg"]} <= {x["id"] for x in g} for g in groups)
+
+
+def test_real_recommend_and_clusters_when_present(indexed):
+    """With the library's own recommend() and cluster_collection() (skipped until they exist)."""
+    pytest.importorskip("imagespace.analysis.recommend", reason="imagespace.analysis.recommend not written yet")
+    pytest.importorskip("imagespace.analysis.clusters", reason="imagespace.analysis.clusters not written yet")
+    ids = ids_by_name(indexed[0])
+    with TestClient(create_app(indexed[0]), base_url=LOCAL) as c:
+        r = c.post("/api/recommend", json={"like": [ids["img_000.jpg"]], "unlike": [ids["img_001.jpg"]], "k": 5})
+        assert r.status_code == 200, r.text
+        got = [x["id"] for x in r.json()["results"]]
+        assert 0 < len(got) <= 5 and ids["img_000.jpg"] not in got and ids["img_001.jpg"] not in got
+        r = c.get("/api/clusters", params={"k": 3})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        members = [i for cl in body["clusters"] for i in cl["ids"]] + body["outliers"]
+        assert sorted(members) == sorted(ids.values()) and all(cl["label"] for cl in body["clusters"])
 
 
 # -- indexing runs from the API ---------------------------------------------------------------

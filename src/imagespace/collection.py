@@ -13,6 +13,7 @@ import os
 import sqlite3
 import stat as statmod
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,8 @@ class Collection:
                 self.conn.executescript(_SCHEMA)
                 if self.get_meta("schema_version") is None:
                     self.set_meta("schema_version", str(SCHEMA_VERSION))
+                if self.get_meta("collection_id") is None:  # ties derived files to this database
+                    self.set_meta("collection_id", uuid.uuid4().hex)
         except sqlite3.DatabaseError as e:
             raise CollectionError(f"{db_path} is not a usable collection: {e}") from None
 
@@ -160,6 +163,10 @@ class Collection:
     @property
     def seq(self) -> int:
         return int(self.get_meta("seq") or 0)
+
+    @property
+    def collection_id(self) -> str | None:
+        return self.get_meta("collection_id")
 
     @property
     def model_id(self) -> str | None:
@@ -214,7 +221,7 @@ class Collection:
         return Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], [tuple(t) for t in json.loads(r[8])], r[9])
 
     def rows(self, ids: Iterable[int]) -> dict[int, Row]:
-        ids = list(ids)
+        ids = [i for i in ids if -(2**63) <= i < 2**63]  # SQLite's integers; others match no row
         out: dict[int, Row] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]

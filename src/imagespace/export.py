@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from .collection import Collection
+from .names import readable_path
 
 _CHUNK = 5_000
 
@@ -42,7 +43,7 @@ def export_parquet(collection: Collection, out: str | os.PathLike[str]) -> int:
             table = pa.table(
                 {
                     "id": ids,
-                    "path": [_readable(r.path) for r in ordered],
+                    "path": [readable_path(r.path) for r in ordered],
                     "path_bytes": [os.fsencode(r.path) for r in ordered],
                     "size": [r.size for r in ordered],
                     "width": [r.width for r in ordered],
@@ -60,11 +61,3 @@ def export_parquet(collection: Collection, out: str | os.PathLike[str]) -> int:
     os.replace(tmp, out)
     return written
 
-
-def _readable(path: str) -> str:
-    """A path as valid UTF-8 text: bytes that are not UTF-8 (surrogate escapes) become \\xNN."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return path

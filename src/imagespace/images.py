@@ -97,7 +97,6 @@ def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS) -> Decode
             fmt = im.format or "unknown"
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)  # animated GIF/WebP/TIFF: the first frame stands for the file
-            transposed = _orientation(im) in (5, 6, 7, 8)
             if fmt == "JPEG":
                 # Let libjpeg scale by 1/2, 1/4 or 1/8 while decoding: a 12 MP photo then
                 # costs a fraction of a full decode. Both sides stay at least ``size``; the
@@ -106,7 +105,11 @@ def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS) -> Decode
                 # way, precision@1 0.958 vs 0.954).
                 im.draft("RGB", (size, size))
             im.load()
+            # Some decoders (TIFF) apply the orientation while loading and report the
+            # upright size already: swap width and height only if exif_transpose turned it.
+            loaded_size = im.size
             im = ImageOps.exif_transpose(im) or im
+            transposed = im.size != loaded_size
             rgb = _to_rgb(im)
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
             pixels = np.asarray(rgb, dtype=np.uint8)
@@ -157,15 +160,10 @@ def load_pil(path: str | os.PathLike[str], max_side: int | None = None) -> Image
         raise
     except UnidentifiedImageError:
         raise ImageError("not a recognised image format") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"refused as a possible decompression bomb: {e}") from None
     except Exception as e:  # noqa: BLE001 - every decoder failure becomes a reason
         raise ImageError(f"corrupt image: {e}") from None
-
-
-def _orientation(im: Image.Image) -> int:
-    try:
-        return int(im.getexif().get(0x0112, 1))
-    except Exception:  # noqa: BLE001 - a broken EXIF block means "no orientation"
-        return 1
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

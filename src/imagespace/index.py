@@ -103,6 +103,10 @@ class VectorIndex:
                 meta = json.loads(meta_path.read_text())
                 if meta.get("format") != INDEX_FORMAT or meta.get("model_id") != collection.model_id or meta.get("dim") != dim:
                     reason = "index made for another model or format"
+                elif meta.get("collection_id") != collection.collection_id:
+                    reason = "index file belongs to another collection"
+                elif int(meta.get("seq", -1)) > collection.seq:
+                    reason = "index file is newer than the rows (a database restored from a backup?)"
                 elif meta.get("digest") != file_checksum(path):
                     reason = "index file damaged (its checksum does not match)"
                 else:
@@ -213,6 +217,7 @@ class VectorIndex:
                 "format": INDEX_FORMAT,
                 "seq": self.seq,
                 "model_id": self.collection.model_id,
+                "collection_id": self.collection.collection_id,
                 "dim": self.collection.dim,
                 "count": len(self.index),
                 "settings": self.settings.__dict__,

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .collection import Collection
-from .index import INDEX_FILE, INDEX_FORMAT, INDEX_META, IndexSettings, VectorIndex, file_checksum
+from .index import INDEX_FILE, INDEX_FORMAT, INDEX_META, PROJECTION_FILE, IndexSettings, VectorIndex, file_checksum
 
 # How many examples of one kind of problem a report lists (the count is always exact).
 MAX_EXAMPLES = 10
 # An index entry whose vector is further than this from its row's vector is wrong.
 MIN_COSINE = 0.999
-_TMP_NAME = re.compile(r"^vectors\.(?:usearch|json)\.(\d+)\.tmp$")
+_TMP_NAME = re.compile(r"^vectors\.(?:usearch|json|projection\.npy)\.(\d+)\.tmp(?:\.npy)?$")
 
 
 @dataclass
@@ -215,6 +215,7 @@ def _check_index(collection: Collection, report: CheckReport, good_ids: set[int]
 
 
 def _load_index(collection: Collection, report: CheckReport) -> tuple[VectorIndex, int] | None:
+    """The saved index as ``VectorIndex.open`` would trust it, or None with the reason reported."""
     path, meta_path = collection.root / INDEX_FILE, collection.root / INDEX_META
     if not path.exists() or not meta_path.exists():
         report.notices.append(Finding("index-absent", "no index file yet: it is built from the rows when first needed"))
@@ -224,29 +225,46 @@ def _load_index(collection: Collection, report: CheckReport) -> tuple[VectorInde
         if meta.get("format") != INDEX_FORMAT or meta.get("model_id") != collection.model_id or meta.get("dim") != collection.dim:
             report.notices.append(Finding("index-other-model", "the index file was made for another model or format; it is rebuilt when opened"))
             return None
-        if meta.get("digest") != file_checksum(path):
-            report.errors.append(Finding("index-damaged", "the index file does not match its checksum: it is damaged (run check --repair)"))
+        problem = None
+        if meta.get("collection_id") != collection.collection_id:
+            problem = "the index file belongs to another collection"
+        elif int(meta["seq"]) > collection.seq:
+            problem = "the index file is newer than the rows (a database restored from a backup?)"
+        elif meta.get("digest") != file_checksum(path):
+            problem = "the index file does not match its checksum: it is damaged"
+        if problem:
+            report.errors.append(Finding("index-damaged", f"{problem} (searches rebuild it; check --repair saves the rebuilt one)"))
             return None
-        raw = VectorIndex._load(path)
-        if raw is None or raw.ndim != collection.dim:
-            raise ValueError("not a usearch index of the collection's dimension")
         settings = IndexSettings(**meta.get("settings", {}))
-        return VectorIndex(collection, raw, int(meta["seq"]), settings, dirty=False), int(meta["seq"])
+        raw = VectorIndex._load(path)
+        projection = None
+        if settings.reduce_dim:
+            proj_path = collection.root / PROJECTION_FILE
+            if meta.get("projection_digest") != file_checksum(proj_path):
+                raise ValueError("projection file missing or damaged")
+            projection = np.load(proj_path)
+        if raw is None or raw.ndim != (settings.reduce_dim or collection.dim):
+            raise ValueError("not a usearch index of the expected dimension")
+        index = VectorIndex(collection, raw, int(meta["seq"]), settings, dirty=False, projection=projection)
+        return index, int(meta["seq"])
     except (ValueError, OSError, RuntimeError, TypeError, KeyError) as e:
         report.errors.append(Finding("index-unreadable", f"the index file is unreadable ({e}); run check --repair to rebuild it"))
         return None
 
 
 def _wrong_index_vectors(collection: Collection, index: VectorIndex, ids: list[int], chunk: int = 2000) -> list[int]:
+    """Ids whose vector in the graph is not their row's (or its projection, for a reduced index)."""
     wrong: list[int] = []
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk]
         row_ids, row_vecs = collection.vectors(part)
-        got = index.vectors_of(row_ids)
-        if got.shape != row_vecs.shape:
+        want = index._to_index(row_vecs)
+        got = np.asarray(index.index.get(row_ids), dtype=np.float32) if len(row_ids) else want
+        if got.shape != want.shape:
             return [int(i) for i in row_ids]
-        norms = np.linalg.norm(got, axis=1) * np.linalg.norm(row_vecs, axis=1)
-        cos = np.einsum("ij,ij->i", got, row_vecs) / np.maximum(norms, 1e-12)
+        with np.errstate(all="ignore"):
+            norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
+            cos = np.einsum("ij,ij->i", got, want) / np.maximum(norms, 1e-12)
         wrong.extend(int(i) for i in row_ids[~(cos >= MIN_COSINE)])
     return wrong
 

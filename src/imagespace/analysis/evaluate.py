@@ -29,7 +29,7 @@ def evaluate_folder(collection: Collection, data_dir: str | os.PathLike[str], *,
         {
             "images": len(data.labels),
             "classes": len(set(data.labels)),
-            "model": collection.model_spec if model is None else model.name,
+            "model": (collection.model_spec or "efficientnet-lite0") if model is None else model.name,
             "failed": data.failed,
             "seconds": round(time.perf_counter() - started, 3),
         }
@@ -66,6 +66,7 @@ def evaluate_vectors(vectors: np.ndarray, labels: list[str], *, knn: int = KNN, 
     return {
         "precision_at_1": round(float(np.mean(p1)), 4),
         "map": round(float(np.mean(aps)), 4) if aps else None,
-        f"knn{knn}_accuracy": round(float(np.mean(knn_ok)), 4),
+        "knn_accuracy": round(float(np.mean(knn_ok)), 4),
+        "knn": knn,
         "nmi": round(float(normalized_mutual_info_score(y, clusters)), 4),
     }

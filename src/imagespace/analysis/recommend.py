@@ -33,18 +33,43 @@ def recommend(
     k: int = 10,
     *,
     diversity: float = 1 - DIVERSITY_LAMBDA,
+    dba: bool = False,
     index: VectorIndex | None = None,
 ) -> list[Hit]:
-    """Up to ``k`` images like the ``like`` row ids and unlike the ``unlike`` ones, inputs excluded."""
+    """Up to ``k`` images like the ``like`` row ids and unlike the ``unlike`` ones, inputs excluded.
+
+    With ``dba`` the vectors are the collection's DBA vectors (see ``rerank``), which pull
+    images of one kind together; scores are then cosines between those.
+    """
     like = list(dict.fromkeys(int(i) for i in like))
     unlike = [int(i) for i in dict.fromkeys(unlike) if int(i) not in like]
     if not like:
         raise QueryError("recommend needs at least one liked image")
-    liked_ids, liked = collection.vectors(like)
+    index = index or VectorIndex.open(collection)
+    if dba:
+        from .rerank import dba_space
+
+        space = dba_space(collection, index=index)
+
+        def vectors_of(ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            pos = np.searchsorted(space.ids, np.asarray(sorted(ids), dtype=np.int64))
+            pos = pos[pos < len(space.ids)]
+            pos = pos[np.isin(space.ids[pos], ids)]
+            return space.ids[pos], space.vectors[pos]
+
+        def nearest(q: np.ndarray, n: int) -> np.ndarray:
+            return space.search(q, n)[0]
+    else:
+        vectors_of = collection.vectors
+
+        def nearest(q: np.ndarray, n: int) -> np.ndarray:
+            return index.search(q[None], n)[0][0]
+
+    liked_ids, liked = vectors_of(like)
     missing = sorted(set(like) - set(liked_ids.tolist()))
     if missing:
         raise QueryError(f"row ids not in the collection (or not embedded with its model): {missing[:10]}")
-    disliked = collection.vectors(unlike)[1] if unlike else np.zeros((0, liked.shape[1]), dtype=np.float32)
+    disliked = vectors_of(unlike)[1] if unlike else np.zeros((0, liked.shape[1]), dtype=np.float32)
     query = liked.mean(0)
     if len(disliked):
         query = query - UNLIKE_WEIGHT * disliked.mean(0)
@@ -53,14 +78,12 @@ def recommend(
         raise QueryError("the liked and disliked images cancel out: like something else, or dislike less")
     query /= norm
 
-    index = index or VectorIndex.open(collection)
     exclude = set(like) | set(unlike)
     want = k * _FETCH_FACTOR + len(exclude)
-    cand_ids, _ = index.search(query[None], want)
-    cand = [int(i) for i in cand_ids[0] if i >= 0 and int(i) not in exclude]
+    cand = [int(i) for i in nearest(query, want) if i >= 0 and int(i) not in exclude]
     if not cand:
         return []
-    cids, cvecs = collection.vectors(cand)
+    cids, cvecs = vectors_of(cand)
     relevance = (cvecs @ liked.T).mean(1)
     if len(disliked):
         relevance = relevance - UNLIKE_WEIGHT * np.maximum((cvecs @ disliked.T).max(1), 0.0)

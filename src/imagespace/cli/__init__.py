@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from . import core  # noqa: F401 - registers the commands
+from . import analysis  # noqa: F401
 from . import train  # noqa: F401
 from . import serve  # noqa: F401
 from . import check  # noqa: F401

@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, File, HTTPException, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ..collection import Row
+from ..names import readable_path
 from ..search import Hit
 from .engine import Engine
 from .files import CONTENT_TYPES, DEFAULT_THUMB, THUMB_SIZES, ThumbnailCache, original_bytes
@@ -30,6 +31,8 @@ class Item(BaseModel):
     height: int
     size: int
     thumb: str = Field(description="URL of a 256 px thumbnail (add &size=128|512|1024)")
+
+    _text_path = field_validator("path")(lambda v: readable_path(v))  # names need not be UTF-8
 
 
 class Tag(BaseModel):
@@ -55,6 +58,8 @@ class ImageDetails(BaseModel):
     thumb: str
     file: str
     neighbours: list[Item]
+
+    _text_path = field_validator("path")(lambda v: readable_path(v))
 
 
 class Cluster(BaseModel):
@@ -100,6 +105,7 @@ class Health(BaseModel):
     status: str
     images: int
     indexing: str
+    warm: bool = Field(description="models loaded and index open (serve warms them at start-up)")
 
 
 class Recommend(BaseModel):
@@ -157,7 +163,7 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
 
     @r.get("/health", response_model=Health)
     def health() -> Health:
-        return Health(status="ok", images=engine.info()["images"], indexing=engine.job().state)
+        return Health(status="ok", images=engine.info()["images"], indexing=engine.job().state, warm=engine.warmed)
 
     @r.get("/info")
     def info() -> dict:

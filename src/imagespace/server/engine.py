@@ -8,6 +8,7 @@ guards it for use from the threads that serve requests.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..collection import Collection, CollectionError, Row
-from ..search import Hit, Searcher
+from ..search import Hit, QueryError, Searcher
 
 # Uploaded queries are decoded under a tighter pixel limit than files on disk: a request
 # must never make the server hold gigabytes of pixels.
@@ -71,6 +72,9 @@ class Engine:
         self._job = IndexJob()
         self._job_lock = threading.Lock()
         self._job_thread: threading.Thread | None = None
+        self._text_lock = threading.Lock()
+        self._text_ready = False
+        self.warmed = False
 
     def close(self) -> None:
         if self._job_thread is not None:
@@ -101,9 +105,21 @@ class Engine:
             model = self._model if self._model is not None and self._model.model_id == coll.model_id else None
             self._searcher = Searcher(coll, model=model)
             self._searcher_model_id = coll.model_id
+            self._keep_index(self._searcher)
         else:
             self._searcher.refresh()
         return self._searcher
+
+    def _keep_index(self, searcher: Searcher) -> None:
+        """Save an index that opening had to rebuild or catch up, so the next start loads it."""
+        index = searcher.index
+        if not index.dirty:
+            return
+        try:
+            with self.collection.lock():  # not while an indexing run owns the collection
+                index.save_if_changed()
+        except (CollectionError, OSError):
+            pass  # the run saves the index itself; a read-only folder just rebuilds next time
 
     def with_searcher(self, fn: Callable[[Searcher], Any]) -> Any:
         """Run ``fn(searcher)`` with the process's one Searcher, up to date with the rows."""
@@ -111,12 +127,29 @@ class Engine:
             return fn(self._searcher_locked())
 
     def warm(self) -> None:
-        """Open the index and load the model ahead of the first query (best effort)."""
-        try:
-            self.with_searcher(lambda s: len(s.index))
-            self.model()
-        except Exception:  # noqa: BLE001 - warming is an optimisation; queries report real errors
-            pass
+        """Open the index and load the models ahead of the first query (best effort)."""
+        for step in (lambda: self.with_searcher(lambda s: len(s.index)), self.model, self._load_text_side):
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - warming is an optimisation; queries report real errors
+                pass
+        self.warmed = True
+
+    def _load_text_side(self) -> None:
+        """Load the words-to-vectors side once, outside the search lock (it takes seconds)."""
+        with self._text_lock:
+            if self._text_ready:
+                return
+            search_text = _optional("imagespace.text", "search_text", "search by words")
+            understand = getattr(sys.modules["imagespace.text"], "understand", None)
+            try:
+                if understand is not None:
+                    understand("daisy")  # the sentence model: the slow part, outside the search lock
+                self.model()
+                self.with_searcher(lambda s: search_text(s, "daisy", k=1))
+            except (QueryError, EmptyCollection, CollectionError):
+                pass
+            self._text_ready = True
 
     # -- rows ----------------------------------------------------------------------------
 
@@ -172,7 +205,7 @@ class Engine:
 
     def by_text(self, text: str, *, k: int, offset: int, where: str | None, min_score: float | None) -> tuple[list[Hit], dict]:
         search_text = _optional("imagespace.text", "search_text", "search by words")
-        self.model()  # load outside the search lock's critical path on first use
+        self._load_text_side()  # first use: load the models without holding up other queries
 
         def run(s: Searcher):
             hits, extra = search_text(s, text, k=k + offset, where=where, min_score=min_score)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .losses import make_loss
-from .metrics import retrieval_metrics
+from .metrics import split_metrics
 from .progress import TrainProgress
 
 # Picked by measurement (benchmarks/bench_train.py, flowers12 train with 20% held out):
@@ -143,10 +143,10 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y:
             loss.backward()
             opt.step()
             if progress:
-                progress.advance(1, images=len(b), loss=float(loss))
+                progress.advance(1, images=len(b), loss=float(loss.detach()))
         state.epoch += 1
-        score = evaluate_head(head, val_x, val_y)
-        state.history.append({"epoch": state.epoch, "loss": float(loss), **{f"val_{k}": v for k, v in score.items()}})
+        score = evaluate_head(head, val_x, val_y, train_x, train_y)
+        state.history.append({"epoch": state.epoch, "loss": float(loss.detach()), **{f"val_{k}": v for k, v in score.items()}})
         if score["map"] > state.best_score:
             state.best_score, state.best_epoch = score["map"], state.epoch
             state.best_head = copy.deepcopy(head.state_dict())
@@ -170,8 +170,10 @@ def embed_with_head(head: ProjectionHead, x: np.ndarray) -> np.ndarray:
         return head.eval()(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
-def evaluate_head(head: ProjectionHead, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    m = retrieval_metrics(embed_with_head(head, x), y)
+def evaluate_head(head: ProjectionHead, x: np.ndarray, y: np.ndarray, train_x: np.ndarray | None = None,
+                  train_y: np.ndarray | None = None) -> dict[str, float]:
+    train = embed_with_head(head, train_x) if train_x is not None else None
+    m = split_metrics(embed_with_head(head, x), y, train, train_y)
     return {"precision_at_1": m["precision_at_1"], "map": m["map"]}
 
 

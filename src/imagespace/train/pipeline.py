@@ -26,7 +26,7 @@ from .augment import AugmentConfig
 from .data import DataError, ImageSet, check_supervised, decode_all, open_image_set, split_validation
 from .export import export_model_dir, write_metrics
 from .features import extract_features
-from .metrics import retrieval_metrics, view_retrieval
+from .metrics import retrieval_metrics, split_metrics, view_retrieval
 from .progress import TrainProgress
 from .trainer import LoopSettings, fit
 from .workdir import (RunError, load_checkpoint, load_run_settings, prepare_out_dir, save_checkpoint,
@@ -81,6 +81,7 @@ class Trained:
     val_new: np.ndarray | None = None
     val_pretrained: np.ndarray | None = None
     val_labels: np.ndarray | None = None
+    train_vectors: dict | None = None  # {"new", "pretrained", "labels"}: for tiny validation splits
     info: dict = field(default_factory=dict)
 
 
@@ -110,7 +111,7 @@ def run_training(config: TrainConfig, progress: TrainProgress | None = None) -> 
                                 classes=ds.classes, preprocessing=trained.preprocessing,
                                 tag_labels=trained.tag_labels, imagenet_tags=trained.imagenet_tags,
                                 architecture=trained.architecture)
-    validation = _compare(out, ds, val_idx, trained, config, progress)
+    validation = _compare(out, ds, train_idx, val_idx, trained, config, progress)
     metrics = {
         "mode": config.mode,
         "model_id": model_id,
@@ -124,6 +125,7 @@ def run_training(config: TrainConfig, progress: TrainProgress | None = None) -> 
         "skipped": ds.skipped + trained.info.get("skipped", []),
         "seconds": round(time.perf_counter() - started, 1),
     }
+    metrics = _json_safe(metrics)
     write_metrics(out, metrics)
     return {"model": str(out), "metrics": metrics}
 
@@ -155,6 +157,7 @@ def _adapter(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
                       "loss": settings.loss, "frozen_backbone": True},
         imagenet_tags=True,
         val_new=adapter_mod.embed_with_head(head, x[va]), val_pretrained=x[va, 0], val_labels=y[va],
+        train_vectors={"new": adapter_mod.embed_with_head(head, x[tr]), "pretrained": x[tr, 0], "labels": y[tr]},
         info={"epochs": state.epoch, "best_epoch": state.best_epoch, "settings": asdict(settings),
               "history": state.history, "skipped": failures},
     )
@@ -185,6 +188,7 @@ def _selfsup(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
                       "loss": "nt-xent", "frozen_backbone": True},
         imagenet_tags=True,
         val_new=adapter_mod.embed_with_head(head, x[va]), val_pretrained=x[va, 0], val_labels=y[va],
+        train_vectors={"new": adapter_mod.embed_with_head(head, x[tr]), "pretrained": x[tr, 0], "labels": y[tr]},
         info={"epochs": state.epoch, "best_epoch": state.best_epoch, "settings": asdict(settings),
               "history": state.history, "skipped": failures,
               "view_retrieval": {"new": selfsup_mod.evaluate_views(head, x[va]), "pretrained": base_views}},
@@ -203,7 +207,7 @@ def _finetune(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, 
     parts = finetune_mod.build_finetune(len(ds.classes), loss, settings.lr)
     settings.batch_size = min(settings.batch_size, len(tr))
     result = fit(parts.train_view, parts.loss, pixels[tr], y[tr], augment=finetune_mod.make_augment(size),
-                 evaluate=finetune_mod.make_evaluate(parts.train_view, pixels[va], y[va]), settings=settings,
+                 evaluate=finetune_mod.make_evaluate(parts.train_view, pixels[va], y[va], pixels[tr[:2000]], y[tr[:2000]]), settings=settings,
                  param_groups=parts.param_groups, out=out, resume=config.resume, progress=progress)
     vec_tr = finetune_mod.embed_pixels(parts.train_view, pixels[tr])
     proxies = finetune_mod.class_proxies(parts.loss, vec_tr, y[tr], len(ds.classes))
@@ -231,7 +235,7 @@ def _scratch(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
     # Check on at most a few thousand held-out images per epoch: enough to pick the best.
     check = va if len(va) <= 5000 else np.random.default_rng(config.seed).choice(va, 5000, replace=False)
     result = fit(train_view, loss, pixels[tr], y[tr], augment=scratch_mod.shift_flip_augment(max(1, size // 8)),
-                 evaluate=finetune_mod.make_evaluate(train_view, pixels[check], y[check]), settings=settings,
+                 evaluate=finetune_mod.make_evaluate(train_view, pixels[check], y[check], pixels[tr[:2000]], y[tr[:2000]]), settings=settings,
                  param_groups=[{"params": list(net.parameters())}], out=out, resume=config.resume,
                  progress=progress, score_key="map")
     return Trained(
@@ -346,34 +350,69 @@ def _preprocessing(size: int, scaling: str) -> dict:
     }
 
 
-def _compare(out: Path, ds: ImageSet, val_idx, trained: Trained, config: TrainConfig,
+def _compare(out: Path, ds: ImageSet, train_idx, val_idx, trained: Trained, config: TrainConfig,
              progress: TrainProgress) -> dict:
-    """precision@1 and mAP (leave-one-out) of the new and the pretrained model on the split."""
+    """precision@1 and mAP of the new and the pretrained model on the validation split."""
     if trained.val_new is not None:
         new, labels, pre = trained.val_new, trained.val_labels, trained.val_pretrained
+        db = trained.train_vectors  # {"new", "pretrained", "labels"} or None
     else:
-        idx = np.asarray(val_idx)
-        if len(idx) > MAX_COMPARE:
-            idx = np.sort(np.random.default_rng(config.seed).choice(idx, MAX_COMPARE, replace=False))
-        sub = ds.subset(idx)
         new_model = create_model(str(out))
-        new, kept = _embed_set(sub, new_model, progress, "validation (new model)")
-        labels = sub.labels[kept]
-        pre = None
-        if config.compare:
-            pre_all, pre_kept = _embed_set(sub, create_model(DEFAULT_MODEL), progress, "validation (pretrained)")
-            pre = pre_all[np.isin(pre_kept, kept)]
-            new, labels = new[np.isin(kept, pre_kept)], labels[np.isin(kept, pre_kept)]
+        pre_model = create_model(DEFAULT_MODEL) if config.compare else None
+        new, pre, labels = _embed_both(ds, _at_most(val_idx, config.seed), new_model, pre_model, progress, "validation")
+        db = None
+        if retrieval_metrics(new, labels)["queries"] == 0:  # tiny data: see split_metrics
+            tn, tp, tl = _embed_both(ds, _at_most(train_idx, config.seed), new_model, pre_model, progress, "training")
+            db = {"new": tn, "pretrained": tp, "labels": tl}
     result: dict = {"images": int(len(new))}
     if labels is None or (labels < 0).all():
         result["note"] = "no class folders: retrieval metrics need labels (see view_retrieval)"
         return result
-    m_new = retrieval_metrics(new, labels)
-    result["new"] = {"precision_at_1": round(m_new["precision_at_1"], 4), "map": round(m_new["map"], 4)}
-    if pre is not None:
-        m_pre = retrieval_metrics(pre, labels)
-        result["pretrained"] = {"precision_at_1": round(m_pre["precision_at_1"], 4), "map": round(m_pre["map"], 4)}
+    for name, vecs in (("pretrained", pre), ("new", new)):
+        if vecs is None:
+            continue
+        m = split_metrics(vecs, labels, db[name] if db else None, db["labels"] if db else None)
+        result[name] = {"precision_at_1": _round(m["precision_at_1"]), "map": _round(m["map"])}
+        result["protocol"] = m["protocol"]
     return result
+
+
+def _json_safe(obj):
+    """NaN and infinities (undefined metrics) become null: JSON has no NaN."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _at_most(idx, seed: int) -> np.ndarray:
+    idx = np.asarray(idx)
+    if len(idx) > MAX_COMPARE:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, MAX_COMPARE, replace=False))
+    return idx
+
+
+def _embed_both(ds: ImageSet, idx: np.ndarray, new_model: EmbeddingModel, pre_model: EmbeddingModel | None,
+                progress: TrainProgress, what: str):
+    """Vectors of ``idx`` by both models, on the images both could read, and their labels."""
+    sub = ds.subset(idx)
+    new, kept = _embed_set(sub, new_model, progress, f"{what} (new model)")
+    labels = sub.labels[kept]
+    if pre_model is None:
+        return new, None, labels
+    pre, pre_kept = _embed_set(sub, pre_model, progress, f"{what} (pretrained)")
+    both = np.intersect1d(kept, pre_kept)
+    return new[np.isin(kept, both)], pre[np.isin(pre_kept, both)], sub.labels[both]
+
+
+def _round(x: float) -> float | None:
+    # JSON has no NaN: an undefined metric (no query with a relevant item) is null.
+    return None if x != x else round(float(x), 4)
 
 
 def _embed_set(ds: ImageSet, model: EmbeddingModel, progress: TrainProgress, what: str):

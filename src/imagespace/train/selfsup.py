@@ -32,6 +32,13 @@ class SelfSupSettings:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.2
+    # NNCLR-style positives: with probability ``neighbour_p`` the positive of an image is a
+    # view of one of its ``neighbours`` nearest images in the pretrained space instead of
+    # another view of itself. Plain SimCLR (0) on a few hundred photos learnt to tell each
+    # photo apart from its own species and lowered flowers12 mAP (0.71 -> 0.60);
+    # neighbours, right about 9 times in 10 there, teach what "alike" means instead.
+    neighbours: int = 5
+    neighbour_p: float = 0.5
     seed: int = 0
 
 
@@ -54,6 +61,7 @@ def fit_selfsup_head(train_x: np.ndarray, val_x: np.ndarray, settings: SelfSupSe
             torch.set_rng_state(state.torch_rng)
     x = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32))
     n, views = x.shape[0], x.shape[1]
+    nbrs = torch.from_numpy(nearest_neighbours(train_x[:, 0], settings.neighbours))
     steps = max(1, -(-n // settings.batch_size))
     if progress and state.epoch < settings.epochs:
         progress.start("self-supervised", total=settings.epochs * steps)
@@ -71,7 +79,12 @@ def fit_selfsup_head(train_x: np.ndarray, val_x: np.ndarray, settings: SelfSupSe
                 continue
             v1 = torch.randint(0, views, (len(b),))
             v2 = (v1 + torch.randint(1, views, (len(b),))) % views  # always a different view
-            loss = nt_xent_loss(head(x[b, v1]), head(x[b, v2]), settings.temperature)
+            partner = b.clone()
+            if nbrs.shape[1]:
+                swap = torch.rand(len(b)) < settings.neighbour_p
+                pick = nbrs[b, torch.randint(0, nbrs.shape[1], (len(b),))]
+                partner = torch.where(swap, pick, b)
+            loss = nt_xent_loss(head(x[b, v1]), head(x[partner, v2]), settings.temperature)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -91,6 +104,21 @@ def fit_selfsup_head(train_x: np.ndarray, val_x: np.ndarray, settings: SelfSupSe
     if state.best_head is not None:
         head.load_state_dict(state.best_head)
     return head.eval(), state
+
+
+def nearest_neighbours(x: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) indices of each row's k most cosine-similar other rows."""
+    k = min(k, len(x) - 1)
+    if k <= 0:
+        return np.zeros((len(x), 0), dtype=np.int64)
+    z = _unit(x.astype(np.float32))
+    out = np.empty((len(x), k), dtype=np.int64)
+    for start in range(0, len(z), 1024):
+        sim = z[start:start + 1024] @ z.T
+        sim[np.arange(len(sim)), np.arange(start, start + len(sim))] = -np.inf
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        out[start:start + len(sim)] = top
+    return out
 
 
 def evaluate_views(head: ProjectionHead, x: np.ndarray) -> dict[str, float]:

@@ -1,0 +1,386 @@
+"""Quality of the analysis features on flowers12: classify, clusters, recommend, duplicates,
+query expansion / DBA, and search by words.
+
+    python -m benchmarks.quality_analysis            # from the project root
+    python -m benchmarks.quality_analysis --db DIR   # reuse a collection of flowers12
+
+The duplicate test set is built here, in code: every flowers12 photo, plus edited copies of
+some of them (resized, recompressed, cropped 8-15%, rotated 4-10 degrees, brighter or
+darker, recoloured, mirrored, with text, with a border, and a mix), so the other photos of
+each species are the distractors. flowers12 itself holds pairs of the same photo saved
+twice; they are found by comparing pixels (independently of the method measured) and count
+as duplicates too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOWERS12 = ROOT.parent / "shared" / "data" / "flowers12"
+# Two files whose 64x64 grey pixels differ by less than this (RMS, 0-255) are one photo.
+_SAME_PIXELS_RMS = 6.0
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def flowers12_files(root: Path = FLOWERS12, species: list[str] | None = None) -> list[Path]:
+    files = sorted(root.glob("*/*/*.jpg"))
+    return [f for f in files if species is None or f.parent.name in species]
+
+
+def _edits():
+    from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+    def resize(im, r):
+        return im.resize((int(im.width * 1.6), int(im.height * 1.6)), Image.Resampling.BICUBIC)
+
+    def shrink(im, r):
+        return im.resize((im.width * 2 // 3, im.height * 2 // 3), Image.Resampling.BILINEAR)
+
+    def recompress(im, r):
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=25)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    def crop(im, r):
+        f = r.uniform(0.08, 0.15)
+        w, h = im.size
+        dx, dy = int(w * f), int(h * f)
+        x0, y0 = r.randint(0, dx), r.randint(0, dy)
+        return im.crop((x0, y0, x0 + w - dx, y0 + h - dy))
+
+    def rotate(im, r):
+        return im.rotate(r.choice([-1, 1]) * r.uniform(4, 10), resample=Image.Resampling.BICUBIC)
+
+    def brightness(im, r):
+        return ImageEnhance.Brightness(im).enhance(r.choice([0.7, 1.35]))
+
+    def colour(im, r):
+        return ImageEnhance.Color(ImageEnhance.Contrast(im).enhance(1.2)).enhance(r.choice([0.3, 1.7]))
+
+    def mirror(im, r):
+        return ImageOps.mirror(im)
+
+    def text(im, r):
+        im = im.copy()
+        d = ImageDraw.Draw(im)
+        d.text((10, im.height - 30), "(c) holiday 2019", fill=(255, 255, 255))
+        d.rectangle((5, 5, 90, 25), fill=(200, 30, 30))
+        return im
+
+    def border(im, r):
+        return ImageOps.expand(im, border=r.randint(10, 24), fill=r.choice([(255, 255, 255), (0, 0, 0)]))
+
+    def mixed(im, r):
+        return recompress(brightness(crop(mirror(im, r), r), r), r)
+
+    return [resize, shrink, recompress, crop, rotate, brightness, colour, mirror, text, border, mixed]
+
+
+def same_photo_groups(files: list[Path]) -> list[set[str]]:
+    """Groups of files that hold the same photo, by their pixels (per species folder name)."""
+    from PIL import Image
+
+    groups: list[set[str]] = []
+    by_species: dict[str, list[Path]] = {}
+    for f in files:
+        by_species.setdefault(f.parent.name, []).append(f)
+    for members in by_species.values():
+        px = np.stack([np.asarray(Image.open(f).convert("L").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float32).ravel() for f in members])
+        sq = (px**2).sum(1)
+        rms = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * px @ px.T, 0) / px.shape[1])
+        for a, b in zip(*np.where(np.triu(rms < _SAME_PIXELS_RMS, 1))):
+            groups.append({str(members[a]), str(members[b])})
+    return _merge(groups)
+
+
+def build_duplicate_set(out: Path, files: list[Path], copies: int, seed: int = 0) -> list[set[str]]:
+    """Copy ``files`` to ``out/originals`` and write ``copies`` edited copies to ``out/copies``.
+
+    Returns the true groups of duplicates (paths under ``out``).
+    """
+    from PIL import Image
+
+    rng = random.Random(seed)
+    (out / "originals").mkdir(parents=True, exist_ok=True)
+    (out / "copies").mkdir(parents=True, exist_ok=True)
+    name = {f: f"{f.parts[-3]}_{f.parts[-2]}_{f.name}" for f in files}
+    for f in files:
+        shutil.copy(f, out / "originals" / name[f])
+    groups = [{str(out / "originals" / name[Path(p)]) for p in g} for g in same_photo_groups(files)]
+    edits = _edits()
+    for n, f in enumerate(rng.sample(files, copies)):
+        edit = edits[n % len(edits)]
+        copy = out / "copies" / f"{Path(name[f]).stem}__{edit.__name__}.jpg"
+        edit(Image.open(f).convert("RGB"), rng).save(copy, quality=90)
+        groups.append({str(out / "originals" / name[f]), str(copy)})
+    return _merge(groups)
+
+
+def _merge(groups: list[set[str]]) -> list[set[str]]:
+    merged: list[set[str]] = []
+    for g in groups:
+        g = set(g)
+        for other in [m for m in merged if m & g]:
+            g |= other
+            merged.remove(other)
+        merged.append(g)
+    return merged
+
+
+def pairs_of(groups) -> set[tuple[str, str]]:
+    return {tuple(sorted(p)) for g in groups for p in itertools.combinations(sorted(g), 2)}
+
+
+def pair_precision_recall(predicted, truth) -> tuple[float, float, int, int]:
+    pred, true = pairs_of(predicted), pairs_of(truth)
+    tp = len(pred & true)
+    return (tp / len(pred) if pred else 1.0), (tp / len(true) if true else 1.0), len(pred), len(true)
+
+
+def index_folder(folder: Path | list[Path], db: Path):
+    from imagespace.collection import Collection
+    from imagespace.models import DEFAULT_MODEL, create_model
+
+    coll = Collection(db, create=True)
+    model = create_model(DEFAULT_MODEL)
+    roots = folder if isinstance(folder, list) else [folder]
+    coll.sync([str(p) for p in roots], model, model_spec=DEFAULT_MODEL)
+    return coll
+
+
+def _labels_of(coll) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ids, vectors = coll.vectors()
+    rows = coll.rows(ids.tolist())
+    species = np.array([Path(rows[i].path).parent.name for i in ids.tolist()])
+    split = np.array([Path(rows[i].path).parent.parent.name for i in ids.tolist()])
+    return ids, vectors, species, split
+
+
+# -- measurements -------------------------------------------------------------------------
+
+
+def measure_classify(coll, root: Path = FLOWERS12) -> dict:
+    from imagespace.analysis.classify import classify_collection, train_classifier
+
+    t0 = time.perf_counter()
+    clf = train_classifier(coll, root / "train")
+    preds = classify_collection(coll, clf)
+    test = [p for p in preds if Path(p.path).parent.parent.name == "test"]
+    correct = sum(p.label == Path(p.path).parent.name for p in test)
+    unknown = sum(p.label == "unknown" for p in test)
+    return {
+        "test_accuracy": correct / len(test),
+        "test_images": len(test),
+        "unknown": unknown,
+        "cv_accuracy": clf.cv_accuracy,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def measure_clusters(coll) -> dict:
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from imagespace.analysis.clusters import cluster_collection
+
+    t0 = time.perf_counter()
+    result = cluster_collection(coll)
+    ids, _, species, _ = _labels_of(coll)
+    assigned = np.array([result.assignment[int(i)] for i in ids])
+    outlier = set(result.outliers)
+    keep = np.array([int(i) not in outlier for i in ids])
+    return {
+        "k": result.k,
+        "nmi": float(normalized_mutual_info_score(species, assigned)),
+        "nmi_without_outliers": float(normalized_mutual_info_score(species[keep], assigned[keep])),
+        "outliers": len(outlier),
+        "labels": [c.label for c in result.clusters],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def measure_recommend(coll, *, dba: bool, seed: int = 0) -> dict:
+    from imagespace.analysis.recommend import recommend
+
+    ids, _, species, split = _labels_of(coll)
+    rng = np.random.default_rng(seed)
+    hits_per_species = {}
+    for s in sorted(set(species)):
+        pool = ids[(species == s) & (split == "train")]
+        liked = [int(i) for i in rng.choice(pool, 3, replace=False)]
+        got = recommend(coll, liked, k=10, dba=dba)
+        hits_per_species[s] = sum(Path(h.path).parent.name == s for h in got)
+    values = list(hits_per_species.values())
+    return {"mean_hits_of_10": float(np.mean(values)), "min_hits_of_10": int(min(values)), "per_species": hits_per_species}
+
+
+def measure_rerank(coll) -> dict:
+    """Test photos as queries against the training photos: mAP, precision@1 and @10."""
+    from imagespace.analysis.rerank import DBA_ALPHA, DBA_NEIGHBOURS, QE_ALPHA, QE_NEIGHBOURS, augment, expand_query
+
+    _, vectors, species, split = _labels_of(coll)
+    q, ql = vectors[split == "test"], species[split == "test"]
+    d, dl = vectors[split == "train"], species[split == "train"]
+
+    def dba(db):
+        s = db @ db.T
+        np.fill_diagonal(s, -np.inf)
+        nb = np.argsort(-s, 1)[:, :DBA_NEIGHBOURS]
+        return augment(db, nb, np.take_along_axis(s, nb, 1), DBA_ALPHA)
+
+    def qe(queries, db):
+        s = queries @ db.T
+        nb = np.argsort(-s, 1)[:, :QE_NEIGHBOURS]
+        return np.stack([expand_query(queries[i], db[nb[i]], s[i, nb[i]], QE_ALPHA) for i in range(len(queries))])
+
+    def scores(queries, db):
+        s = queries @ db.T
+        aps, p1, p10 = [], [], []
+        for i in range(len(queries)):
+            rel = dl[np.argsort(-s[i], kind="stable")] == ql[i]
+            hits = np.cumsum(rel)
+            aps.append(float((hits / np.arange(1, len(rel) + 1))[rel].mean()))
+            p1.append(rel[0])
+            p10.append(rel[:10].mean())
+        return {"map": float(np.mean(aps)), "p@1": float(np.mean(p1)), "p@10": float(np.mean(p10))}
+
+    d_dba = dba(d)
+    return {
+        "plain": scores(q, d),
+        "qe": scores(qe(q, d), d),
+        "dba": scores(q, d_dba),
+        "qe+dba": scores(qe(q, d_dba), d_dba),
+    }
+
+
+def measure_duplicates(work: Path, files: list[Path], copies: int) -> dict:
+    from imagespace.analysis.duplicates import duplicate_report
+
+    truth = build_duplicate_set(work / "dupset", files, copies)
+    t0 = time.perf_counter()
+    coll = index_folder(work / "dupset", work / "dupdb")
+    index_seconds = time.perf_counter() - t0
+
+    def named(groups):
+        rows = coll.rows(i for g in groups for i in g)
+        return [{rows[i].path for i in g} for g in groups]
+
+    out = {"images": len(coll), "true_pairs": len(pairs_of(truth)), "index_seconds": index_seconds}
+    for name, kw in [("cosine>=0.95 only", dict(verify=False)), ("candidates>=0.70 only", dict(threshold=0.70, verify=False)), ("default (candidates + verification)", {})]:
+        rep = duplicate_report(coll, **kw)
+        p, r, npred, _ = pair_precision_recall(named(rep.groups), truth)
+        out[name] = {"precision": p, "recall": r, "predicted_pairs": npred, "stats": rep.stats}
+    coll.close()
+    return out
+
+
+def measure_text(coll, queries=("daisy", "a bee on a flower", "flowers in a pot", "sunflower", "a yellow flower")) -> dict:
+    from imagespace.search import QueryError, Searcher
+    from imagespace.text import search_text
+
+    searcher = Searcher(coll)
+    out = {}
+    for q in queries:
+        try:
+            hits, extra = search_text(searcher, q, k=20)
+        except QueryError as e:
+            out[q] = {"error": str(e)}
+            continue
+        species = [Path(h.path).parent.name for h in hits]
+        out[q] = {
+            "understood_as": [(c["concept"], c["score"]) for c in extra["understood_as"]],
+            "top20_species": {s: species.count(s) for s in sorted(set(species), key=lambda s: -species.count(s))},
+        }
+    # "daisy" is an ImageNet class: how well do the classifier rows find flowers12's daisies,
+    # against ranking by the stored top-5 tags?
+    ids, vectors, species, _ = _labels_of(coll)
+    from imagespace.models.labels import imagenet_labels
+    from imagespace.text import _classifier_rows
+
+    rows = _classifier_rows(coll)
+    daisy = imagenet_labels().index("daisy")
+    by_row = np.argsort(-(vectors @ rows[daisy]))
+    tag_prob = []
+    info = coll.rows(ids.tolist())
+    for i in ids.tolist():
+        tag_prob.append(dict(info[i].tags).get("daisy", 0.0))
+    by_tag = np.argsort(-np.asarray(tag_prob), kind="stable")
+    truth = species == "daisy"
+    out["daisy precision@20/@80"] = {
+        "classifier row on GeM vector": (float(truth[by_row[:20]].mean()), float(truth[by_row[:80]].mean())),
+        "stored top-5 tag probability": (float(truth[by_tag[:20]].mean()), float(truth[by_tag[:80]].mean())),
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path, help="an existing collection of flowers12 (default: build one in a temporary folder)")
+    parser.add_argument("--copies", type=int, default=110, help="edited copies in the duplicate test set")
+    parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: classify clusters recommend rerank text duplicates")
+    args = parser.parse_args(argv)
+    if not (FLOWERS12 / "train").is_dir():
+        print(f"skipped: {FLOWERS12} is absent (real data lives beside the project, in ../shared/data)")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="imagespace-quality-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        coll = index_folder(FLOWERS12, args.db or work / "flowers12")
+        print(f"flowers12 collection: {len(coll)} images ({time.perf_counter() - t0:.1f}s)", flush=True)
+        parts = {
+            "classify": lambda: measure_classify(coll),
+            "clusters": lambda: measure_clusters(coll),
+            "recommend": lambda: {"dba": measure_recommend(coll, dba=True), "plain": measure_recommend(coll, dba=False)},
+            "rerank": lambda: measure_rerank(coll),
+            "text": lambda: measure_text(coll),
+            "duplicates": lambda: measure_duplicates(work, flowers12_files(), args.copies),
+        }
+        for name, run in parts.items():
+            if name in args.skip:
+                continue
+            t = time.perf_counter()
+            result = run()
+            print(f"\n=== {name} ({time.perf_counter() - t:.1f}s) ===")
+            _print(result)
+            sys.stdout.flush()
+        coll.close()
+    return 0
+
+
+def _print(value, indent: int = 2) -> None:
+    pad = " " * indent
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, dict):
+                print(f"{pad}{k}:")
+                _print(v, indent + 2)
+            else:
+                print(f"{pad}{k}: {_fmt(v)}")
+    else:
+        print(pad + _fmt(value))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("IMAGESPACE_THREADS", "2")
+    sys.exit(main())
