@@ -66,11 +66,12 @@ def card_ids(pg) -> list[int]:
 
 def test_page_loads_and_searches_by_an_uploaded_image(page, server, tmp_path):
     _, db, photos = server
-    page.wait_for_selector("text=18 images")
+    page.wait_for_selector("#view[data-view='home'] .results .card")
+    assert page.locator("#collection-size").inner_text().startswith("18 images")
     query = tmp_path / "query.jpg"
     query.write_bytes(jpeg_bytes(4))
     page.set_input_files("#upload", str(query))
-    page.wait_for_selector("#view .results .card")
+    page.wait_for_selector("#view[data-view='upload'] .results .card")
     assert page.locator("#view h2").inner_text().startswith("Images like this one")
     first = page.locator("#view .results .card").first
     assert "img_004.jpg" in first.locator("a.thumb").get_attribute("title")
@@ -83,7 +84,7 @@ def test_page_loads_and_searches_by_an_uploaded_image(page, server, tmp_path):
 
 
 def test_drop_an_image_on_the_page(page, tmp_path):
-    page.wait_for_selector("text=18 images")
+    page.wait_for_selector("#view[data-view='home'] .results .card")
     data = list(jpeg_bytes(9))
     page.evaluate(
         """(bytes) => {
@@ -93,12 +94,12 @@ def test_drop_an_image_on_the_page(page, tmp_path):
         }""",
         data,
     )
-    page.wait_for_selector("#view .results .card")
+    page.wait_for_selector("#view[data-view='upload'] .results .card")
     assert "img_009.jpg" in page.locator("#view .results .card a.thumb").first.get_attribute("title")
 
 
 def test_click_an_image_to_see_its_neighbours_then_more_like_this(page, tmp_path):
-    page.wait_for_selector("text=18 images")
+    page.wait_for_selector("#view[data-view='home'] .results .card")
     page.goto(page.url.split("#")[0] + "#/image/3")
     page.wait_for_selector("#neighbours .card")
     assert page.url.endswith("#/image/3")
@@ -118,17 +119,17 @@ def test_click_an_image_to_see_its_neighbours_then_more_like_this(page, tmp_path
     assert page.locator("#tray").is_visible()
     assert page.locator("#tray-like .tray-item").count() == 1
     if has("imagespace.analysis.recommend"):
-        page.wait_for_selector("#view .results .card")
+        page.wait_for_selector("#view[data-view='recommend'] .results .card")
         assert page.url.endswith("#/recommend")
 
 
 def test_word_search(page, tmp_path):
     if not has("imagespace.text"):
         pytest.skip("search by words: imagespace.text is not in this build yet")
-    page.wait_for_selector("text=18 images")
+    page.wait_for_selector("#view[data-view='home'] .results .card")
     page.fill("#q", "a red ball")
     page.press("#q", "Enter")
-    page.wait_for_selector("#view .results .card")
+    page.wait_for_selector("#view[data-view='search'] .results .card")
     assert "a red ball" in page.locator("#view h2").inner_text()
     assert page.locator("#view .results .card").count() >= 10
     assert "results in" in page.locator("#status").inner_text()
@@ -138,7 +139,7 @@ def test_word_search(page, tmp_path):
 def test_map_zooms_and_pans_and_opens_images(page, tmp_path):
     if not has("imagespace.analysis.maps"):
         pytest.skip("the map: imagespace.analysis.maps is not in this build yet")
-    page.wait_for_selector("text=18 images")
+    page.wait_for_selector("#view[data-view='home'] .results .card")
     page.click("nav a[href='#/map']")
     page.wait_for_selector("#map-canvas[data-points='18']", timeout=180_000)
     canvas = page.locator("#map-canvas")
@@ -154,16 +155,25 @@ def test_map_zooms_and_pans_and_opens_images(page, tmp_path):
     assert after != before
     page.screenshot(path=str(tmp_path / "map.png"))
     page.click(".map-controls button[title='Show everything']")
-    # click the centre of a point: it opens that image
-    point = page.evaluate("""async () => {
-        const r = await fetch('/api/map'); const p = (await r.json()).points[0]; return p; }""")
-    assert point is not None
+    page.wait_for_timeout(300)
+    # "Fit" shows the unit square in the middle with a 40 px margin: click a point that
+    # stands apart from the others, and its image opens
+    points = page.evaluate("async () => (await (await fetch('/api/map')).json()).points")
+    scale = min(box["width"], box["height"]) - 80
+    ox, oy = box["x"] + (box["width"] - scale) / 2, box["y"] + (box["height"] - scale) / 2
+    at = {p["id"]: (ox + p["x"] * scale, oy + p["y"] * scale) for p in points}
+    alone = [i for i, (x, y) in at.items()
+             if all(max(abs(x - x2), abs(y - y2)) > 40 for j, (x2, y2) in at.items() if j != i)]
+    assert alone, "every point of the map overlaps another"
+    page.mouse.click(*at[alone[0]])
+    page.wait_for_url(f"**#/image/{alone[0]}")
+    page.wait_for_selector("#neighbours .card")
 
 
 def test_clusters_and_duplicates_views(page, tmp_path):
     if not (has("imagespace.analysis.clusters") and has("imagespace.analysis.duplicates")):
         pytest.skip("clusters/duplicates: imagespace.analysis is not in this build yet")
-    page.wait_for_selector("text=18 images")
+    page.wait_for_selector("#view[data-view='home'] .results .card")
     page.click("nav a[href='#/duplicates']")
     page.wait_for_selector(".dup-group .dup", timeout=180_000)
     first = page.locator(".dup-group").first

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
 
 
 def db_rows(db: Path) -> list[tuple]:
-    with sqlite3.connect(db / DB_FILE) as conn:
+    with closing(sqlite3.connect(db / DB_FILE)) as conn:
         return conn.execute("SELECT id, path, digest, seq, indexed_at, embedding FROM images ORDER BY id").fetchall()
 
 
@@ -235,6 +236,17 @@ def test_single_file_root(tmp_path, photo_folder, model):
         assert (r.added, len(coll)) == (1, 1)
         r = sync(coll, [folder], model)
         assert (r.added, r.unchanged) == (2, 1)
+
+
+def test_the_same_folder_named_differently_is_not_indexed_twice(tmp_path, photo_folder, model, monkeypatch):
+    folder = photo_folder(3)
+    monkeypatch.chdir(folder.parent)
+    with Collection(tmp_path / "db") as coll:
+        sync(coll, [folder.name], model)  # relative
+        for name in (str(folder) + "/", f"{folder}/../{folder.name}", f"./{folder.name}/sub/.."):
+            r = coll.sync([name], model, model_spec=DEFAULT_MODEL)
+            assert (r.added, r.removed, r.unchanged) == (0, 0, 3), name
+        assert len(coll) == 3 and all(Path(r.path).is_absolute() for r in coll.all_rows())
 
 
 def test_indexing_a_second_root_keeps_the_first(tmp_path, photo_folder, model):
@@ -448,7 +460,7 @@ def test_sigkill_mid_run_leaves_a_consistent_collection(tmp_path, model):
         while time.monotonic() < deadline and proc.poll() is None:
             if (db / DB_FILE).exists():
                 try:
-                    with sqlite3.connect(db / DB_FILE, timeout=1) as conn:
+                    with closing(sqlite3.connect(db / DB_FILE, timeout=1)) as conn:
                         seen = conn.execute("SELECT count(*) FROM images").fetchone()[0]
                 except sqlite3.OperationalError:
                     seen = 0  # schema not there yet
@@ -463,7 +475,7 @@ def test_sigkill_mid_run_leaves_a_consistent_collection(tmp_path, model):
         proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
 
-    with sqlite3.connect(db / DB_FILE) as conn:
+    with closing(sqlite3.connect(db / DB_FILE)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         dim = int(conn.execute("SELECT value FROM meta WHERE key='dim'").fetchone()[0])
         rows = conn.execute("SELECT path, length(embedding), tags FROM images").fetchall()
@@ -482,7 +494,7 @@ def test_sigkill_mid_run_leaves_a_consistent_collection(tmp_path, model):
     assert report["added"] == n - killed_at
     assert report["unchanged"] == killed_at
     assert report["failed"] == []
-    with sqlite3.connect(db / DB_FILE) as conn:
+    with closing(sqlite3.connect(db / DB_FILE)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("SELECT count(*), count(DISTINCT path), count(DISTINCT digest) FROM images").fetchone() == (n, n, n)
     with Collection(db) as coll:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import os
 import struct
+import subprocess
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -325,6 +327,24 @@ def test_real_40000_square_png_is_refused_by_the_pixel_limit(huge_png):
         load_pil(huge_png, max_side=256)
     assert_pixel_limit_reason(str(err.value))
     assert "corrupt" not in str(err.value)  # the file is fine; it is too large
+
+
+def test_huge_png_is_refused_without_using_memory(huge_png):
+    """Decoded, the 1.6 gigapixel file would need 1.6 GB; refused, the process stays small."""
+    code = (
+        "import resource, sys\n"
+        "from imagespace.images import ImageError, load_image\n"
+        "try:\n"
+        "    load_image(sys.argv[1])\n"
+        "except ImageError as e:\n"
+        "    print('refused:', e)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(huge_png)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("refused:")
+    assert int(lines[-1]) < 400, f"peak memory {lines[-1]} MB: the image was decoded"
 
 
 def test_image_over_our_own_limit_below_pillows_is_refused():

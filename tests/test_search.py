@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +257,8 @@ def test_where_with_like(coll, corpus):
         "embedding like '%'",
         "images.path = 'x'",
         "()",
+        "(" * 5000 + "width > 3" + ")" * 5000,
+        "not " * 5000 + "width > 3",
     ],
 )
 def test_bad_filters_give_a_clear_error(coll, corpus, expr):
@@ -283,7 +286,7 @@ def test_no_sql_injection(coll, corpus, expr):
     assert "DROP" not in sql and "1=1" not in sql and "OR '1'" not in sql  # values are bound parameters
     hits = Searcher(coll).by_path(corpus["a"] / "img_001.jpg", k=100, where=expr)
     assert hits == []
-    with sqlite3.connect(corpus["db"] / DB_FILE) as conn:
+    with closing(sqlite3.connect(corpus["db"] / DB_FILE)) as conn:
         assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 36
 
 

@@ -238,3 +238,10 @@ def test_resume_and_overwrite_rules(tmp_path):
     assert (stranger / "notes.txt").read_text() == "mine"
     with pytest.raises(DataError, match="unknown mode"):
         run_training(TrainConfig(data=str(data), out=str(tmp_path / "x"), mode="magic"))
+    with pytest.raises(DataError, match="not found"):
+        run_training(TrainConfig(data=str(tmp_path / "nowhere"), out=str(tmp_path / "y")))
+    # Every image of one class unreadable: one class is left, and the message says why.
+    for f in (data / "class_1").iterdir():
+        f.write_bytes(b"broken")
+    with pytest.raises(DataError, match="2 classes.*could not be read"):
+        run_training(TrainConfig(data=str(data), out=str(tmp_path / "z"), mode="scratch", image_size=16, width=4))

@@ -58,12 +58,12 @@ def test_adapter_model_indexes_and_searches(tmp_path):
 
 
 def test_bad_input_gives_clear_messages(tmp_path):
+    # Each call starts Python and PyTorch, so only what the CLI adds is checked here (exit
+    # status, standard error, nothing on stdout); the library tests cover the other cases.
     one_class = make_classes(tmp_path / "one", n_classes=1, per_class=3)
     r = run_cli("train", "--data", one_class, "--out", tmp_path / "m1", "--json")
     assert r.returncode == 1 and "at least 2 classes" in r.stderr and r.stdout == ""
-
-    r = run_cli("train", "--data", tmp_path / "nowhere", "--out", tmp_path / "m2")
-    assert r.returncode == 1 and "not found" in r.stderr
+    assert "Traceback" not in r.stderr
 
     data = make_classes(tmp_path / "two", n_classes=2, per_class=2)
     existing = tmp_path / "exists"
@@ -72,14 +72,5 @@ def test_bad_input_gives_clear_messages(tmp_path):
     r = run_cli("train", "--data", data, "--out", existing)
     assert r.returncode == 1 and "already exists" in r.stderr and "--resume" in r.stderr
 
-    r = run_cli("train", "--data", data, "--out", tmp_path / "m3", "--resume")
-    assert r.returncode == 1 and "nothing to resume" in r.stderr
-
     r = run_cli("train", "--data", data, "--out", tmp_path / "m4", "--mode", "telepathy")
     assert r.returncode == 2 and "--mode" in r.stderr
-
-    # Every image of one class unreadable: what is left is one class, said as such.
-    for f in (data / "class_1").iterdir():
-        f.write_bytes(b"broken")
-    r = run_cli("train", "--data", data, "--out", tmp_path / "m5", "--json")
-    assert r.returncode == 1 and "2 classes" in r.stderr and "could not be read" in r.stderr

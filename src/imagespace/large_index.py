@@ -50,6 +50,7 @@ class LargeSettings:
     nprobe: int = 32  # lists visited per query
     rerank: int = 200  # candidates scored again with the exact vectors
     train_size: int = 100_000  # vectors the PCA, k-means and PQ codebooks are trained on
+    kmeans_iterations: int = 10
 
     def lists_for(self, n: int) -> int:
         if self.nlist:
@@ -89,6 +90,9 @@ class CompressedIndex:
         # unchanged by the centring that PCA applies.
         prefix = f"PCA{pca}," if pca < dim else ""
         index = faiss.index_factory(dim, f"{prefix}IVF{nlist},PQ{m}x{nbits}", faiss.METRIC_L2)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        ivf.cp.niter = settings.kmeans_iterations  # coarse centroids only choose candidates
+        ivf.pq.cp.niter = settings.kmeans_iterations
         index.train(sample)
         return index
 
@@ -132,15 +136,15 @@ class CompressedIndex:
             return out_ids[:, :0], out_sims[:, :0]
         want = max(k, self.settings.rerank)
         cands = self.candidates(queries, want + min(len(exclude), want)) if len(self) else np.full((nq, 0), -1, np.int64)
-        flat = np.unique(cands[cands >= 0])
+        valid = cands >= 0
         if exclude:
-            flat = flat[~np.isin(flat, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))]
+            valid &= ~np.isin(cands, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
+        flat, inverse = np.unique(cands[valid], return_inverse=True)  # each vector fetched once
         vecs = self.fetch(flat) if len(flat) else np.zeros((0, queries.shape[1]), np.float32)
-        pos = {int(i): j for j, i in enumerate(flat)}
+        ends = np.cumsum(valid.sum(axis=1))
         for qi in range(nq):
-            rows = [pos[int(i)] for i in cands[qi] if int(i) in pos][:want]
-            ids = flat[rows]
-            sims = vecs[rows] @ queries[qi]
+            rows = inverse[ends[qi] - valid[qi].sum() : ends[qi]][:want]
+            ids, sims = flat[rows], vecs[rows] @ queries[qi]
             if extra is not None and len(extra[0]):
                 ids = np.concatenate([ids, extra[0]])
                 sims = np.concatenate([sims, extra[1] @ queries[qi]])

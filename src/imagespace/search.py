@@ -268,7 +268,10 @@ def compile_where(expr: str) -> tuple[str, list]:
 
     if not tokens:
         raise QueryError("empty filter")
-    sql, params = parse_or()
+    try:
+        sql, params = parse_or()
+    except RecursionError:
+        raise QueryError(f"filter is nested too deeply ({expr[:40]!r}...)") from None
     if pos != len(tokens):
         raise QueryError(f"filter {expr!r}: unexpected {tokens[pos][1]!r}")
     return sql, params

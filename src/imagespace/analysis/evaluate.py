@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 
 from ..collection import Collection
+from ._threads import single_threaded
 from .labelled import embed_labelled
 
 KNN = 10
@@ -24,7 +25,8 @@ def evaluate_folder(collection: Collection, data_dir: str | os.PathLike[str], *,
     """Metrics of the collection's model (or ``model``) on ``data_dir`` (one sub-folder per class)."""
     started = time.perf_counter()
     data = embed_labelled(collection, data_dir, min_per_class=2, model=model)
-    metrics = evaluate_vectors(data.vectors, data.labels, knn=knn)
+    with single_threaded():
+        metrics = evaluate_vectors(data.vectors, data.labels, knn=knn)
     metrics.update(
         {
             "images": len(data.labels),

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..collection import Collection, CollectionError
+from ._threads import single_threaded
 
 MAX_POINTS = 5_000
 GRID = 32  # cells per side: at most 1,024 thumbnails
@@ -36,7 +37,8 @@ def layout(collection: Collection, max_points: int = MAX_POINTS, *, seed: int = 
     if len(ids) > max_points:
         pick = np.sort(rng.choice(len(ids), max_points, replace=False))
         ids, vectors = ids[pick], vectors[pick]
-    xy = _embed_2d(vectors, seed)
+    with single_threaded():
+        xy = _embed_2d(vectors, seed)
     lo, hi = xy.min(0), xy.max(0)
     xy = (xy - lo) / np.maximum(hi - lo, 1e-9)
     return ids, xy.astype(np.float32)

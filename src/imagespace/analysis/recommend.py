@@ -87,7 +87,11 @@ def recommend(
     relevance = (cvecs @ liked.T).mean(1)
     if len(disliked):
         relevance = relevance - UNLIKE_WEIGHT * np.maximum((cvecs @ disliked.T).max(1), 0.0)
-    chosen = _mmr(cvecs, relevance, k, 1.0 - diversity)
+    # A copy of an input (the same photo saved twice) is the input again: never return it.
+    inputs = np.concatenate([liked, disliked]) if len(disliked) else liked
+    copies = (cvecs @ inputs.T).max(1) >= SAME_PICTURE
+    relevance = np.where(copies, -np.inf, relevance)
+    chosen = [c for c in _mmr(cvecs, relevance, k, 1.0 - diversity) if np.isfinite(relevance[c])]
     rows = collection.rows(int(cids[c]) for c in chosen)
     return [_as_hit(rows[int(cids[c])], float(relevance[c])) for c in chosen if int(cids[c]) in rows]
 

@@ -142,7 +142,7 @@ def recommend(
 @app.command()
 def classify(
     train: Annotated[Path, typer.Option("--train", help="A folder with one sub-folder of example images per class.")],
-    min_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Below this top probability an image is 'unknown'.")] = 0.25,
+    min_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Below this top probability an image is 'unknown'.")] = 0.15,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
 ) -> None:

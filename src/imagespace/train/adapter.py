@@ -76,6 +76,7 @@ class AdapterSettings:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     dropout: float = 0.1
+    temperature: float = 0.1  # supcon only
     patience: int = 10  # epochs without a better validation mAP before stopping
     seed: int = 0
 
@@ -108,7 +109,7 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y:
     in_dim = train_x.shape[-1]
     head = ProjectionHead(in_dim, settings.dim, settings.head, dropout=settings.dropout)
     head.mean.copy_(torch.from_numpy(_unit(train_x[:, 0]).mean(0)))
-    loss_fn = make_loss(settings.loss, num_classes, settings.dim)
+    loss_fn = make_loss(settings.loss, num_classes, settings.dim, settings.temperature)
     params = list(head.parameters()) + list(loss_fn.parameters())
     opt = torch.optim.AdamW([{"params": list(head.parameters())},
                              {"params": list(loss_fn.parameters()), "lr": settings.lr * 10, "weight_decay": 0.0}],

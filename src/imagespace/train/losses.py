@@ -100,9 +100,9 @@ class SupConLoss(nn.Module):
         return supcon_loss(z, labels, self.temperature)
 
 
-def make_loss(name: str, num_classes: int, dim: int) -> nn.Module:
+def make_loss(name: str, num_classes: int, dim: int, temperature: float = 0.1) -> nn.Module:
     if name == "supcon":
-        return SupConLoss(num_classes, dim)
+        return SupConLoss(num_classes, dim, temperature)
     if name == "proxy-anchor":
         return ProxyAnchorLoss(num_classes, dim)
     if name == "arcface":

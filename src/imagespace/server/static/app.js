@@ -74,10 +74,11 @@ function grid(items, emptyText = "No results.") {
   return el("div", { class: "grid results" }, items.map(card));
 }
 
-function show(...nodes) {
+function show(name, ...nodes) {
   const v = view();
   v.replaceChildren(...nodes);
   v.classList.toggle("full", false);
+  v.dataset.view = name;  // which view is on screen (tests and styles use it)
 }
 
 function heading(text, extra) { return el("h2", {}, text, extra || null); }
@@ -110,7 +111,7 @@ async function recommend() {
   try {
     const body = JSON.stringify({ like: [...state.like.keys()], unlike: [...state.unlike.keys()], k: 48 });
     const r = await api("/recommend", { method: "POST", headers: { "Content-Type": "application/json" }, body });
-    show(heading(`More like ${state.like.size}, less like ${state.unlike.size}`), grid(r.results));
+    show("recommend", heading(`More like ${state.like.size}, less like ${state.unlike.size}`), grid(r.results));
     status("");
   } catch (e) { fail(e); }
 }
@@ -124,7 +125,7 @@ async function home(offset = 0) {
     const pager = el("div", { class: "row pager" },
       offset > 0 ? el("button", { type: "button", text: "← Previous", onclick: () => home(Math.max(0, offset - pageSize)) }) : null,
       offset + items.length < info.images ? el("button", { type: "button", text: "Next →", onclick: () => home(offset + pageSize) }) : null);
-    show(heading("Your collection", el("span", { class: "muted", id: "collection-size", text: `${info.images.toLocaleString()} images · model ${info.model || "none yet"}` })),
+    show("home", heading("Your collection", el("span", { class: "muted", id: "collection-size", text: `${info.images.toLocaleString()} images · model ${info.model || "none yet"}` })),
       el("p", { class: "muted", text: "Search by words above, drop or paste an image anywhere on the page, click an image for its neighbours, or look at clusters, duplicates and the map. Folders: " + (info.roots.join(", ") || "none yet") }),
       grid(items, "The collection is empty: run “imagespace index FOLDER” or Re-index."), pager);
     status("");
@@ -139,7 +140,7 @@ async function searchWords(q) {
     const r = await api(`/search?q=${encodeURIComponent(q)}&k=48`);
     const understood = r.understood_as && r.understood_as.length
       ? el("span", { class: "muted", text: " — understood as " + r.understood_as.map((c) => c.concept || c.label || JSON.stringify(c)).join(", ") }) : null;
-    show(heading(`Results for “${q}”`, understood), grid(r.results));
+    show("search", heading(`Results for “${q}”`, understood), grid(r.results));
     status(`${r.results.length} results in ${Math.round(performance.now() - started)} ms`);
   } catch (e) { fail(e); }
 }
@@ -154,7 +155,7 @@ async function searchUpload(file) {
     const r = await api("/search/image?k=48", { method: "POST", body: form });
     const preview = el("img", { class: "query-preview", src: URL.createObjectURL(file), alt: "query image" });
     if (location.hash !== "#/upload") history.pushState(null, "", "#/upload");
-    show(heading("Images like this one ", preview), grid(r.results));
+    show("upload", heading("Images like this one ", preview), grid(r.results));
     status(`${r.results.length} results`);
   } catch (e) { fail(e); }
 }
@@ -174,7 +175,7 @@ async function imageView(id) {
         el("button", { type: "button", class: "like", text: "+ More like this", onclick: () => addTo("like", item) }),
         el("button", { type: "button", class: "unlike", text: "− Less like this", onclick: () => addTo("unlike", item) }),
         el("a", { class: "button quiet", href: d.file, target: "_blank", rel: "noopener", text: "Original" })));
-    show(el("section", { class: "detail" }, el("div", { class: "detail-image" }, big), facts),
+    show("image", el("section", { class: "detail" }, el("div", { class: "detail-image" }, big), facts),
       heading("Nearest neighbours"), el("div", { id: "neighbours" }, grid(d.neighbours)));
     status("");
   } catch (e) { fail(e); }
@@ -189,7 +190,7 @@ async function clustersView() {
       el("div", { class: "strip" }, c.sample.map((item) => el("a", { href: `#/image/${item.id}`, title: item.path },
         el("img", { src: item.thumb.replace("/thumb?", "/thumb?size=128&"), alt: basename(item.path), loading: "lazy", width: 128, height: 128 }))))));
     sessionStorage.setItem("clusters", JSON.stringify(r.clusters.map((c) => ({ id: c.id, label: c.label, ids: c.ids }))));
-    show(heading(`${r.clusters.length} clusters`, el("span", { class: "muted", text: ` · ${r.outliers.length} outliers` })), ...blocks);
+    show("clusters", heading(`${r.clusters.length} clusters`, el("span", { class: "muted", text: ` · ${r.outliers.length} outliers` })), ...blocks);
     status("");
   } catch (e) { fail(e); }
 }
@@ -199,7 +200,7 @@ async function clusterView(id) {
   if (!saved) { location.hash = "#/clusters"; return; }
   try {
     const items = await api(`/items?ids=${saved.ids.slice(0, 1000).join(",")}`);
-    show(heading(saved.label, el("span", { class: "muted", text: ` ${saved.ids.length} images` })), grid(items));
+    show("cluster", heading(saved.label, el("span", { class: "muted", text: ` ${saved.ids.length} images` })), grid(items));
   } catch (e) { fail(e); }
 }
 
@@ -211,7 +212,7 @@ async function duplicatesView() {
       el("figure", { class: "dup" },
         el("a", { href: `#/image/${item.id}`, title: item.path }, el("img", { src: item.thumb.replace("/thumb?", "/thumb?size=512&"), alt: basename(item.path), loading: "lazy" })),
         el("figcaption", {}, el("div", { class: "path", text: item.path }), el("div", { class: "muted", text: `${item.width} × ${item.height} · ${fmtBytes(item.size)}` }))))));
-    show(heading(`${r.groups.length} groups of near-duplicates`), groups.length ? el("div", { class: "dups" }, groups) : el("p", { class: "empty", text: "No near-duplicates found." }));
+    show("duplicates", heading(`${r.groups.length} groups of near-duplicates`), groups.length ? el("div", { class: "dups" }, groups) : el("p", { class: "empty", text: "No near-duplicates found." }));
     status("");
   } catch (e) { fail(e); }
 }
@@ -228,7 +229,7 @@ async function mapView() {
   const reset = el("button", { type: "button", text: "Fit", title: "Show everything" });
   const wrap = el("div", { class: "map-wrap" }, canvas, el("div", { class: "map-controls" }, zoomIn, zoomOut, reset),
     el("div", { class: "map-help muted", text: `${points.length} images · drag to pan, wheel to zoom, click an image to open it` }));
-  show(wrap);
+  show("map", wrap);
   view().classList.add("full");
   status("");
   const ctx = canvas.getContext("2d");
