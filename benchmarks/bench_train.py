@@ -107,7 +107,9 @@ def _cached_train_features(out: Path):
 
     run = json.loads((out / "train-run.json").read_text())
     ds = check_supervised(open_image_set(run["config"]["data"]))
-    views = run["config"]["views"] or 2
+    from imagespace.train.adapter import DEFAULT_VIEWS
+
+    views = run["config"]["views"] or DEFAULT_VIEWS
     feats, kept, _ = extract_features(ds, create_model(), out / "cache" / "features.npz", views=views,
                                       augment=AugmentConfig.light(), seed=run["config"]["seed"])
     val = set(run["val_items"])

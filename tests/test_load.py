@@ -200,10 +200,13 @@ def _many_requests(tmp_path: Path, images: int, requests: int) -> dict:
         def one(step: tuple[str, int], http: httpx.Client) -> None:
             kind, arg = step
             started = time.monotonic()
-            if kind == "similar":
-                r = http.get(f"/api/images/{arg}/similar", params={"k": K})
-            else:
-                r = http.post("/api/search/image", params={"k": K}, files={"file": ("q.jpg", jpeg_bytes(arg), "image/jpeg")})
+            try:
+                if kind == "similar":
+                    r = http.get(f"/api/images/{arg}/similar", params={"k": K})
+                else:
+                    r = http.post("/api/search/image", params={"k": K}, files={"file": ("q.jpg", jpeg_bytes(arg), "image/jpeg")})
+            except httpx.TransportError as e:
+                raise AssertionError(f"{kind} {arg} lost after {time.monotonic() - started:.2f}s: {type(e).__name__}: {e}") from None
             took = time.monotonic() - started
             assert r.status_code == 200, f"{kind} {arg}: {r.status_code} {r.text[:200]}"
             results = r.json()["results"]

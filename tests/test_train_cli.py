@@ -32,7 +32,7 @@ def test_adapter_model_indexes_and_searches(tmp_path):
     assert n_rows == 12
 
     out = tmp_path / "model"
-    r = run_cli("train", "--data", data, "--out", out, "--epochs", "3", "--dim", "64", "--json")
+    r = run_cli("train", "--data", data, "--out", out, "--epochs", "3", "--dim", "64", "--views", "2", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["model"] == str(out) and set(doc["metrics"]["validation"]) >= {"new", "pretrained", "protocol"}

@@ -117,8 +117,9 @@ def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS) -> Decode
         raise
     except UnidentifiedImageError:
         raise ImageError("not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"refused as a possible decompression bomb: {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own message quotes its limit, not ours: say ours.
+        raise ImageError(f"refused as a possible decompression bomb (over {max_pixels:,} pixels)") from None
     except MemoryError:
         raise ImageError("image too large to decode in memory") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as e:
@@ -160,8 +161,8 @@ def load_pil(path: str | os.PathLike[str], max_side: int | None = None) -> Image
         raise
     except UnidentifiedImageError:
         raise ImageError("not a recognised image format") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"refused as a possible decompression bomb: {e}") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"refused as a possible decompression bomb (over {MAX_PIXELS:,} pixels)") from None
     except Exception as e:  # noqa: BLE001 - every decoder failure becomes a reason
         raise ImageError(f"corrupt image: {e}") from None
 

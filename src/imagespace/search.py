@@ -264,6 +264,8 @@ def compile_where(expr: str) -> tuple[str, list]:
         column = _FIELDS[field]
         if sql_op == "~":
             return f"instr(lower({column}), lower(?)) > 0", [str(val)]
+        if field == "format" and sql_op in ("=", "!="):  # stored as Pillow names it: "JPEG"
+            return f"lower({column}) {sql_op} lower(?)", [str(val)]
         return f"{column} {sql_op} ?", [val]
 
     if not tokens:

@@ -52,10 +52,10 @@ class TrainConfig:
     lr: float | None = None
     loss: str | None = None  # adapter/finetune: supcon | proxy-anchor | arcface
     head: str = adapter_mod.DEFAULT_HEAD
-    dim: int = adapter_mod.DEFAULT_DIM
+    dim: int | None = None  # adapter: 128; self-supervised: 512
     image_size: int | None = None  # finetune: 224; scratch: 32
     width: int = 32  # scratch: channels of the first stage
-    views: int | None = None  # adapter: 2 (plain + mirror); self-supervised: 6
+    views: int | None = None  # cached views per image: adapter and self-supervised 6
     val_fraction: float = 0.2
     seed: int = 0
     patience: int | None = None
@@ -107,7 +107,7 @@ def run_training(config: TrainConfig, progress: TrainProgress | None = None) -> 
     for s in ds.skipped:
         progress.log(f"skipped {s['path']}: {s['error']}")
     trained = _MODES[config.mode](config, ds, train_idx, val_idx, out, progress)
-    model_id = export_model_dir(out, trained.net, mode=config.mode, input_size=trained.input_size,
+    model_id = export_model_dir(out, trained.net.cpu(), mode=config.mode, input_size=trained.input_size,
                                 classes=ds.classes, preprocessing=trained.preprocessing,
                                 tag_labels=trained.tag_labels, imagenet_tags=trained.imagenet_tags,
                                 architecture=trained.architecture)
@@ -135,13 +135,13 @@ def run_training(config: TrainConfig, progress: TrainProgress | None = None) -> 
 
 def _adapter(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, progress: TrainProgress) -> Trained:
     base = create_model(DEFAULT_MODEL)
-    views = config.views or 2
+    views = config.views or adapter_mod.DEFAULT_VIEWS
     feats, kept, failures = extract_features(ds, base, out / CACHE / "features.npz", views=views,
                                              augment=AugmentConfig.light(), seed=config.seed, progress=progress)
     x, y, tr, va = _kept_split(feats, ds.labels, kept, train_idx, val_idx)
     _require_trainable(y[tr], y[va], failures)
     settings = adapter_mod.AdapterSettings(
-        loss=config.loss or adapter_mod.DEFAULT_LOSS, head=config.head, dim=config.dim,
+        loss=config.loss or adapter_mod.DEFAULT_LOSS, head=config.head, dim=config.dim or adapter_mod.DEFAULT_DIM,
         epochs=config.epochs or adapter_mod.AdapterSettings.epochs,
         batch_size=config.batch_size or adapter_mod.AdapterSettings.batch_size,
         lr=config.lr or adapter_mod.AdapterSettings.lr,
@@ -167,7 +167,7 @@ def _selfsup(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
     base = create_model(DEFAULT_MODEL)
     defaults = selfsup_mod.SelfSupSettings()
     settings = selfsup_mod.SelfSupSettings(
-        head=config.head, dim=config.dim, views=max(3, config.views or defaults.views),
+        head=config.head, dim=config.dim or defaults.dim, views=max(3, config.views or defaults.views),
         epochs=config.epochs or defaults.epochs, batch_size=config.batch_size or defaults.batch_size,
         lr=config.lr or defaults.lr, seed=config.seed)
     feats, kept, failures = extract_features(ds, base, out / CACHE / "features.npz", views=settings.views,
@@ -205,6 +205,8 @@ def _finetune(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, 
     pixels, y, tr, va, failures = _decode_split(ds, train_idx, val_idx, size, progress)
     _require_trainable(y[tr], y[va], failures)
     parts = finetune_mod.build_finetune(len(ds.classes), loss, settings.lr)
+    parts.train_view.to(_device())
+    parts.loss.to(_device())
     settings.batch_size = min(settings.batch_size, len(tr))
     result = fit(parts.train_view, parts.loss, pixels[tr], y[tr], augment=finetune_mod.make_augment(size),
                  evaluate=finetune_mod.make_evaluate(parts.train_view, pixels[va], y[va], pixels[tr[:2000]], y[tr[:2000]]), settings=settings,
@@ -229,7 +231,7 @@ def _scratch(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
     _require_trainable(y[tr], y[va], failures)
     torch.manual_seed(config.seed)
     net = scratch_mod.CompactCNN(len(ds.classes), width=config.width)
-    train_view = scratch_mod.ScratchTrain(net)
+    train_view = scratch_mod.ScratchTrain(net).to(_device())
     loss = scratch_mod.CosineSoftmaxLoss(net)
     settings.batch_size = min(settings.batch_size, len(tr))
     # Check on at most a few thousand held-out images per epoch: enough to pick the best.
@@ -318,6 +320,11 @@ def _head_state(out: Path, resume: bool, progress: TrainProgress):
 def _loop_info(result, settings: LoopSettings) -> dict:
     return {"epochs": result.epochs_run, "best_epoch": result.best_epoch, "stopped": result.stopped,
             "train_seconds": round(result.seconds, 1), "settings": asdict(settings), "history": result.history}
+
+
+def _device() -> torch.device:
+    # Training runs where a GPU is (with mixed precision, see trainer.fit); export on the CPU.
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _weights():
