@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 
+import httpx
 import pytest
 from serverkit import LiveServer, build_collection, jpeg_bytes
 
@@ -30,6 +32,9 @@ def server(tmp_path_factory):
     db, photos = build_collection(tmp_path_factory.mktemp("browser"), n=16)
     live = LiveServer(db)
     live.wait_ready()
+    # The first map costs the server a while (umap-learn compiles its kernels): ask for it
+    # now, so that it is laid out while the other tests run; the server keeps it.
+    threading.Thread(target=lambda: httpx.get(live.url + "/api/map", timeout=600), daemon=True).start()
     yield live, db, photos
     live.stop()
 
@@ -60,8 +65,10 @@ def page(browser, server):
     assert not problems, problems
 
 
-def card_ids(pg) -> list[int]:
-    return [int(x) for x in pg.eval_on_selector_all("#view .results .card", "els => els.map(e => e.dataset.id)")]
+# every image in view has loaded (lazy images below the fold are left alone)
+ALL_IMAGES_LOADED = """() => [...document.querySelectorAll('#view img')]
+    .filter(i => i.getBoundingClientRect().top < innerHeight)
+    .every(i => i.complete && i.naturalWidth > 0)"""
 
 
 def test_page_loads_and_searches_by_an_uploaded_image(page, server, tmp_path):
@@ -136,6 +143,30 @@ def test_word_search(page, tmp_path):
     page.screenshot(path=str(tmp_path / "words.png"), full_page=True)
 
 
+def test_clusters_and_duplicates_views(page, tmp_path):
+    if not (has("imagespace.analysis.clusters") and has("imagespace.analysis.duplicates")):
+        pytest.skip("clusters/duplicates: imagespace.analysis is not in this build yet")
+    page.wait_for_selector("#view[data-view='home'] .results .card")
+    page.click("nav a[href='#/duplicates']")
+    page.wait_for_selector(".dup-group .dup", timeout=180_000)
+    first = page.locator(".dup-group").first
+    names = first.locator(".path").all_inner_texts()
+    assert len(names) >= 2 and any("img_000.jpg" in n for n in names)
+    page.wait_for_function(ALL_IMAGES_LOADED)
+    page.screenshot(path=str(tmp_path / "duplicates.png"), full_page=True)
+    page.click("nav a[href='#/clusters']")
+    page.wait_for_selector(".cluster h3 a", timeout=180_000)
+    assert page.locator(".cluster").count() >= 2
+    page.wait_for_function(ALL_IMAGES_LOADED)
+    page.screenshot(path=str(tmp_path / "clusters.png"), full_page=True)
+    # a cluster's label opens all of its images
+    label = page.locator(".cluster h3 a").first
+    size = int(page.locator(".cluster h3 .muted").first.inner_text().split()[0])
+    label.click()
+    page.wait_for_selector("#view[data-view='cluster'] .results .card")
+    assert page.locator("#view .results .card").count() == size
+
+
 def test_map_zooms_and_pans_and_opens_images(page, tmp_path):
     if not has("imagespace.analysis.maps"):
         pytest.skip("the map: imagespace.analysis.maps is not in this build yet")
@@ -153,9 +184,10 @@ def test_map_zooms_and_pans_and_opens_images(page, tmp_path):
     page.wait_for_timeout(500)  # thumbnails load and the canvas redraws
     after = canvas.screenshot()
     assert after != before
-    page.screenshot(path=str(tmp_path / "map.png"))
+    page.screenshot(path=str(tmp_path / "map-zoomed.png"))
     page.click(".map-controls button[title='Show everything']")
-    page.wait_for_timeout(300)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(tmp_path / "map.png"))
     # "Fit" shows the unit square in the middle with a 40 px margin: click a point that
     # stands apart from the others, and its image opens
     points = page.evaluate("async () => (await (await fetch('/api/map')).json()).points")
@@ -170,17 +202,13 @@ def test_map_zooms_and_pans_and_opens_images(page, tmp_path):
     page.wait_for_selector("#neighbours .card")
 
 
-def test_clusters_and_duplicates_views(page, tmp_path):
-    if not (has("imagespace.analysis.clusters") and has("imagespace.analysis.duplicates")):
-        pytest.skip("clusters/duplicates: imagespace.analysis is not in this build yet")
+def test_reindex_button_runs_and_reports(page, server):
     page.wait_for_selector("#view[data-view='home'] .results .card")
-    page.click("nav a[href='#/duplicates']")
-    page.wait_for_selector(".dup-group .dup", timeout=180_000)
-    first = page.locator(".dup-group").first
-    names = first.locator(".path").all_inner_texts()
-    assert len(names) >= 2 and any("img_000.jpg" in n for n in names)
-    page.screenshot(path=str(tmp_path / "duplicates.png"), full_page=True)
-    page.click("nav a[href='#/clusters']")
-    page.wait_for_selector(".cluster h3 a", timeout=180_000)
-    assert page.locator(".cluster").count() >= 2
-    page.screenshot(path=str(tmp_path / "clusters.png"), full_page=True)
+    photos = server[2]
+    (photos / "later.jpg").write_bytes(jpeg_bytes(123))
+    page.click("#index-button")
+    page.wait_for_selector("#status:has-text('Indexed: 1 added')", timeout=120_000)
+    assert page.locator("#index-button").inner_text() == "Re-index"
+    page.click("nav a[href='#/']")
+    page.reload()
+    page.wait_for_selector("#collection-size:has-text('19 images')")

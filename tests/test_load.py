@@ -92,7 +92,7 @@ def _searches_during_indexing(tmp_path: Path, first: int, added: int) -> dict:
         def client(n: int) -> None:
             rng = np.random.default_rng(n)
             deadline = time.monotonic() + RUN_LIMIT
-            with httpx.Client(base_url=server.url, timeout=120) as http:
+            with httpx.Client(base_url=server.url, timeout=120, limits=httpx.Limits(keepalive_expiry=2.0)) as http:
                 while not stop.is_set() and time.monotonic() < deadline:
                     started = time.monotonic()
                     try:
@@ -184,6 +184,7 @@ def _many_requests(tmp_path: Path, images: int, requests: int) -> dict:
     _synthetic_collection(db, images)
     vectors = _vectors(db)
     ids = np.array(sorted(vectors))
+    matrix = np.stack([vectors[int(i)] for i in ids])
     server = LiveServer(db)
     server.wait_ready()
     latencies: list[float] = []
@@ -212,14 +213,16 @@ def _many_requests(tmp_path: Path, images: int, requests: int) -> dict:
             results = r.json()["results"]
             _check_answer(results, K, exclude=arg if kind == "similar" else None)
             if kind == "similar":  # the exact answer: a brute-force check against the rows
-                truth = ids[np.argsort(-(np.stack([vectors[int(i)] for i in ids]) @ vectors[arg]))][1 : K + 1]
+                truth = ids[np.argsort(-(matrix @ vectors[arg]))][1 : K + 1]
                 assert [x["id"] for x in results] == [int(t) for t in truth], (arg, results)
             with lock:
                 latencies.append(took)
                 if len(latencies) % 100 == 0:
                     rss.append(_rss_mb(server.proc.pid))
 
-        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+        # uvicorn closes a connection idle for 5 s; a client that keeps one as long races it
+        # (a request sent as the server closes is reset). Let ours expire first.
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32, keepalive_expiry=2.0)
         with httpx.Client(base_url=server.url, timeout=300, limits=limits) as http, ThreadPoolExecutor(32) as pool:
             futures = [pool.submit(one, step, http) for step in plan]
             failures = []

@@ -96,3 +96,61 @@ def test_projection_keeps_inner_products_of_low_rank_data():
     p = fit_projection(x, 8)
     y = x @ p
     np.testing.assert_allclose(y @ y.T, x @ x.T, rtol=1e-3, atol=1e-3)
+
+
+# -- int8 model -----------------------------------------------------------------------------
+
+
+def test_int8_model_is_close_to_the_float_model(photo_folder):
+    pytest.importorskip("skimage")  # the default calibration photos
+    from imagespace.images import load_image
+    from imagespace.models import create_model, list_models
+
+    assert "efficientnet-lite0-int8" in list_models()
+    fp32 = create_model()
+    int8 = create_model("efficientnet-lite0-int8")  # quantised once, then cached
+    assert int8.model_id != fp32.model_id and int8.dim == fp32.dim
+    import skimage.data
+
+    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+    pixels = np.stack([load_image(f"{skimage.data.data_dir}/{n}").pixels for n in names])
+    a, b = fp32.embed(pixels), int8.embed(pixels)
+    cos = (a.vectors * b.vectors).sum(1)
+    assert cos.min() >= 0.98, cos
+    np.testing.assert_allclose(np.linalg.norm(b.vectors, axis=1), 1.0, atol=1e-5)
+    assert [t[0][0] for t in a.tags][:2] == [t[0][0] for t in b.tags][:2] or cos.mean() >= 0.99
+
+
+def test_calibration_reads_a_folder_and_skips_what_it_cannot_read(photo_folder, tmp_path):
+    from imagespace.models.quantize import calibration_pixels
+
+    folder = photo_folder(3)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    px = calibration_pixels([str(folder)], size=32)
+    assert px.shape == (6, 32, 32, 3) and px.dtype == np.uint8  # 3 photos and their mirrors
+    with pytest.raises(FileNotFoundError):
+        calibration_pixels([str(tmp_path / "nothing-here")])
+
+
+# -- cold start -----------------------------------------------------------------------------
+
+
+def test_a_stored_image_query_imports_nothing_heavy(photo_folder, tmp_path):
+    import subprocess
+    import sys
+
+    from imagespace.collection import Collection
+    from imagespace.models import create_model
+
+    folder = photo_folder(4)
+    with Collection(tmp_path / "db") as coll:
+        coll.sync([str(folder)], create_model(), model_spec="efficientnet-lite0")
+    code = (
+        "import sys\nfrom imagespace.collection import Collection\nfrom imagespace.search import Searcher\n"
+        f"hits = Searcher(Collection({str(tmp_path / 'db')!r})).by_path({str(folder / 'img_000.jpg')!r}, k=2)\n"
+        "assert len(hits) == 2\n"
+        "print(','.join(m for m in ('torch', 'sklearn', 'scipy', 'cv2', 'pandas', 'transformers', 'ray', 'onnxruntime')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"a --like search imported {out}"

@@ -225,6 +225,9 @@ def _load_index(collection: Collection, report: CheckReport) -> tuple[VectorInde
         if meta.get("format") != INDEX_FORMAT or meta.get("model_id") != collection.model_id or meta.get("dim") != collection.dim:
             report.notices.append(Finding("index-other-model", "the index file was made for another model or format; it is rebuilt when opened"))
             return None
+        if "collection_id" not in meta or "digest" not in meta:
+            report.notices.append(Finding("index-old", "the index file was made by an older version; it is rebuilt when opened"))
+            return None
         problem = None
         if meta.get("collection_id") != collection.collection_id:
             problem = "the index file belongs to another collection"

@@ -89,7 +89,7 @@ class CompressedIndex:
         # L2 on unit vectors ranks exactly as cosine does, and unlike inner product it is
         # unchanged by the centring that PCA applies.
         prefix = f"PCA{pca}," if pca < dim else ""
-        index = faiss.index_factory(dim, f"{prefix}IVF{nlist},PQ{m}x{nbits}", faiss.METRIC_L2)
+        index = faiss.index_factory(dim, f"{prefix}IVF{nlist},PQ{m}x{nbits}np", faiss.METRIC_L2)  # np: no polysemous training (slow, unused)
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         ivf.cp.niter = settings.kmeans_iterations  # coarse centroids only choose candidates
         ivf.pq.cp.niter = settings.kmeans_iterations

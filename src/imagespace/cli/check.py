@@ -32,7 +32,8 @@ def check(
         for f in p["notices"]:
             c.print(f"notice {f['kind']}: {f['message']}", highlight=False, markup=False)
         verdict = "ok" if p["ok"] else f"{len(p['errors'])} kinds of error"
-        c.print(f"{p['db']}: {p['rows']} rows, {p['dim']} dimensions, index {p['index_entries']} entries: {verdict}", highlight=False)
+        index = "no index file" if p["index_entries"] is None else f"index of {p['index_entries']} vectors"
+        c.print(f"{p['db']}: {p['rows']} rows of {p['dim']} dimensions, {index}: {verdict}", highlight=False, markup=False)
 
     emit(as_json, report.to_dict(), human)
     if not report.ok:

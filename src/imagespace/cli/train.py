@@ -41,6 +41,10 @@ def train(
     """Train a model on your own images; use it with 'imagespace index --model MODEL_DIR'."""
     if mode not in _MODES:
         raise typer.BadParameter(f"--mode must be one of {', '.join(_MODES)}")
+    if loss is not None and loss not in ("proxy-anchor", "supcon", "arcface"):
+        raise typer.BadParameter("--loss must be one of proxy-anchor, supcon, arcface")
+    if head not in ("linear", "mlp"):
+        raise typer.BadParameter("--head must be linear or mlp")
     from ..train.data import DataError
     from ..train.pipeline import TrainConfig, run_training
     from ..train.progress import TrainProgress

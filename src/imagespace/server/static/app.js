@@ -55,6 +55,8 @@ function fmtBytes(n) {
 
 function basename(path) { return path.split(/[\\/]/).pop(); }
 
+function plural(n, one, many) { return `${n.toLocaleString()} ${n === 1 ? one : many}`; }
+
 // -- results grid -------------------------------------------------------------------------
 
 function card(item) {
@@ -141,7 +143,7 @@ async function searchWords(q) {
     const understood = r.understood_as && r.understood_as.length
       ? el("span", { class: "muted", text: " — understood as " + r.understood_as.map((c) => c.concept || c.label || JSON.stringify(c)).join(", ") }) : null;
     show("search", heading(`Results for “${q}”`, understood), grid(r.results));
-    status(`${r.results.length} results in ${Math.round(performance.now() - started)} ms`);
+    status(`${plural(r.results.length, "result", "results")} in ${Math.round(performance.now() - started)} ms`);
   } catch (e) { fail(e); }
 }
 
@@ -156,7 +158,7 @@ async function searchUpload(file) {
     const preview = el("img", { class: "query-preview", src: URL.createObjectURL(file), alt: "query image" });
     if (location.hash !== "#/upload") history.pushState(null, "", "#/upload");
     show("upload", heading("Images like this one ", preview), grid(r.results));
-    status(`${r.results.length} results`);
+    status(plural(r.results.length, "result", "results"));
   } catch (e) { fail(e); }
 }
 
@@ -186,11 +188,11 @@ async function clustersView() {
   try {
     const r = await api("/clusters");
     const blocks = r.clusters.map((c) => el("section", { class: "cluster" },
-      el("h3", {}, el("a", { href: `#/cluster/${c.id}`, text: c.label }), el("span", { class: "muted", text: ` ${c.size} images` })),
+      el("h3", {}, el("a", { href: `#/cluster/${c.id}`, text: c.label }), el("span", { class: "muted", text: " " + plural(c.size, "image", "images") })),
       el("div", { class: "strip" }, c.sample.map((item) => el("a", { href: `#/image/${item.id}`, title: item.path },
         el("img", { src: item.thumb.replace("/thumb?", "/thumb?size=128&"), alt: basename(item.path), loading: "lazy", width: 128, height: 128 }))))));
     sessionStorage.setItem("clusters", JSON.stringify(r.clusters.map((c) => ({ id: c.id, label: c.label, ids: c.ids }))));
-    show("clusters", heading(`${r.clusters.length} clusters`, el("span", { class: "muted", text: ` · ${r.outliers.length} outliers` })), ...blocks);
+    show("clusters", heading(plural(r.clusters.length, "cluster", "clusters"), el("span", { class: "muted", text: ` · ${plural(r.outliers.length, "outlier", "outliers")} · click a label to see all its images` })), ...blocks);
     status("");
   } catch (e) { fail(e); }
 }
@@ -212,7 +214,7 @@ async function duplicatesView() {
       el("figure", { class: "dup" },
         el("a", { href: `#/image/${item.id}`, title: item.path }, el("img", { src: item.thumb.replace("/thumb?", "/thumb?size=512&"), alt: basename(item.path), loading: "lazy" })),
         el("figcaption", {}, el("div", { class: "path", text: item.path }), el("div", { class: "muted", text: `${item.width} × ${item.height} · ${fmtBytes(item.size)}` }))))));
-    show("duplicates", heading(`${r.groups.length} groups of near-duplicates`), groups.length ? el("div", { class: "dups" }, groups) : el("p", { class: "empty", text: "No near-duplicates found." }));
+    show("duplicates", heading(plural(r.groups.length, "group", "groups") + " of near-duplicates"), groups.length ? el("div", { class: "dups" }, groups) : el("p", { class: "empty", text: "No near-duplicates found." }));
     status("");
   } catch (e) { fail(e); }
 }

@@ -1,0 +1,96 @@
+"""The compressed on-disk index: same top results as exact search, after re-ranking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imagespace.collection import Collection
+from imagespace.large_index import (
+    LARGE_FILE, CompressedIndex, Float16Store, LargeIndex, LargeSettings, build_compressed, open_index,
+)
+
+DIM = 64
+
+
+def clustered(n: int, seed: int, dim: int = DIM) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(0).standard_normal((n // 20 + 1, dim)).astype(np.float32)
+    x = centres[rng.integers(0, len(centres), n)] + 0.4 * rng.standard_normal((n, dim)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def exact_top(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = q @ x.T
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return top, np.take_along_axis(s, top, 1)
+
+
+SETTINGS = LargeSettings(pca_dim=32, nlist=16, pq_m=8, nprobe=16, rerank=200, train_size=5000)
+
+
+def test_compressed_index_matches_exact_search_after_reranking(tmp_path):
+    x, q = clustered(5000, 1), clustered(30, 2)
+    store_path = tmp_path / "v.f16"
+    x.astype(np.float16).tofile(store_path)
+    store = Float16Store(store_path, DIM)
+    built = build_compressed(x, [(np.arange(0, 2500), x[:2500]), (np.arange(2500, 5000), x[2500:])], len(x), store, SETTINGS)
+    built.save(tmp_path / "i.faiss")
+    index = CompressedIndex.load(tmp_path / "i.faiss", store, SETTINGS, mmap=True)
+    assert len(index) == 5000
+    ids, sims = index.search(q, 10)
+    want_ids, want_sims = exact_top(x, q, 10)
+    assert (ids == want_ids).mean() >= 0.99
+    # scores are exact cosines of the stored (float16) vectors, not compressed distances
+    np.testing.assert_allclose(sims, want_sims, atol=2e-3)
+    # the compressed codes alone are worse than with re-ranking: re-ranking does the work
+    raw = index.candidates(q, 10)
+    assert (raw == want_ids).mean() < (ids == want_ids).mean() or (raw == want_ids).all()
+    store.close()
+
+
+def _fake_collection(root, vectors: np.ndarray) -> Collection:
+    from imagespace.embed import Embedded, FileInfo
+
+    coll = Collection(root)
+    coll.bind_model("test-model", "test", vectors.shape[1])
+    items = [Embedded(FileInfo(f"/x/{i}.jpg", 1, 1, f"d{i}"), v, [], 1, 1, "JPEG") for i, v in enumerate(vectors)]
+    for start in range(0, len(items), 1000):
+        coll.write_embedded(items[start:start + 1000], [])
+    return coll
+
+
+def test_collection_large_index_follows_new_and_removed_rows(tmp_path):
+    from imagespace.embed import Embedded, FileInfo
+
+    x = clustered(3000, 3)
+    coll = _fake_collection(tmp_path / "db", x)
+    index = LargeIndex.build(coll, SETTINGS)
+    assert (coll.root / LARGE_FILE).exists() and len(index) == 3000
+    q = clustered(10, 4)
+    ids_all, x_all = coll.vectors()
+    top, _ = exact_top(x_all, q, 5)
+    got, sims = index.search(q, 5)
+    assert (got == ids_all[top]).mean() >= 0.98
+
+    # a new row that equals the query must come first; a removed row must never come back
+    coll.write_embedded([Embedded(FileInfo("/x/new.jpg", 1, 1, "new"), q[0], [], 1, 1, "JPEG")], [])
+    with coll.transaction():
+        coll._remove_ids([int(got[1, 0])], coll._next_seq())
+    reopened = open_index(coll, "auto")  # the compressed index exists: auto keeps using it
+    assert isinstance(reopened, LargeIndex)
+    got2, sims2 = reopened.search(q, 5)
+    assert coll.row_by_path("/x/new.jpg").id == got2[0, 0] and sims2[0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert int(got[1, 0]) not in got2[1].tolist()
+    coll.close()
+
+
+def test_open_index_by_name(tmp_path):
+    from imagespace.index import VectorIndex
+
+    coll = _fake_collection(tmp_path / "db", clustered(500, 5))
+    assert isinstance(open_index(coll, "hnsw"), VectorIndex)
+    assert isinstance(open_index(coll, "auto"), VectorIndex)  # small: the in-memory graph
+    with pytest.raises(ValueError):
+        open_index(coll, "nope")
+    coll.close()
