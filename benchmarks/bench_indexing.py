@@ -179,8 +179,8 @@ def run(quick: bool = False, cifar10: bool = False) -> None:
     test, _ = flowers12_split("test")
     small = train + test
     compare(f"indexing flowers12 as is (224 px JPEGs, {len(small)} files)", str(need(FLOWERS12)),
-            small, 64 if quick else 240, repeats)
-    breakdown("where the time goes, flowers12 (CPU per image, stage by stage)", small[: 256 if quick else 960])
+            small, 48 if quick else 120, repeats)
+    breakdown("where the time goes, flowers12 (CPU per image, stage by stage)", small[: 256 if quick else 480])
     if cifar10:
         cifar10_peak_memory(5000 if quick else None)
 

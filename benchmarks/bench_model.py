@@ -83,7 +83,7 @@ def run(quick: bool = False) -> None:
         quality[name] = (float(cos.mean()), float(cos.min()), p1, mAP)
 
     # throughput, interleaved rounds
-    n = 128 if quick else 320
+    n = 96 if quick else 192
     rounds = 2 if quick else 3
     rates: dict[str, list[float]] = {k: [] for k in variants}
     block = pixels[:n]

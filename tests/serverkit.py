@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import socket
@@ -18,10 +19,18 @@ from conftest import make_photo
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_collection(base: Path, n: int = 16) -> tuple[Path, Path]:
-    """``(db, photos)``: ``n`` small made-up photos, plus two exact copies, indexed for real."""
-    from imagespace.collection import Collection
+@functools.lru_cache(maxsize=1)
+def model():
+    """One model (one ONNX Runtime session) for every collection the tests build."""
     from imagespace.models import DEFAULT_MODEL, create_model
+
+    return create_model(DEFAULT_MODEL)
+
+
+def build_collection(base: Path, n: int = 16) -> tuple[Path, Path]:
+    """``(db, photos)``: ``n`` small made-up photos, plus two copies of the first, indexed for real."""
+    from imagespace.collection import Collection
+    from imagespace.models import DEFAULT_MODEL
 
     photos = base / "photos"
     photos.mkdir(parents=True)
@@ -31,9 +40,8 @@ def build_collection(base: Path, n: int = 16) -> tuple[Path, Path]:
     (photos / "copy_000.jpg").write_bytes((photos / "img_000.jpg").read_bytes())
     make_photo(0, (120, 90)).resize((100, 75)).save(photos / "small_000.png")
     db = base / "db"
-    model = create_model(DEFAULT_MODEL)
     with Collection(db) as coll:
-        report = coll.sync([str(photos)], model, model_spec=DEFAULT_MODEL)
+        report = coll.sync([str(photos)], model(), model_spec=DEFAULT_MODEL)
     assert report.added == n + 2, report.to_dict()
     return db, photos
 

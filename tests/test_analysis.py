@@ -274,6 +274,13 @@ def test_dba_cache_follows_the_collection(small, tmp_path):
     assert second.seq != first.seq and len(second.ids) == len(first.ids) + 1
 
 
+def test_search_with_qe_and_dba_from_the_command_line(small):
+    p = small["photos"]
+    doc = json_of(run_cli("search", "--db", small["db"], "--json", "--like", p / "photo_3.jpg", "--qe", "--dba", "-k", "4"))
+    got = [Path(r["path"]).name for r in doc["results"]]
+    assert len(got) == 4 and "photo_3.jpg" not in got
+
+
 # -- search by words --------------------------------------------------------------------------
 
 

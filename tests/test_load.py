@@ -152,7 +152,7 @@ def _searches_during_indexing(tmp_path: Path, first: int, added: int) -> dict:
 
 
 def test_searches_while_indexing_quick(tmp_path: Path) -> None:
-    _searches_during_indexing(tmp_path, first=16, added=12)
+    _searches_during_indexing(tmp_path, first=12, added=8)
 
 
 @pytest.mark.slow
@@ -249,7 +249,7 @@ def _many_requests(tmp_path: Path, images: int, requests: int) -> dict:
 
 
 def test_many_requests_at_concurrency_32_quick(tmp_path: Path) -> None:
-    _many_requests(tmp_path, images=1000, requests=200)
+    _many_requests(tmp_path, images=500, requests=100)
 
 
 @pytest.mark.slow

@@ -7,9 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 from test_train import make_classes
 
 from imagespace.collection import Collection

@@ -37,7 +37,7 @@ PROJECTION_FILE = "vectors.projection.npy"
 # reduced index that shrinks back to EXACT_LIMIT or fewer is rebuilt full and exact.
 REDUCE_ABOVE = 2 * EXACT_LIMIT
 REDUCED_DIM = 256
-PROJECTION_SAMPLE = 20_000  # vectors the projection is fitted on
+PROJECTION_SAMPLE = 10_000  # vectors the projection is fitted on
 
 
 @dataclass
@@ -67,7 +67,7 @@ def fit_projection(sample: np.ndarray, dim: int) -> np.ndarray:
     """(d, dim) float32: the top ``dim`` right singular vectors of ``sample`` (not centred,
     so that projected inner products approximate the original ones)."""
     sample = np.asarray(sample, dtype=np.float32)
-    gram = (sample.T.astype(np.float64) @ sample.astype(np.float64)) / max(len(sample), 1)
+    gram = (sample.T @ sample).astype(np.float64) / max(len(sample), 1)
     values, vectors = np.linalg.eigh(gram)
     top = np.argsort(values)[::-1][:dim]
     return np.ascontiguousarray(vectors[:, top], dtype=np.float32)

@@ -80,7 +80,8 @@ class CompressedIndex:
 
         sample = np.ascontiguousarray(sample, dtype=np.float32)
         dim = sample.shape[1]
-        pca = min(settings.pca_dim, dim)
+        # PCA needs more samples than output dimensions; a tiny collection keeps all of them
+        pca = min(settings.pca_dim, dim) if len(sample) >= 4 * settings.pca_dim else dim
         nlist = min(settings.lists_for(n_total), max(1, len(sample) // 39))
         m = settings.pq_m
         while pca % m:  # sub-quantisers must divide the dimension

@@ -45,7 +45,7 @@ class Hit:
 class Searcher:
     """Answers queries over one collection; the model is loaded only for image queries."""
 
-    def __init__(self, collection: Collection, model=None):
+    def __init__(self, collection: Collection, model=None, index_kind: str = "auto"):
         if collection.model_id is None or len(collection) == 0:
             raise CollectionError(f"the collection at {collection.root} is empty: index some images first")
         self.collection = collection
@@ -53,6 +53,7 @@ class Searcher:
         if model is not None:
             collection.check_model(model.model_id)
         self._index: VectorIndex | None = None
+        self.index_kind = index_kind  # auto | hnsw | ivfpq: see large_index.open_index
 
     @property
     def model(self):
@@ -66,7 +67,9 @@ class Searcher:
     @property
     def index(self) -> VectorIndex:
         if self._index is None:
-            self._index = VectorIndex.open(self.collection)
+            from .large_index import open_index
+
+            self._index = open_index(self.collection, self.index_kind)
         return self._index
 
     def refresh(self) -> None:

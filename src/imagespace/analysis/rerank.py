@@ -74,9 +74,10 @@ def dba_space(collection: Collection, *, n: int = DBA_NEIGHBOURS, alpha: float =
     base = collection.root / f"dba-n{n}-a{alpha:g}"
     meta_path, vec_path, idx_path = base.with_suffix(".json"), base.with_suffix(".npz"), base.with_suffix(".usearch")
     seq, model = collection.seq, collection.model_id
+    owner = getattr(collection, "collection_id", None)
     try:
         meta = json.loads(meta_path.read_text())
-        if meta.get("seq") == seq and meta.get("model_id") == model:
+        if meta.get("seq") == seq and meta.get("model_id") == model and meta.get("collection_id") == owner:
             data = np.load(vec_path)
             restored = Index.restore(str(idx_path), view=False)
             if restored is not None and len(restored) == len(data["ids"]):
@@ -96,7 +97,7 @@ def dba_space(collection: Collection, *, n: int = DBA_NEIGHBOURS, alpha: float =
     os.replace(str(vec_path) + tmp + ".npz", vec_path)
     ann.save(str(idx_path) + tmp)
     os.replace(str(idx_path) + tmp, idx_path)
-    meta_path.write_text(json.dumps({"seq": seq, "model_id": model, "n": n, "alpha": alpha, "count": len(ids)}))
+    meta_path.write_text(json.dumps({"seq": seq, "model_id": model, "collection_id": owner, "n": n, "alpha": alpha, "count": len(ids)}))
     return DbaSpace(ids, augmented, ann, seq)
 
 

@@ -62,6 +62,9 @@ def search(
     where: Annotated[Optional[str], typer.Option(help="Filter on stored fields, e.g. \"tag = daisy and width > 500\".")] = None,
     min_score: Annotated[Optional[float], typer.Option(help="Drop results with a cosine similarity below this.")] = None,
     text_model: Annotated[Optional[Path], typer.Option(help="A local CLIP model folder for open-vocabulary --text.")] = None,
+    index_kind: Annotated[str, typer.Option("--index", help="auto (by size), hnsw (in memory) or ivfpq (compressed, on disk, re-ranked).")] = "auto",
+    qe: Annotated[bool, typer.Option("--qe/--no-qe", help="Query expansion for IMAGE/--like: the query averaged with its top 2 neighbours (flowers12 mAP 0.72 -> 0.76).")] = False,
+    dba: Annotated[bool, typer.Option("--dba/--no-dba", help="Database-side augmentation for IMAGE/--like (flowers12 mAP 0.72 -> 0.80, 0.84 with --qe); scores are then against augmented vectors.")] = False,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
 ) -> None:
@@ -73,9 +76,15 @@ def search(
 
     extra: dict = {}
     with open_collection(db) as coll:
-        searcher = Searcher(coll)
+        searcher = Searcher(coll, index_kind=index_kind)
         opts = dict(k=k, where=where, min_score=min_score)
-        if image is not None:
+        if (qe or dba) and text is None:
+            from ..analysis.rerank import reranked_search
+
+            row_id, vector = searcher.stored_vector(like) if like is not None else (None, searcher.embed_image(image))
+            exclude = {row_id} if row_id is not None else set()
+            hits = reranked_search(searcher, vector, exclude=exclude, qe=qe, dba=dba, **opts)
+        elif image is not None:
             hits = searcher.by_image(image, **opts)
         elif like is not None:
             hits = searcher.by_path(like, **opts)

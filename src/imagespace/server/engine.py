@@ -77,28 +77,36 @@ class Engine:
         self._job_lock = threading.Lock()
         self._job_thread: threading.Thread | None = None
         self._text_lock = threading.Lock()
+        self._roots: tuple[int, list[str]] | None = None
         self._text_ready = False
         self.warmed = False
 
     def close(self) -> None:
-        if self._job_thread is not None:
-            self._job_thread.join()
-        self.collection.close()
-        self._rows_db.close()
+        # A running indexing run is not waited for: it commits batch by batch, and the next
+        # run finishes what it had not.
+        with self._search_lock, self._rows_lock:
+            self.collection.close()
+            self._rows_db.close()
 
     # -- shared objects ------------------------------------------------------------------
 
     def model(self):
         """The collection's embedding model, loaded on first need and kept."""
+        with self._rows_lock:
+            spec, model_id = self._rows_db.model_spec, self._rows_db.model_id
         with self._model_lock:
-            spec = self.collection.model_spec
-            if self._model is None or self._model.model_id != self.collection.model_id:
+            if self._model is None or self._model.model_id != model_id:
                 if spec is None:
                     raise EmptyCollection("the collection has no model yet: index some images first")
                 from ..models import create_model
 
-                self._model = create_model(spec, threads=QUERY_THREADS)
-                self.collection.check_model(self._model.model_id)
+                model = create_model(spec, threads=QUERY_THREADS)
+                if model.model_id != model_id:
+                    raise CollectionError(
+                        f"the collection's model {spec!r} now makes vectors of {model.model_id!r}, "
+                        f"not {model_id!r}: re-index the collection"
+                    )
+                self._model = model
             return self._model
 
     def _searcher_locked(self) -> Searcher:
@@ -191,8 +199,12 @@ class Engine:
             }
 
     def roots(self) -> list[str]:
+        """The collection's folders (asked for by every image request: kept until the rows change)."""
         with self._rows_lock:
-            return self._rows_db.roots()
+            seq = self._rows_db.seq
+            if self._roots is None or self._roots[0] != seq:
+                self._roots = (seq, self._rows_db.roots())
+            return self._roots[1]
 
     def seq(self) -> int:
         with self._rows_lock:
