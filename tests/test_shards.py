@@ -38,7 +38,6 @@ def test_sharded_search_equals_unsharded(photo_folder, tmp_path, model):
     with Collection(tmp_path / "whole") as whole:
         whole.sync([str(folder)], model, model_spec="efficientnet-lite0")
         ids, vecs = whole.vectors()
-        paths = {r.id: r.path for r in whole.all_rows()}
         searcher = Searcher(whole, model)
         queries = vecs[:5]
         expected = [[(h.path, h.score) for h in searcher.by_vector(q, k=6)] for q in queries]

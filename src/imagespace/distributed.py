@@ -23,6 +23,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -202,7 +203,7 @@ class ModelActor:
 
 def _model_payload(model: EmbeddingModel) -> dict:
     return {
-        "onnx_bytes": open(model.onnx_path, "rb").read(),
+        "onnx_bytes": Path(model.onnx_path).read_bytes(),
         "name": model.name,
         "model_id": model.model_id,
         "input_size": model.input_size,
