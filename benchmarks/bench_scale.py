@@ -67,23 +67,25 @@ def _sync_rate(folder: Path, engine: str, workdir: Path) -> float:
     return report.embedded / report.seconds
 
 
-def bench_images(workdir: Path, repeats: int) -> None:
+def bench_images(workdir: Path, repeats: int, datasets: str = "flowers12,cifar10") -> None:
     from imagespace.distributed import ray_session
 
     sets = []
-    if (FLOWERS12 / "train").is_dir():
-        sets.append(("flowers12 (960 photos)", FLOWERS12))
-    else:
-        say(f"skip flowers12: {FLOWERS12} is absent")
-    if CIFAR10_ZIP.is_file():
-        cifar = workdir / "cifar10-test"
-        if not cifar.is_dir():
-            with zipfile.ZipFile(CIFAR10_ZIP) as z:
-                z.extractall(workdir / "cifar10-tmp", [n for n in z.namelist() if n.startswith("test/")])
-            (workdir / "cifar10-tmp" / "test").rename(cifar)
-        sets.append(("cifar10 test (10,000 images)", cifar))
-    else:
-        say(f"skip cifar10: {CIFAR10_ZIP} is absent")
+    if "flowers12" in datasets:
+        if (FLOWERS12 / "train").is_dir():
+            sets.append(("flowers12 (960 photos)", FLOWERS12))
+        else:
+            say(f"skip flowers12: {FLOWERS12} is absent")
+    if "cifar10" in datasets:
+        if CIFAR10_ZIP.is_file():
+            cifar = workdir / "cifar10-test"
+            if not cifar.is_dir():
+                with zipfile.ZipFile(CIFAR10_ZIP) as z:
+                    z.extractall(workdir / "cifar10-tmp", [n for n in z.namelist() if n.startswith("test/")])
+                (workdir / "cifar10-tmp" / "test").rename(cifar)
+            sets.append(("cifar10 test (10,000 images)", cifar))
+        else:
+            say(f"skip cifar10: {CIFAR10_ZIP} is absent")
     t = time.perf_counter()
     with ray_session(num_cpus=os.cpu_count()):
         say(f"local Ray started in {time.perf_counter() - t:.1f} s (not counted below: a cluster is already up)")
@@ -249,6 +251,7 @@ def main() -> None:
     p.add_argument("--images", action="store_true", help="only the Ray-against-local images/s part")
     p.add_argument("--vectors", type=int, default=None, help="only the vector part, with this many vectors")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--datasets", default="flowers12,cifar10", help="image sets for the Ray part")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--keep", action="store_true", help="keep the (large) vector files")
@@ -262,10 +265,14 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="imagespace-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     both = not args.images and args.vectors is None
-    if args.images or both:
-        bench_images(workdir, args.repeats)
-    if args.vectors is not None or both:
-        bench_vectors(args.vectors or 10_000_000, workdir / "vectors", args.queries, args.settings, args.keep, args.budget)
+    try:
+        if args.images or both:
+            bench_images(workdir, args.repeats, args.datasets)
+        if args.vectors is not None or both:
+            bench_vectors(args.vectors or 10_000_000, workdir / "vectors", args.queries, args.settings, args.keep, args.budget)
+    finally:
+        if args.workdir is None and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)  # extracted images, tens of GB of vectors
 
 
 if __name__ == "__main__":

@@ -118,7 +118,9 @@ def test_click_an_image_to_see_its_neighbours_then_more_like_this(page, tmp_path
     target.locator("a.thumb").click()
     page.wait_for_url(f"**#/image/{target_id}")
     page.wait_for_selector("#neighbours .card")
-    page.wait_for_function("() => document.querySelector('.detail-image img').naturalWidth > 0")
+    page.wait_for_function("() => { const i = document.querySelector('.detail-image img');"
+                           " return i.naturalWidth > 0 && i.getBoundingClientRect().height > 100; }")
+    page.wait_for_timeout(300)  # let the decoded image be painted before the screenshot
     assert page.locator(".facts .taglist li").count() == 5
     page.screenshot(path=str(tmp_path / "neighbours.png"), full_page=True)
     # "more like this" puts the image in the tray

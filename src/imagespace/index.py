@@ -261,7 +261,10 @@ class VectorIndex:
         return self._graph_search(queries, k, exact)
 
     def _graph_search(self, queries: np.ndarray, k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
-        matches = self.index.search(queries, k, exact=exact)
+        # A few queries run on this thread: waking usearch's pool for one query cost more
+        # than the search itself on a busy machine.
+        threads = 1 if len(queries) <= 4 else 0
+        matches = self.index.search(queries, k, exact=exact, threads=threads)
         keys = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
         # cos and ip distances in usearch are both 1 - similarity
         sims = 1.0 - np.asarray(matches.distances, dtype=np.float32).reshape(len(queries), -1)

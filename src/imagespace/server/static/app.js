@@ -81,6 +81,7 @@ function show(name, ...nodes) {
   v.replaceChildren(...nodes);
   v.classList.toggle("full", false);
   v.dataset.view = name;  // which view is on screen (tests and styles use it)
+  window.scrollTo(0, 0);  // a new view starts at its top
 }
 
 function heading(text, extra) { return el("h2", {}, text, extra || null); }
