@@ -95,7 +95,7 @@ def adapter(work: Path) -> dict:
     for name, m in rows.items():
         print(f"  {name:<40} {_fmt(m)}", flush=True)
     return {"adapter": {k: {"precision_at_1": round(v["precision_at_1"], 4), "map": round(v["map"], 4)}
-                        for k, v in rows.items()}, "seconds": result["metrics"]["seconds"]}
+                        for k, v in rows.items()}, "adapter_seconds": result["metrics"]["seconds"]}
 
 
 def _cached_train_features(out: Path):
@@ -156,7 +156,7 @@ def selfsup(work: Path) -> dict:
     new, pre, _, _ = _test_set_quality(out)
     print(f"  {'pretrained (GeM)':<40} {_fmt(pre)}", flush=True)
     print(f"  {'self-supervised (new)':<40} {_fmt(new)}", flush=True)
-    return {"selfsup": {"pretrained": pre, "new": new}, "seconds": result["metrics"]["seconds"]}
+    return {"selfsup": {"pretrained": pre, "new": new}, "selfsup_seconds": result["metrics"]["seconds"]}
 
 
 def scratch(work: Path, minutes: float, epochs: int, width: int) -> dict:
