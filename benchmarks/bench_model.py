@@ -107,6 +107,9 @@ def run(quick: bool = False) -> None:
     ok = (statistics.median(r / b for r, b in zip(rates[lib_name], base)) >= 1.5 and quality[lib_name][0] >= 0.99
           and quality[lib_name][2] >= fp32_q[2] - 0.01)
     print(f"  int8 as the default? the rule (>= 1.5x, cosine >= 0.99, P@1 within 0.01): {'met' if ok else 'not met'}")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ class RayOptions:
     actor_gpus: float = 0.0
     actor_threads: int | None = None  # ONNX Runtime threads per actor (default: its whole CPUs, at least 1)
     decode_cpus: float = DEFAULT_DECODE_CPUS
-    paths_per_block: int | None = None  # paths per Ray block (default: the batch size)
+    paths_per_block: int | None = None  # paths per Ray block (default: four batches)
 
 
 # -- starting Ray --------------------------------------------------------------------------
@@ -251,9 +251,10 @@ def embed_with_ray(paths: list[str], model: EmbeddingModel, *, batch_size: int =
     payload = _model_payload(model)
     payload["onnx_bytes"] = ray.put(payload["onnx_bytes"])
 
-    # One block per model batch: results (and commits) stream back batch by batch, so a killed
-    # run loses only the batches in flight, and every actor has blocks to take.
-    blocks = -(-len(paths) // max(1, options.paths_per_block or batch_size))
+    # Blocks of a few batches: results (and commits) stream back as blocks finish, so a killed
+    # run loses only the blocks in flight. One block per batch measured 0.59 of the local
+    # pipeline's images/s on flowers12 (per-block overhead); four batches per block 0.89.
+    blocks = -(-len(paths) // max(1, options.paths_per_block or 4 * batch_size))
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
     ds = ds.map_batches(decode_batch, fn_kwargs={"size": model.input_size}, batch_size=batch_size,
                         batch_format="numpy", num_cpus=options.decode_cpus)
