@@ -80,9 +80,9 @@ def compare(title: str, folder: str, paths: list[str], baseline_n: int, repeats:
         whole.append(w)
         inrun.append(r)
     ratios = [w / b for w, b in zip(whole, base)]
-    row(f"baseline, {baseline_n} images (img/s)", spread(base))
-    row(f"imagespace index, {len(paths)} images, whole process (img/s)", spread(whole))
-    row("imagespace index, as the run reports it (img/s)", spread(inrun))
+    row(f"baseline, {baseline_n} images (img/s)", spread(base, "{:.2f}"))
+    row(f"imagespace index, {len(paths)} images, whole process (img/s)", spread(whole, "{:.2f}"))
+    row("imagespace index, as the run reports it (img/s)", spread(inrun, "{:.2f}"))
     row("ratio whole-process / baseline", spread(ratios, "{:.1f}x"))
     row("ratio in-run / baseline", spread([r / b for r, b in zip(inrun, base)], "{:.1f}x"))
 

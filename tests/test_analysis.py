@@ -156,13 +156,15 @@ def test_cluster_labels_come_from_member_tags(small):
 # -- recommend ----------------------------------------------------------------------------
 
 
-def test_recommend_excludes_inputs_and_their_copies(small):
+def test_recommend_excludes_inputs(small):
     p = small["photos"]
     doc = json_of(run_cli("recommend", "--db", small["db"], "--json", "--like", p / "photo_0.jpg", "--unlike", p / "photo_2.jpg", "-k", "5"))
     got = [Path(r["path"]).name for r in doc["results"]]
     assert 1 <= len(got) <= 5
     assert "photo_0.jpg" not in got and "photo_2.jpg" not in got
-    assert not any(g.startswith("photo_0_") for g in got), f"a copy of the liked photo came back: {got}"
+    # The edited copies of the liked photo are the most like it (only files saved twice, at
+    # cosine >= 0.97, count as the input itself and are left out).
+    assert got[0].startswith("photo_0_"), got
     assert all(set(r) >= {"path", "score"} for r in doc["results"])
 
 

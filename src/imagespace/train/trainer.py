@@ -136,7 +136,9 @@ def fit(net: nn.Module, loss_fn: nn.Module, pixels: np.ndarray, labels: np.ndarr
             scores = evaluate()
         result.epochs_run = epoch + 1
         result.seconds = elapsed_before + time.perf_counter() - started
+        steps_done = s + 1 if not out_of_time else s  # a time-boxed epoch may end early: say how far it got
         result.history.append({"epoch": epoch + 1, "loss": last_loss, "seconds": round(result.seconds, 1),
+                               "images": steps_done * settings.batch_size,
                                **{f"val_{k}": v for k, v in scores.items()}})
         score = scores.get(score_key, -math.inf)
         if score > result.best_score:
