@@ -73,6 +73,16 @@ def fit_projection(sample: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(vectors[:, top], dtype=np.float32)
 
 
+def load_projection(collection: Collection, meta: dict, settings: IndexSettings) -> np.ndarray | None:
+    """The saved PCA projection of a reduced index, checked against its recorded checksum."""
+    if not settings.reduce_dim:
+        return None
+    path = collection.root / PROJECTION_FILE
+    if meta.get("projection_digest") != file_checksum(path):
+        raise ValueError("projection file missing or damaged")
+    return np.load(path)
+
+
 class VectorIndex:
     def __init__(self, collection: Collection, index, seq: int, settings: IndexSettings, dirty: bool,
                  projection: np.ndarray | None = None):
@@ -115,12 +125,8 @@ class VectorIndex:
                         reason, loaded = "index file unreadable", None
                     else:
                         settings = IndexSettings(**meta.get("settings", {}))
-                        projection = None
+                        projection = load_projection(collection, meta, settings)
                         if settings.reduce_dim:
-                            proj_path = collection.root / PROJECTION_FILE
-                            if meta.get("projection_digest") != file_checksum(proj_path):
-                                raise ValueError("projection file missing or damaged")
-                            projection = np.load(proj_path)
                             if projection.shape != (dim, settings.reduce_dim) or loaded.ndim != settings.reduce_dim:
                                 raise ValueError("projection does not fit the index")
                         elif loaded.ndim != dim:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .collection import Collection
-from .index import INDEX_FILE, INDEX_FORMAT, INDEX_META, PROJECTION_FILE, IndexSettings, VectorIndex, file_checksum
+from .index import INDEX_FILE, INDEX_FORMAT, INDEX_META, IndexSettings, VectorIndex, file_checksum, load_projection
 
 # How many examples of one kind of problem a report lists (the count is always exact).
 MAX_EXAMPLES = 10
@@ -240,12 +240,7 @@ def _load_index(collection: Collection, report: CheckReport) -> tuple[VectorInde
             return None
         settings = IndexSettings(**meta.get("settings", {}))
         raw = VectorIndex._load(path)
-        projection = None
-        if settings.reduce_dim:
-            proj_path = collection.root / PROJECTION_FILE
-            if meta.get("projection_digest") != file_checksum(proj_path):
-                raise ValueError("projection file missing or damaged")
-            projection = np.load(proj_path)
+        projection = load_projection(collection, meta, settings)
         if raw is None or raw.ndim != (settings.reduce_dim or collection.dim):
             raise ValueError("not a usearch index of the expected dimension")
         index = VectorIndex(collection, raw, int(meta["seq"]), settings, dirty=False, projection=projection)
