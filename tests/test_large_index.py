@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from imagespace.collection import Collection
 from imagespace.large_index import (
-    LARGE_FILE, CompressedIndex, Float16Store, LargeIndex, LargeSettings, build_compressed, open_index,
+    LARGE_FILE, LARGE_META, CompressedIndex, Float16Store, LargeIndex, LargeSettings, build_compressed, open_index,
 )
 
 DIM = 64
@@ -94,3 +96,32 @@ def test_open_index_by_name(tmp_path):
     with pytest.raises(ValueError):
         open_index(coll, "nope")
     coll.close()
+
+
+def test_indexing_updates_the_compressed_index_and_builds_no_graph(tmp_path, photo_folder):
+    """A collection searched through the compressed index: an indexing run brings that index
+    up to date (the first query must not pay for it) and never builds the in-memory graph,
+    which at a few million rows would cost an hour for nothing."""
+    from conftest import make_photo
+
+    from imagespace.index import INDEX_FILE
+    from imagespace.models import DEFAULT_MODEL, create_model
+    from imagespace.search import Searcher
+
+    photos = photo_folder(12)
+    model = create_model(DEFAULT_MODEL)
+    with Collection(tmp_path / "db") as coll:
+        coll.sync([str(photos)], model, model_spec=DEFAULT_MODEL)
+        LargeIndex.build(coll)
+        (coll.root / INDEX_FILE).unlink()
+        make_photo(1000, (96, 72)).save(photos / "new.jpg", quality=90)
+        make_photo(1001, (96, 72)).save(photos / "new2.jpg", quality=90)
+        report = coll.sync([str(photos)], model, model_spec=DEFAULT_MODEL)
+        assert report.added == 2
+        assert not (coll.root / INDEX_FILE).exists()
+        meta = json.loads((coll.root / LARGE_META).read_text())
+        assert meta["seq"] == coll.seq and meta["count"] == 14  # rebuilt: 2 new rows of 12 pass MAX_DELTA_SHARE
+        searcher = Searcher(coll, model)
+        assert isinstance(searcher.index, LargeIndex)  # searches go through the same index
+        hits = searcher.by_vector(coll.vectors([coll.row_by_path(photos / "new.jpg").id])[1][0], k=1)
+        assert hits[0].path == str(photos / "new.jpg") and hits[0].score == pytest.approx(1.0, abs=1e-3)

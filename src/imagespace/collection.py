@@ -441,9 +441,13 @@ class Collection:
                     on_progress(report.embedded + len(report.failed) - len(scan.failed), len(to_embed))
             # Files that fail now but were indexed before keep their old row: the photo is
             # still there on disk, even if we could not read it this time.
-            from .index import VectorIndex
+            # The index that searches will open (by size: in-memory graph or compressed on
+            # disk), brought up to date now so that the first query does not pay for it.
+            from .large_index import open_index
 
-            VectorIndex.open(self).save_if_changed()
+            index = open_index(self)
+            if hasattr(index, "save_if_changed"):
+                index.save_if_changed()  # the compressed index saves itself when it builds
         report.seconds = time.perf_counter() - started
         return report
 

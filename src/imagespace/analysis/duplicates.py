@@ -20,6 +20,7 @@ pair and verification keeps precision above 0.95.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ _FEATURES = 1000
 _RATIO = 0.8
 _RANSAC_PIXELS = 5.0
 _CACHE_IMAGES = 4096
+_BLOCK = 512  # candidate pairs per block: at most 1,024 images, well inside the cache
 
 
 @dataclass
@@ -97,24 +99,8 @@ def duplicate_report(
     t0 = time.process_time()
     accepted = 0
     if verify:
-        rows = collection.rows({i for pair in candidates for i in pair})
-        verifier = _Verifier()
-        certain = 0
-        todo = sorted(candidates.items())
-        for n, ((a, b), sim) in enumerate(todo):
-            if union.same(a, b):
-                continue  # already one group (e.g. through a third copy): nothing to learn
-            if sim >= CERTAIN_SIMILARITY:
-                union.join(a, b)
-                certain += 1
-                continue
-            if a not in rows or b not in rows:
-                continue
-            if verifier.inliers(rows[a].path, rows[b].path) >= min_inliers:
-                union.join(a, b)
-                accepted += 1
-            if progress and n % 500 == 0:
-                print(f"imagespace: duplicates: verified {n}/{len(todo)} candidate pairs", file=sys.stderr)
+        verifier = _Verifier(min_inliers)
+        certain, accepted = _verify(candidates, collection, union, verifier, progress)
         stats["certain_pairs"] = certain
         stats["verified_pairs"] = verifier.pairs
         stats["images_with_features"] = verifier.extracted
@@ -138,6 +124,48 @@ def duplicate_report(
     return DuplicateReport(groups, stats)
 
 
+def _verify(candidates: dict[tuple[int, int], float], collection: Collection, union: _UnionFind,
+            verifier: _Verifier, progress: bool) -> tuple[int, int]:
+    """Join the candidate pairs that verification shows to be one picture: (certain, accepted).
+
+    Pairs go in blocks, in id order so that an image's features are reused while cached;
+    each block's features and matches run on a thread per core (OpenCV releases the GIL).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = sorted(candidates.items())
+    certain = accepted = 0
+    with ThreadPoolExecutor(_workers()) as pool:
+        for start in range(0, len(todo), _BLOCK):
+            block: list[tuple[int, int]] = []
+            for (a, b), sim in todo[start : start + _BLOCK]:
+                if union.same(a, b):
+                    continue  # already one group (e.g. through a third copy): nothing to learn
+                if sim >= CERTAIN_SIMILARITY:
+                    union.join(a, b)
+                    certain += 1
+                    continue
+                block.append((a, b))
+            rows = collection.rows({i for pair in block for i in pair})
+            block = [(a, b) for a, b in block if a in rows and b in rows]
+            verifier.prefetch([rows[i].path for i in sorted({i for pair in block for i in pair})], pool)
+            found = pool.map(lambda pair: verifier.inliers(rows[pair[0]].path, rows[pair[1]].path), block)
+            for (a, b), inliers in zip(block, found):
+                if inliers >= verifier.min_inliers:
+                    union.join(a, b)
+                    accepted += 1
+            if progress:
+                print(f"imagespace: duplicates: verified {min(len(todo), start + _BLOCK)}/{len(todo)} candidate pairs",
+                      file=sys.stderr)
+    return certain, accepted
+
+
+def _workers() -> int:
+    import os
+
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def _candidates(collection: Collection, threshold: float, neighbours: int) -> dict[tuple[int, int], float]:
     """Pairs (a < b) of nearest neighbours with cosine >= ``threshold``, from the ANN index."""
     index = VectorIndex.open(collection)
@@ -155,41 +183,61 @@ def _candidates(collection: Collection, threshold: float, neighbours: int) -> di
 
 
 class _Verifier:
-    """Local features with a geometric check, features cached per image (bounded)."""
+    """Local features with a geometric check, features cached per image (bounded).
 
-    def __init__(self):
+    Safe to call from several threads: each thread has its own OpenCV detector and matcher,
+    and the cache and the counters are shared under a lock.
+    """
+
+    def __init__(self, min_inliers: int = MIN_INLIERS):
         import cv2
 
-        cv2.setNumThreads(1)  # many tiny calls: threads cost more than they give
+        cv2.setNumThreads(1)  # many tiny calls: threads inside OpenCV cost more than they give
         self.cv2 = cv2
-        self.detector = cv2.ORB_create(nfeatures=_FEATURES)
-        self.matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+        self.min_inliers = min_inliers
+        self._local = threading.local()
+        self._lock = threading.Lock()
         self.cache: OrderedDict[str, tuple | None] = OrderedDict()
         self.pairs = 0
         self.extracted = 0
         self.feature_seconds = 0.0
         self.match_seconds = 0.0
 
+    def _tools(self):
+        tools = getattr(self._local, "tools", None)
+        if tools is None:
+            tools = self._local.tools = (self.cv2.ORB_create(nfeatures=_FEATURES), self.cv2.BFMatcher(self.cv2.NORM_HAMMING))
+        return tools
+
+    def prefetch(self, paths: list[str], pool) -> None:
+        """Features of every path not cached yet, computed on the pool's threads."""
+        with self._lock:
+            missing = [p for p in dict.fromkeys(paths) if p not in self.cache]
+        for _ in pool.map(self._features, missing):
+            pass
+
     def inliers(self, path_a: str, path_b: str) -> int:
         fa, fb = self._features(path_a), self._features(path_b)
         if fa is None or fb is None:
             return 0
-        t0 = time.process_time()
-        self.pairs += 1
+        t0 = time.thread_time()
         # b against a, and b against mirrored a: a mirrored copy has no direct match.
         best = self._match(fa[0], fa[1], fb[0], fb[1])
-        if best < MIN_INLIERS:
+        if best < self.min_inliers:
             best = max(best, self._match(fa[2], fa[3], fb[0], fb[1]))
-        self.match_seconds += time.process_time() - t0
+        with self._lock:
+            self.pairs += 1
+            self.match_seconds += time.thread_time() - t0
         return best
 
     def _features(self, path: str):
-        if path in self.cache:
-            self.cache.move_to_end(path)
-            return self.cache[path]
+        with self._lock:
+            if path in self.cache:
+                self.cache.move_to_end(path)
+                return self.cache[path]
         from ..images import ImageError, load_pil
 
-        t0 = time.process_time()
+        t0 = time.thread_time()
         try:
             im = load_pil(path, max_side=_VERIFY_SIDE)
         except ImageError:
@@ -201,23 +249,28 @@ class _Verifier:
                 im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
             grey = np.asarray(im.convert("L"))
             feats = (*self._detect(grey), *self._detect(np.ascontiguousarray(grey[:, ::-1])))
-            self.extracted += 1
-        self.feature_seconds += time.process_time() - t0
-        self.cache[path] = feats
-        if len(self.cache) > _CACHE_IMAGES:
-            self.cache.popitem(last=False)
+        with self._lock:
+            self.extracted += feats is not None
+            self.feature_seconds += time.thread_time() - t0
+            self.cache[path] = feats
+            if len(self.cache) > _CACHE_IMAGES:
+                self.cache.popitem(last=False)
         return feats
 
     def _detect(self, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        kp, desc = self.detector.detectAndCompute(grey, None)
+        kp, desc = self._tools()[0].detectAndCompute(grey, None)
         pts = np.float32([k.pt for k in kp]) if kp else np.zeros((0, 2), np.float32)
         return pts, desc
 
     def _match(self, pa, da, pb, db) -> int:
-        if da is None or db is None or len(da) < 8 or len(db) < 8:
+        # Inliers are a subset of the matches that pass the ratio test: with fewer of those
+        # than the bar, RANSAC (which runs its full 2,000 rounds on unrelated photos) is skipped.
+        need = max(8, self.min_inliers)
+        if da is None or db is None or len(da) < need or len(db) < need:
             return 0
-        good = [m[0] for m in self.matcher.knnMatch(da, db, k=2) if len(m) == 2 and m[0].distance < _RATIO * m[1].distance]
-        if len(good) < 8:
+        matcher = self._tools()[1]
+        good = [m[0] for m in matcher.knnMatch(da, db, k=2) if len(m) == 2 and m[0].distance < _RATIO * m[1].distance]
+        if len(good) < need:
             return 0
         src = pa[[g.queryIdx for g in good]]
         dst = pb[[g.trainIdx for g in good]]
