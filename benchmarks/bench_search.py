@@ -26,6 +26,8 @@ from ._common import header, row
 
 DIM = 1280
 CHUNK = 20_000
+SWEEP_EF = (24, 32, 48, 64, 96)
+SWEEP_RERANK = (10, 24, 40)
 
 
 class Synthetic:
@@ -129,15 +131,16 @@ def bench_size(n: int, n_queries: int, with_collection: bool) -> None:
     row("memory per vector in the index", f"{index.memory_usage / n:,.0f} B in RAM", f"{per_vec:,.0f} B on disk",
         "goal <= 1024 B")
 
+    # threads=1: what VectorIndex does for a single query (waking a pool costs more than it gives)
     def graph_only(q, k=10):
-        m = index.search(np.ascontiguousarray(q @ projection), k)
+        m = index.search(np.ascontiguousarray(q @ projection), k, threads=1)
         return np.asarray(m.keys, np.int64)[:k]
 
     found, lat = latencies(graph_only, queries)
     row(f"graph alone, ef={settings.expansion_search}, top 10", fmt_lat(lat), f"recall@10 {recall(found, truth):.3f}")
 
-    def reranked(q, k=10):
-        cands = np.asarray(index.search(np.ascontiguousarray(q @ projection), settings.rerank).keys, np.int64)
+    def reranked(q, k=10, rerank=settings.rerank):
+        cands = np.asarray(index.search(np.ascontiguousarray(q @ projection), max(k, rerank), threads=1).keys, np.int64)
         cands = np.sort(cands[cands >= 0])
         s = store[cands].astype(np.float32) @ q
         return cands[np.argsort(-s, kind="stable")[:k]]
@@ -145,6 +148,13 @@ def bench_size(n: int, n_queries: int, with_collection: bool) -> None:
     found, lat = latencies(reranked, queries)
     row(f"graph + exact re-score of {settings.rerank} (vectors from memory)", fmt_lat(lat),
         f"recall@10 {recall(found, truth):.3f}")
+    # The search-time knobs: how much latency each step of recall costs at this size.
+    for ef in SWEEP_EF:
+        index.expansion_search = ef
+        for rerank in SWEEP_RERANK:
+            found, lat = latencies(lambda q: reranked(q, rerank=rerank), queries)
+            row(f"  sweep: ef={ef}, re-score {rerank}", fmt_lat(lat), f"recall@10 {recall(found, truth):.3f}")
+    index.expansion_search = settings.expansion_search
 
     if with_collection:
         from imagespace.collection import Collection

@@ -90,6 +90,16 @@ class LiveServer:
             time.sleep(0.2)
         raise RuntimeError(f"server not ready after {timeout}s: {self.log.read_text()}")
 
+    def wait_warm(self, timeout: float = 180.0) -> None:
+        """Until the server has loaded its models in the background (``warm`` in /api/health):
+        memory measured before that includes the loading, not the serving."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if httpx.get(self.url + "/api/health", timeout=5).json().get("warm"):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"server not warm after {timeout}s: {self.log.read_text()}")
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -187,6 +187,7 @@ def _many_requests(tmp_path: Path, images: int, requests: int) -> dict:
     matrix = np.stack([vectors[int(i)] for i in ids])
     server = LiveServer(db)
     server.wait_ready()
+    server.wait_warm()  # the words model loads in the background: ~0.5 GB that is not serving
     latencies: list[float] = []
     lock = threading.Lock()
     rss: list[float] = []
