@@ -248,6 +248,25 @@ def test_layout_handles_tiny_and_sampled_collections(small):
     assert len(ids) == 3 and xy.shape == (3, 2) and (xy >= 0).all() and (xy <= 1).all()
 
 
+def test_exact_neighbours_handed_to_umap():
+    """The neighbour graph the map gives UMAP: each point first (distance 0), then its true
+    nearest by cosine, across the blocks it is computed in."""
+    from imagespace.analysis.maps import _exact_knn
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2100, 8)).astype(np.float32)  # two blocks of 2,048 and 52 rows
+    idx, dist, _ = _exact_knn(x, 5)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = xn @ xn.T
+    np.fill_diagonal(sims, np.inf)
+    want = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    assert (idx[:, 0] == np.arange(len(x))).all() and (dist[:, 0] == 0).all()
+    assert (idx == want).mean() > 0.999  # ties between equal cosines may order either way
+    got = 1 - np.take_along_axis(np.where(np.isinf(sims), 1.0, sims), idx, 1)
+    np.testing.assert_allclose(dist[:, 1:], got[:, 1:], atol=1e-5)
+    assert (np.diff(dist, axis=1) >= -1e-6).all()
+
+
 # -- QE and DBA -----------------------------------------------------------------------------
 
 
