@@ -73,6 +73,23 @@ def test_reduced_index_survives_saving_reopening_and_new_rows(tmp_path):
     np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
 
 
+def test_reopened_index_searches_with_its_settings_ef(tmp_path, capsys):
+    """usearch does not store ef in its file: a reopened graph searched with usearch's
+    default (64) instead of the settings'. The search-time knobs also follow the code (or
+    the caller) without a rebuild."""
+    import dataclasses
+
+    coll = _collection(tmp_path / "db", _clustered(400))
+    VectorIndex.open(coll, settings=REDUCED).save_if_changed()
+    again = VectorIndex.open(coll, settings=REDUCED)
+    assert again.index.expansion_search == REDUCED.expansion_search == 128
+    faster = dataclasses.replace(REDUCED, expansion_search=32, rerank=20)
+    tuned = VectorIndex.open(coll, settings=faster)
+    assert "rebuilding" not in capsys.readouterr().err  # same graph, other search knobs
+    assert tuned.index.expansion_search == 32 and tuned.settings.rerank == 20
+    assert not tuned.dirty
+
+
 def test_small_collections_stay_exact_and_full(tmp_path):
     coll = _collection(tmp_path / "db", _clustered(300))
     index = VectorIndex.open(coll)
