@@ -232,7 +232,7 @@ def bench_vectors(n: int, workdir: Path, n_queries: int, settings_json: str, kee
     say(f"built {n:,}: {built['build_seconds']:.0f} s wall, {built['build_cpu_seconds']:.0f} s CPU "
         f"(goal < 3600 s at 10M), index {built['index_bytes'] / 1e9:.2f} GB, "
         f"float16 store {built['store_bytes'] / 1e9:.1f} GB; exact top-10 took another {built['truth_seconds']:.0f} s")
-    for nprobe, rerank in ((8, 100), (16, 100), (32, 200)):
+    for nprobe, rerank in ((4, 100), (4, 150), (8, 150), (32, 200)):
         cfg = {**json.loads(settings_json), "nprobe": nprobe, "rerank": rerank}
         out = subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", "--search-only", str(workdir),
                               "--settings", json.dumps(cfg)], check=True, capture_output=True, text=True, cwd=ROOT)
