@@ -98,7 +98,7 @@ def test_open_index_by_name(tmp_path):
     coll.close()
 
 
-def test_indexing_updates_the_compressed_index_and_builds_no_graph(tmp_path, photo_folder):
+def test_indexing_and_analyses_use_the_compressed_index_and_build_no_graph(tmp_path, photo_folder, monkeypatch):
     """A collection searched through the compressed index: an indexing run brings that index
     up to date (the first query must not pay for it) and never builds the in-memory graph,
     which at a few million rows would cost an hour for nothing."""
@@ -125,3 +125,14 @@ def test_indexing_updates_the_compressed_index_and_builds_no_graph(tmp_path, pho
         assert isinstance(searcher.index, LargeIndex)  # searches go through the same index
         hits = searcher.by_vector(coll.vectors([coll.row_by_path(photos / "new.jpg").id])[1][0], k=1)
         assert hits[0].path == str(photos / "new.jpg") and hits[0].score == pytest.approx(1.0, abs=1e-3)
+        # the analyses search the same index: none of them builds the graph either
+        from imagespace.analysis.duplicates import find_duplicates
+        from imagespace.analysis.recommend import recommend
+        from imagespace.index import VectorIndex
+
+        def no_graph(*args, **kwargs):
+            raise AssertionError("the in-memory graph was built for a collection with a compressed index")
+
+        monkeypatch.setattr(VectorIndex, "build", no_graph)
+        find_duplicates(coll)
+        assert recommend(coll, like=[hits[0].id], k=3)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..collection import Collection
-from ..index import VectorIndex
+from ..large_index import open_index
 
 # Candidates: nearest neighbours above this cosine go to verification. 0.70 kept every
 # edited copy of the test set (0.80 lost 1.6% of them: crops and rotations move the vector).
@@ -168,7 +168,7 @@ def _workers() -> int:
 
 def _candidates(collection: Collection, threshold: float, neighbours: int) -> dict[tuple[int, int], float]:
     """Pairs (a < b) of nearest neighbours with cosine >= ``threshold``, from the ANN index."""
-    index = VectorIndex.open(collection)
+    index = open_index(collection)  # the index searches use: the graph, or the compressed one
     pairs: dict[tuple[int, int], float] = {}
     for ids, vectors in collection.iter_vectors(chunk=4096):
         found, sims = index.search(vectors, neighbours + 1)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..collection import Collection
 from ..index import VectorIndex
+from ..large_index import open_index
 from ..search import Hit, QueryError
 
 # How hard a disliked image pushes (Rocchio's gamma over beta).
@@ -45,7 +46,7 @@ def recommend(
     unlike = [int(i) for i in dict.fromkeys(unlike) if int(i) not in like]
     if not like:
         raise QueryError("recommend needs at least one liked image")
-    index = index or VectorIndex.open(collection)
+    index = index or open_index(collection)
     if dba:
         from .rerank import dba_space
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..collection import Collection
 from ..index import EXACT_LIMIT, VectorIndex
+from ..large_index import open_index
 from ..search import Hit, Searcher, compile_where, exact_search
 
 QE_NEIGHBOURS = 2
@@ -89,7 +90,7 @@ def dba_space(collection: Collection, *, n: int = DBA_NEIGHBOURS, alpha: float =
     except (OSError, ValueError, KeyError, RuntimeError):
         pass
     ids, vectors = collection.vectors()
-    index = index or VectorIndex.open(collection)
+    index = index or open_index(collection)
     nb_ids, nb_sims = _neighbours(index, ids, vectors, n)
     augmented = augment(vectors, nb_ids, nb_sims, alpha)
     ann = Index(ndim=vectors.shape[1] if len(vectors) else (collection.dim or 1), metric="cos", dtype="f32")
