@@ -136,3 +136,24 @@ def test_indexing_and_analyses_use_the_compressed_index_and_build_no_graph(tmp_p
         monkeypatch.setattr(VectorIndex, "build", no_graph)
         find_duplicates(coll)
         assert recommend(coll, like=[hits[0].id], k=3)
+
+
+def test_server_answers_from_a_collection_with_a_compressed_index(tmp_path):
+    """The server keeps the index it opens (saving one it had to catch up): with the
+    compressed index that step failed (AttributeError), so every search did."""
+    from imagespace.server.engine import Engine
+
+    x = clustered(3000, 3)
+    coll = _fake_collection(tmp_path / "db", x)
+    LargeIndex.build(coll, SETTINGS)
+    coll.close()
+    engine = Engine(tmp_path / "db")
+    try:
+        hits = engine.similar(engine.row(5), k=3)
+        ids_all = np.arange(1, 3001)
+        sims = x @ x[4]
+        sims[4] = -np.inf  # the query itself is not an answer
+        want = ids_all[np.argsort(-sims)[:3]]
+        assert [h.id for h in hits] == want.tolist()
+    finally:
+        engine.close()

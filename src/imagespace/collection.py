@@ -240,9 +240,10 @@ class Collection:
 
     def vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of the current model's rows, optionally only ``ids``."""
-        dim = self.dim or 0
+        # One meta read: a re-scored search calls this once per query.
+        model_id = self.model_id
         if ids is None:
-            cur = self.conn.execute("SELECT id, embedding FROM images WHERE model=? ORDER BY id", (self.model_id,))
+            cur = self.conn.execute("SELECT id, embedding FROM images WHERE model=? ORDER BY id", (model_id,))
             pairs = cur.fetchall()
         else:
             pairs = []
@@ -250,9 +251,9 @@ class Collection:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 q = f"SELECT id, embedding FROM images WHERE model=? AND id IN ({','.join('?' * len(chunk))}) ORDER BY id"
-                pairs.extend(self.conn.execute(q, [self.model_id, *chunk]).fetchall())
+                pairs.extend(self.conn.execute(q, [model_id, *chunk]).fetchall())
         if not pairs:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim or 0), dtype=np.float32)
         out_ids = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
         vecs = np.frombuffer(b"".join(p[1] for p in pairs), dtype=np.float32).reshape(len(pairs), -1)
         return out_ids, vecs
@@ -445,9 +446,7 @@ class Collection:
             # disk), brought up to date now so that the first query does not pay for it.
             from .large_index import open_index
 
-            index = open_index(self)
-            if hasattr(index, "save_if_changed"):
-                index.save_if_changed()  # the compressed index saves itself when it builds
+            open_index(self).save_if_changed()
         report.seconds = time.perf_counter() - started
         return report
 

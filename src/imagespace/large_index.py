@@ -223,6 +223,12 @@ class LargeIndex:
     stale: set[int] = field(default_factory=set)
     delta_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     delta_vecs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    # The file is written when the index is built; later rows are replayed on opening and
+    # never saved, so there is never anything unsaved (the same surface as VectorIndex).
+    dirty: bool = False
+
+    def save_if_changed(self) -> None:
+        """Nothing to do: see ``dirty``."""
 
     @classmethod
     def open(cls, collection: Collection, settings: LargeSettings | None = None) -> LargeIndex:
