@@ -297,7 +297,7 @@ class VectorIndex:
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The best ``k`` of each row's candidates by exact cosine with the rows' vectors."""
         wanted = np.unique(candidates[candidates >= 0])
-        ids, vecs = self._fetch(wanted.tolist())
+        ids, vecs = self.collection.vectors(wanted.tolist())
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
         out_sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
         if not len(ids):
@@ -313,22 +313,6 @@ class VectorIndex:
             out_ids[row, : len(top)] = ids[pos[top]]
             out_sims[row, : len(top)] = s[top]
         return out_ids, out_sims
-
-    def _fetch(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted ids, float32 vectors) of the current model's rows among ``ids``: one query,
-        the per-query cost of a re-scored search (collection.vectors adds two meta reads)."""
-        if not ids or len(ids) > 500:
-            return self.collection.vectors(ids)
-        if getattr(self, "_model_id", None) is None:
-            self._model_id = self.collection.model_id
-        rows = self.collection.conn.execute(
-            f"SELECT id, embedding FROM images WHERE model=? AND id IN ({','.join('?' * len(ids))}) ORDER BY id",
-            [self._model_id, *ids],
-        ).fetchall()
-        if not rows:
-            return np.zeros(0, np.int64), np.zeros((0, self.collection.dim or 0), np.float32)
-        found = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        return found, np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
 
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
         """The full vectors of ``ids``, in that order."""

@@ -7,8 +7,14 @@ flowers12 took 47 s with the default pools and 2.2 s with one thread, on 2 loade
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+
+def worker_threads() -> int:
+    """Threads for work that releases the GIL (image decoding, OpenCV): one per core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 @contextmanager

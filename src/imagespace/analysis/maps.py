@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..collection import Collection, CollectionError
-from ._threads import single_threaded
+from ._threads import single_threaded, worker_threads
 
 MAX_POINTS = 5_000
 GRID = 32  # cells per side: at most 1,024 thumbnails
@@ -180,7 +180,7 @@ def _thumbnails(paths: dict[tuple[int, int], str], size: int):
         return im
 
     cells = list(paths)
-    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(worker_threads()) as pool:
         images = list(pool.map(one, (paths[c] for c in cells)))
     return {c: im for c, im in zip(cells, images) if im is not None}
 
