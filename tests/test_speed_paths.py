@@ -10,7 +10,10 @@ import pytest
 
 from imagespace.collection import Collection
 from imagespace.embed import Embedded, FileInfo
-from imagespace.index import REDUCED_DIM, IndexSettings, VectorIndex, fit_projection, settings_for
+import dataclasses
+
+import imagespace.index as index_mod
+from imagespace.index import REDUCE_ABOVE, REDUCED_DIM, IndexSettings, VectorIndex, fit_projection, settings_for
 
 
 def _clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
@@ -40,7 +43,8 @@ def _exact(coll: Collection, queries: np.ndarray, k: int) -> np.ndarray:
     return ids[np.argsort(-(queries @ vecs.T), axis=1, kind="stable")[:, :k]]
 
 
-REDUCED = IndexSettings(metric="ip", dtype="f16", reduce_dim=24, rerank=40, expansion_search=128)
+# What large collections get (int8 graph over projections), at a size that fits a test.
+REDUCED = dataclasses.replace(settings_for(REDUCE_ABOVE + 1), reduce_dim=24, rerank=40, expansion_search=128)
 
 
 def test_reduced_index_returns_exact_top_results_and_cosines(tmp_path):
@@ -77,8 +81,6 @@ def test_reopened_index_searches_with_its_settings_ef(tmp_path, capsys):
     """usearch does not store ef in its file: a reopened graph searched with usearch's
     default (64) instead of the settings'. The search-time knobs also follow the code (or
     the caller) without a rebuild."""
-    import dataclasses
-
     coll = _collection(tmp_path / "db", _clustered(400))
     VectorIndex.open(coll, settings=REDUCED).save_if_changed()
     again = VectorIndex.open(coll, settings=REDUCED)
@@ -88,6 +90,22 @@ def test_reopened_index_searches_with_its_settings_ef(tmp_path, capsys):
     assert "rebuilding" not in capsys.readouterr().err  # same graph, other search knobs
     assert tuned.index.expansion_search == 32 and tuned.settings.rerank == 20
     assert not tuned.dirty
+
+
+def test_an_index_saved_with_older_settings_is_kept_and_searched(tmp_path, monkeypatch, capsys):
+    """Reduced indexes saved before the int8 graph (float16 projections) stay valid: opening
+    one keeps its structure from its own description, with this code's search knobs."""
+    coll = _collection(tmp_path / "db", _clustered(400))
+    older = IndexSettings(metric="ip", dtype="f16", reduce_dim=32, rerank=40, expansion_search=96)
+    VectorIndex.open(coll, settings=older).save_if_changed()
+    monkeypatch.setattr(index_mod, "EXACT_LIMIT", 100)  # 400 rows now count as a large collection
+    again = VectorIndex.open(coll)
+    assert "rebuilding" not in capsys.readouterr().err
+    assert again.settings.dtype == "f16" and again.index.ndim == 32
+    assert again.settings.expansion_search == settings_for(REDUCE_ABOVE + 1).expansion_search
+    queries = _clustered(10, seed=5)
+    ids, _ = again.search(queries, 5)
+    assert (ids[:, 0] == _exact(coll, queries, 1)[:, 0]).mean() >= 0.9
 
 
 def test_small_collections_stay_exact_and_full(tmp_path):
@@ -102,9 +120,9 @@ def test_small_collections_stay_exact_and_full(tmp_path):
 def test_large_collections_choose_a_compact_representation():
     assert settings_for(100).reduce_dim == 0
     big = settings_for(1_000_000)
-    assert big.reduce_dim == REDUCED_DIM and big.dtype in ("f16", "i8") and big.rerank >= 10
-    # under 1 KB a vector: projected float16 values plus about 2*connectivity graph links
-    assert big.reduce_dim * 2 + 2 * big.connectivity * 4 + 8 < 1024
+    assert big.reduce_dim == REDUCED_DIM and big.dtype == "i8" and big.rerank >= 10
+    # under 1 KB a vector: projected int8 values plus about 2*connectivity graph links
+    assert big.reduce_dim * 1 + 2 * big.connectivity * 4 + 8 < 1024
 
 
 def test_projection_keeps_inner_products_of_low_rank_data():
