@@ -104,6 +104,9 @@ def embed_files(
                 pending.append(pool.submit(_read_one, path, model.input_size))
 
         refill()
+        # Load the model (if nothing has yet) while the workers decode the first batch,
+        # instead of after it: about 0.1-0.3 s of a run's start.
+        model.session  # noqa: B018 - loads on first access
         ready: list[tuple[FileInfo, DecodedImage]] = []
         failed: list[Failed] = []
         while pending or ready:
