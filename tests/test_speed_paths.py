@@ -189,3 +189,73 @@ def test_a_stored_image_query_imports_nothing_heavy(photo_folder, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"a --like search imported {out}"
+
+
+# -- re-scoring from the snapshot file --------------------------------------------------------
+
+
+def test_reduced_index_rescores_from_its_snapshot_with_the_rows_exact_cosines(tmp_path):
+    from imagespace.rescore import RESCORE_FILE
+
+    vecs = _clustered(500)
+    coll = _collection(tmp_path / "db", vecs)
+    VectorIndex.open(coll, settings=REDUCED).save_if_changed()
+    assert (tmp_path / "db" / RESCORE_FILE).exists()
+    index = VectorIndex.open(coll, settings=REDUCED)
+    assert index.rescore is not None and not index.fresh
+    queries = _clustered(10, seed=4)
+    ids, sims = index.search(queries, 5)
+    _, stored = coll.vectors(ids[0].tolist())
+    np.testing.assert_allclose(np.sort(sims[0]), np.sort(stored @ queries[0]), atol=1e-6)
+    # the snapshot gives the same answers as re-scoring from SQLite
+    index.rescore = None
+    ids_db, sims_db = index.search(queries, 5)
+    assert (ids == ids_db).all()
+    np.testing.assert_allclose(sims, sims_db, atol=1e-6)
+
+
+def test_rows_written_after_the_snapshot_are_scored_from_the_database(tmp_path):
+    vecs = _clustered(500)
+    coll = _collection(tmp_path / "db", vecs)
+    VectorIndex.open(coll, settings=REDUCED).save_if_changed()
+    # photo 7 is edited (same path, new vector) and two photos are added, after the snapshot
+    new7 = _clustered(1, seed=11)
+    _collection(tmp_path / "db", new7, start=7)
+    _collection(tmp_path / "db", _clustered(2, seed=12), start=500)
+    index = VectorIndex.open(coll, settings=REDUCED)
+    written = {coll.row_by_path(f"/photos/{i}.jpg").id for i in (7, 500, 501)}
+    assert index.rescore is not None and index.fresh == written
+    ids, sims = index.search(new7, 1)
+    assert ids[0, 0] == coll.row_by_path("/photos/7.jpg").id and sims[0, 0] == pytest.approx(1.0, abs=1e-5)  # the snapshot holds the old vector
+
+
+def test_a_snapshot_that_does_not_match_is_not_used_and_is_rewritten(tmp_path):
+    from imagespace.rescore import HEADER_BYTES, RESCORE_FILE
+
+    coll = _collection(tmp_path / "db", _clustered(300))
+    VectorIndex.open(coll, settings=REDUCED).save_if_changed()
+    path = tmp_path / "db" / RESCORE_FILE
+    with open(path, "r+b") as f:  # cut short: a snapshot from some other moment
+        f.truncate(HEADER_BYTES + 100 * 24)
+    index = VectorIndex.open(coll, settings=REDUCED)
+    assert index.rescore is None
+    queries = _clustered(5, seed=2)
+    ids, sims = index.search(queries, 3)
+    _, stored = coll.vectors(ids[0].tolist())
+    np.testing.assert_allclose(np.sort(sims[0]), np.sort(stored @ queries[0]), atol=1e-6)
+    index.save_if_changed()
+    assert index.rescore is not None and VectorIndex.open(coll, settings=REDUCED).rescore is not None
+
+
+def test_a_new_snapshot_is_written_when_a_tenth_of_the_rows_are_newer(tmp_path):
+    coll = _collection(tmp_path / "db", _clustered(300))
+    VectorIndex.open(coll, settings=REDUCED).save_if_changed()
+    _collection(tmp_path / "db", _clustered(20, seed=3), start=300)
+    index = VectorIndex.open(coll, settings=REDUCED)
+    assert len(index.fresh) == 20
+    index.save_if_changed()
+    assert len(index.fresh) == 20  # 20 of 320: under a tenth, the old snapshot stays
+    _collection(tmp_path / "db", _clustered(30, seed=4), start=320)
+    index = VectorIndex.open(coll, settings=REDUCED)
+    index.save_if_changed()
+    assert index.fresh == set() and index.rescore.seq == coll.seq

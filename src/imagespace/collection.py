@@ -287,6 +287,10 @@ class Collection:
         )
         return removed + stale, ids, vecs
 
+    def ids_written_since(self, seq: int) -> set[int]:
+        """Ids of the rows written (added or changed) after change ``seq``."""
+        return {r[0] for r in self.conn.execute("SELECT id FROM images WHERE seq>?", (seq,))}
+
     def failures(self) -> list[dict]:
         return [{"path": p, "error": e} for p, e in self.conn.execute("SELECT path, error FROM failures ORDER BY path")]
 

@@ -7,6 +7,8 @@ inner products approximate cosines), stored as int8 (usearch scales each project
 length and then to +-127): about 0.5 KB per vector with the graph in memory, against 5.6 KB
 for float32 at 1,280 dimensions. The graph only proposes candidates: they are scored again
 with the rows' exact vectors, so scores stay exact cosine similarities whatever the size.
+Those vectors come from a snapshot file beside the index (:mod:`imagespace.rescore`), and
+from SQLite for rows written since the snapshot.
 
 The index is a derived file beside the database. It records the change sequence number it
 has applied; opening it replays the rows written and removed since then, and a missing,
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .collection import Collection, CollectionError
+from .rescore import MAX_FRESH_SHARE, RESCORE_FILE, RescoreStore, write_snapshot
 
 INDEX_FILE = "vectors.usearch"
 INDEX_META = "vectors.json"
@@ -105,6 +108,10 @@ class VectorIndex:
         self.settings = settings
         self.dirty = dirty
         self.projection = projection  # (dim, reduce_dim) or None
+        # A reduced index re-scores from this snapshot, except rows in `fresh` (written
+        # since the snapshot), which come from SQLite; without a snapshot, all do.
+        self.rescore: RescoreStore | None = None
+        self.fresh: set[int] = set()
 
     # -- opening, catching up, rebuilding ------------------------------------------------
 
@@ -150,6 +157,8 @@ class VectorIndex:
                 reason, loaded = f"index file unreadable ({e})", None
         if loaded is not None:
             me = cls(collection, loaded, int(meta["seq"]), settings, dirty=False, projection=projection)
+            if projection is not None:
+                me._use_snapshot(RescoreStore.open(collection.root, meta.get("rescore")))
             if me._catch_up():
                 if chosen is not None or _fits(settings, len(me)):
                     return me
@@ -213,17 +222,33 @@ class VectorIndex:
                 self.index.remove(np.asarray(drop, dtype=np.int64))
             if len(ids):
                 self.index.add(ids, self._to_index(vecs))
+                if self.rescore is not None:
+                    self.fresh.update(ids.tolist())
             self.seq = seq
             self.dirty = True
         return len(self.index) == self.collection.count(self.collection.model_id)
 
+    def _use_snapshot(self, store: RescoreStore | None) -> None:
+        old, self.rescore = self.rescore, store
+        if old is not None:
+            old.close()
+        self.fresh = self.collection.ids_written_since(store.seq) if store is not None else set()
+
+    def _snapshot_due(self) -> bool:
+        """A reduced index without a usable snapshot, or with too many rows newer than it."""
+        if self.projection is None:
+            return False
+        return self.rescore is None or len(self.fresh) > MAX_FRESH_SHARE * max(len(self), 1)
+
     def save_if_changed(self) -> None:
-        if not self.dirty:
+        if not (self.dirty or self._snapshot_due()):
             return
         root = self.collection.root
         tmp = root / f"{INDEX_FILE}.{os.getpid()}.tmp"
         meta_tmp = root / f"{INDEX_META}.{os.getpid()}.tmp"
         proj_tmp = root / f"{PROJECTION_FILE}.{os.getpid()}.tmp.npy"
+        store_tmp = root / f"{RESCORE_FILE}.{os.getpid()}.tmp"
+        new_store = None
         try:
             self.index.save(str(tmp))
             extra = {}
@@ -231,6 +256,10 @@ class VectorIndex:
                 np.save(proj_tmp, self.projection)
                 extra["projection_digest"] = file_checksum(proj_tmp)
                 os.replace(proj_tmp, root / PROJECTION_FILE)  # checked against the meta on opening
+                if self._snapshot_due():
+                    new_store = write_snapshot(self.collection, store_tmp)
+                    os.replace(store_tmp, root / RESCORE_FILE)  # used only once the meta names its stamp
+                extra["rescore"] = new_store or self.rescore.stamp
             meta = {
                 **extra,
                 "format": INDEX_FORMAT,
@@ -256,6 +285,11 @@ class VectorIndex:
             tmp.unlink(missing_ok=True)
             meta_tmp.unlink(missing_ok=True)
             proj_tmp.unlink(missing_ok=True)
+            store_tmp.unlink(missing_ok=True)
+        if self.projection is None:  # a full index needs no snapshot: do not keep gigabytes for nothing
+            (root / RESCORE_FILE).unlink(missing_ok=True)
+        if new_store is not None:
+            self._use_snapshot(RescoreStore.open(root, new_store))
         self.collection.prune_removed(self.seq)
         self.dirty = False
 
@@ -298,7 +332,7 @@ class VectorIndex:
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The best ``k`` of each row's candidates by exact cosine with the rows' vectors."""
         wanted = np.unique(candidates[candidates >= 0])
-        ids, vecs = self.collection.vectors(wanted.tolist())
+        ids, vecs = self._exact_vectors(wanted.tolist())
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
         out_sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
         if not len(ids):
@@ -321,11 +355,27 @@ class VectorIndex:
             out_sims[row, : len(top)] = s[top]
         return out_ids, out_sims
 
+    def _exact_vectors(self, wanted: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, float32 vectors) of the current rows among ``wanted`` (sorted), ids sorted."""
+        store = self.rescore
+        if store is None:
+            return self.collection.vectors(wanted)
+        rows = int(store.stamp["rows"])
+        from_db = [i for i in wanted if i in self.fresh or i >= rows]
+        if not from_db:
+            return np.asarray(wanted, dtype=np.int64), store.read(wanted)
+        from_store = [i for i in wanted if not (i in self.fresh or i >= rows)]
+        db_ids, db_vecs = self.collection.vectors(from_db)
+        ids = np.concatenate([np.asarray(from_store, dtype=np.int64), db_ids])
+        vecs = np.concatenate([store.read(from_store), db_vecs])
+        order = np.argsort(ids, kind="stable")
+        return ids[order], vecs[order]
+
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
         """The full vectors of ``ids``, in that order."""
         ids = np.asarray(ids, dtype=np.int64)
         if self.projection is not None:
-            found, vecs = self.collection.vectors(ids.tolist())
+            found, vecs = self._exact_vectors(np.unique(ids).tolist())
             return vecs[np.searchsorted(found, ids)]
         got = self.index.get(ids)
         return np.asarray(got, dtype=np.float32)

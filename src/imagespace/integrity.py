@@ -25,7 +25,8 @@ from .index import INDEX_FILE, INDEX_FORMAT, INDEX_META, IndexSettings, VectorIn
 MAX_EXAMPLES = 10
 # An index entry whose vector is further than this from its row's vector is wrong.
 MIN_COSINE = 0.999
-_TMP_NAME = re.compile(r"^vectors\.(?:usearch|json|projection\.npy)\.(\d+)\.tmp(?:\.npy)?$")
+MIN_COSINE_INT8 = 0.99
+_TMP_NAME = re.compile(r"^vectors\.(?:usearch|json|projection\.npy|rescore\.f32)\.(\d+)\.tmp(?:\.npy)?$")
 
 
 @dataclass
@@ -263,7 +264,9 @@ def _wrong_index_vectors(collection: Collection, index: VectorIndex, ids: list[i
         with np.errstate(all="ignore"):
             norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
             cos = np.einsum("ij,ij->i", got, want) / np.maximum(norms, 1e-12)
-        wrong.extend(int(i) for i in row_ids[~(cos >= MIN_COSINE)])
+        # an int8 graph holds each projection rounded to 1/127 of its length: cosine ~0.9997
+        floor = MIN_COSINE_INT8 if index.settings.dtype == "i8" else MIN_COSINE
+        wrong.extend(int(i) for i in row_ids[~(cos >= floor)])
     return wrong
 
 
