@@ -259,3 +259,40 @@ def test_a_new_snapshot_is_written_when_a_tenth_of_the_rows_are_newer(tmp_path):
     index = VectorIndex.open(coll, settings=REDUCED)
     index.save_if_changed()
     assert index.fresh == set() and index.rescore.seq == coll.seq
+
+
+def test_snapshot_rows_sit_at_their_ids_across_gaps(tmp_path):
+    from imagespace.rescore import RescoreStore, write_snapshot
+
+    vecs = _clustered(60)
+    coll = _collection(tmp_path / "db", vecs)
+    gone = [coll.row_by_path(f"/photos/{i}.jpg").id for i in (0, 5, 6, 7, 30)]
+    with coll.transaction():
+        coll._remove_ids(gone, coll._next_seq())
+    stamp = write_snapshot(coll, tmp_path / "snap")
+    (tmp_path / "snap").rename(tmp_path / "db" / "vectors.rescore.f32")
+    store = RescoreStore.open(tmp_path / "db", stamp)
+    ids, want = coll.vectors()
+    assert len(ids) == 55
+    np.testing.assert_array_equal(store.read(ids.tolist()), want)
+    assert RescoreStore.open(tmp_path / "db", {**stamp, "seq": stamp["seq"] - 1}) is None  # another moment
+
+
+def test_check_finds_a_damaged_snapshot_row_and_repair_fixes_it(tmp_path):
+    from imagespace.integrity import check_collection
+    from imagespace.rescore import HEADER_BYTES, RESCORE_FILE
+
+    coll = _collection(tmp_path / "db", _clustered(300))
+    VectorIndex.open(coll, settings=REDUCED).save_if_changed()
+    assert check_collection(coll).ok
+    row_id = coll.row_by_path("/photos/42.jpg").id
+    with open(tmp_path / "db" / RESCORE_FILE, "r+b") as f:  # one flipped byte inside row 42's vector
+        f.seek(HEADER_BYTES + row_id * 64 * 4 + 17)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x40]))
+    report = check_collection(coll)
+    found = [e for e in report.errors if e.kind == "index-snapshot"]
+    assert found and found[0].examples == [row_id]
+    fixed = check_collection(coll, repair=True)
+    assert fixed.ok, fixed.errors

@@ -20,6 +20,7 @@ import numpy as np
 
 from .collection import Collection
 from .index import INDEX_FILE, INDEX_FORMAT, INDEX_META, IndexSettings, VectorIndex, file_checksum, load_projection
+from .rescore import RescoreStore
 
 # How many examples of one kind of problem a report lists (the count is always exact).
 MAX_EXAMPLES = 10
@@ -213,6 +214,32 @@ def _check_index(collection: Collection, report: CheckReport, good_ids: set[int]
         report.errors.append(
             Finding("index-vectors", f"{len(wrong)} index vectors differ from their rows (run check --repair)", len(wrong), wrong[:MAX_EXAMPLES])
         )
+    if index.projection is not None:
+        _check_snapshot(collection, report)
+
+
+def _check_snapshot(collection: Collection, report: CheckReport) -> None:
+    """A reduced index's re-scoring snapshot must hold each row's vector as of its stamp."""
+    stamp = json.loads((collection.root / INDEX_META).read_text()).get("rescore")
+    store = RescoreStore.open(collection.root, stamp)
+    if store is None:
+        report.notices.append(Finding("snapshot-absent", "the index has no usable re-scoring snapshot: searches read "
+                                      "the rows instead until the next indexing run writes one"))
+        return
+    try:
+        newer = collection.ids_written_since(store.seq)
+        wrong: list[int] = []
+        for ids, vecs in collection.iter_vectors():
+            keep = np.asarray([int(i) not in newer and int(i) < int(stamp["rows"]) for i in ids], dtype=bool)
+            if keep.any():
+                got = store.read(ids[keep].tolist())
+                wrong.extend(int(i) for i in ids[keep][~np.all(got == vecs[keep], axis=1)])
+    finally:
+        store.close()
+    if wrong:
+        report.errors.append(Finding(
+            "index-snapshot", f"{len(wrong)} vectors in the re-scoring snapshot differ from their rows (run check --repair)",
+            len(wrong), wrong[:MAX_EXAMPLES]))
 
 
 def _load_index(collection: Collection, report: CheckReport) -> tuple[VectorIndex, int] | None:

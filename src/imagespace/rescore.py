@@ -91,12 +91,12 @@ def write_snapshot(collection: Collection, tmp: Path) -> dict:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         for ids, vecs in collection.iter_vectors():
-            # ids come sorted: one write per chunk, gaps (removed rows) written as zeros
-            first, last = int(ids[0]), int(ids[-1])
-            block = np.zeros((last - first + 1, dim), dtype=np.float32)
-            block[ids - first] = vecs
-            os.pwrite(fd, block.tobytes(), HEADER_BYTES + first * row_bytes)
-            rows = last + 1
+            # ids come sorted: one write per run of consecutive ids; gaps (removed rows) stay holes
+            starts = np.flatnonzero(np.diff(ids) != 1) + 1
+            for run_ids, run_vecs in zip(np.split(ids, starts), np.split(vecs, starts)):
+                os.pwrite(fd, np.ascontiguousarray(run_vecs, dtype=np.float32).tobytes(),
+                          HEADER_BYTES + int(run_ids[0]) * row_bytes)
+            rows = int(ids[-1]) + 1
         os.ftruncate(fd, HEADER_BYTES + rows * row_bytes)
         stamp = {"format": FORMAT, "collection_id": collection.collection_id, "seq": seq, "dim": dim, "rows": rows}
         header = json.dumps(stamp, sort_keys=True).encode()
