@@ -57,9 +57,10 @@ class IndexSettings:
 def settings_for(count: int) -> IndexSettings:
     """The representation for a collection of ``count`` vectors."""
     if count > REDUCE_ABOVE:
-        # 128-d int8, ef 32, 24 re-scored: at 1M vectors recall@10 0.982, graph plus re-score
-        # p50 0.56 ms, 531 B a vector in RAM; the 256-d float16 graph it replaces needed ef 48
-        # and 1.56 ms for the same recall, at 800 B (benchmarks/bench_search.py sweeps).
+        # 128-d int8, ef 32, 24 re-scored: at 1M vectors recall@10 0.982 and a whole search
+        # of a collection p50 0.61 ms, 531 B a vector in RAM; the 256-d float16 graph it
+        # replaces needed ef 48 and 1.56 ms (graph and re-score alone) for the same recall,
+        # at 800 B (benchmarks/bench_search.py, one run of each).
         return IndexSettings(metric="ip", dtype="i8", connectivity=16, expansion_add=128,
                              expansion_search=32, reduce_dim=REDUCED_DIM, rerank=24)
     return IndexSettings()
