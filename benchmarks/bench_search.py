@@ -12,7 +12,8 @@ alone, a sweep of its search-time knobs, and the whole :class:`VectorIndex` over
 SQLite collection (candidates' exact vectors read from the re-scoring snapshot, page cache
 warm; and from the SQLite rows, as before the snapshot) against exact numpy search (and,
 with IMAGESPACE_BENCH_F32_GRAPH=1, the float32 1,280-d graph) as baselines. At 1,000,000
-vectors the SQLite rows and the snapshot take about 11 GB of temporary disk.
+vectors the SQLite rows, the snapshot and the float16 copy take about 14 GB of temporary
+disk.
 """
 
 from __future__ import annotations

@@ -362,10 +362,11 @@ class VectorIndex:
         if store is None:
             return self.collection.vectors(wanted)
         rows = int(store.stamp["rows"])
-        from_db = [i for i in wanted if i in self.fresh or i >= rows]
+        from_store, from_db = [], []
+        for i in wanted:
+            (from_db if i in self.fresh or i >= rows else from_store).append(i)
         if not from_db:
             return np.asarray(wanted, dtype=np.int64), store.read(wanted)
-        from_store = [i for i in wanted if not (i in self.fresh or i >= rows)]
         db_ids, db_vecs = self.collection.vectors(from_db)
         ids = np.concatenate([np.asarray(from_store, dtype=np.int64), db_ids])
         vecs = np.concatenate([store.read(from_store), db_vecs])

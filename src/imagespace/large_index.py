@@ -32,8 +32,9 @@ LARGE_META = "vectors.ivfpq.json"
 LARGE_FORMAT = 1
 # From this many vectors on, "auto" serves a collection from the compressed on-disk index.
 # Below it the in-memory graph (128-d int8, about 0.53 KB a vector) answers in under a
-# millisecond: about 1 GB of RAM at this size, and a full rebuild of about 15 minutes on
-# 2 cores, which is where the compressed index (0.04 KB a vector, on disk) starts to pay.
+# millisecond: about 1 GB of RAM at this size, and a full rebuild of at least twice the
+# 411 s measured at 1M on 2 cores, which is where the compressed index (0.04 KB a vector,
+# on disk) starts to pay.
 LARGE_LIMIT = 2_000_000
 # Rows written since the on-disk index was built are searched exactly from memory; past
 # this share of the collection the index is rebuilt instead.

@@ -2,9 +2,9 @@
 
 A reduced index (see :mod:`imagespace.index`) finds candidates in a graph of compressed
 projections and scores them again with the rows' exact float32 vectors. Reading those 24
-rows from SQLite cost about 0.3 ms a query at 1,000,000 rows (each row spans a page and an
+rows from SQLite took 0.25 ms a query at 1,000,000 rows (each row spans a page and an
 overflow page), a third of the whole search; from this file, row ``id`` at a fixed offset,
-one ``pread`` each, it costs a few tens of microseconds.
+one ``pread`` each, it took 0.10 ms (benchmarks/bench_search.py).
 
 The file is a snapshot: written whole at one change number (``seq``) and replaced
 atomically, never edited in place, so a process reading it never sees a torn row. Rows
