@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from imagespace.indexing import sync
 from imagespace.collection import Collection
-from imagespace.large_index import (
-    LARGE_FILE, LARGE_META, CompressedIndex, Float16Store, LargeIndex, LargeSettings, build_compressed, open_index,
+from imagespace.index.hnsw import open_index
+from imagespace.index.ivfpq import (
+    LARGE_FILE, LARGE_META, CompressedIndex, Float16Store, LargeIndex, LargeSettings, build_compressed,
 )
 
 DIM = 64
@@ -88,7 +90,7 @@ def test_collection_large_index_follows_new_and_removed_rows(tmp_path):
 
 
 def test_open_index_by_name(tmp_path):
-    from imagespace.index import VectorIndex
+    from imagespace.index.hnsw import VectorIndex
 
     coll = _fake_collection(tmp_path / "db", clustered(500, 5))
     assert isinstance(open_index(coll, "hnsw"), VectorIndex)
@@ -104,19 +106,19 @@ def test_indexing_and_analyses_use_the_compressed_index_and_build_no_graph(tmp_p
     which at a few million rows would cost an hour for nothing."""
     from conftest import make_photo
 
-    from imagespace.index import INDEX_FILE
+    from imagespace.index.hnsw import INDEX_FILE
     from imagespace.models import DEFAULT_MODEL, create_model
     from imagespace.search import Searcher
 
     photos = photo_folder(12)
     model = create_model(DEFAULT_MODEL)
     with Collection(tmp_path / "db") as coll:
-        coll.sync([str(photos)], model, model_spec=DEFAULT_MODEL)
+        sync(coll, [str(photos)], model, model_spec=DEFAULT_MODEL)
         LargeIndex.build(coll)
         (coll.root / INDEX_FILE).unlink()
         make_photo(1000, (96, 72)).save(photos / "new.jpg", quality=90)
         make_photo(1001, (96, 72)).save(photos / "new2.jpg", quality=90)
-        report = coll.sync([str(photos)], model, model_spec=DEFAULT_MODEL)
+        report = sync(coll, [str(photos)], model, model_spec=DEFAULT_MODEL)
         assert report.added == 2
         assert not (coll.root / INDEX_FILE).exists()
         meta = json.loads((coll.root / LARGE_META).read_text())
@@ -128,7 +130,7 @@ def test_indexing_and_analyses_use_the_compressed_index_and_build_no_graph(tmp_p
         # the analyses search the same index: none of them builds the graph either
         from imagespace.analysis.duplicates import find_duplicates
         from imagespace.analysis.recommend import recommend
-        from imagespace.index import VectorIndex
+        from imagespace.index.hnsw import VectorIndex
 
         def no_graph(*args, **kwargs):
             raise AssertionError("the in-memory graph was built for a collection with a compressed index")

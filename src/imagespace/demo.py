@@ -18,6 +18,7 @@ def main(db: str = ".imagespace-demo") -> None:
     import skimage.data
 
     from .collection import Collection
+    from .indexing import sync
     from .models import DEFAULT_MODEL, create_model
     from .search import Searcher
 
@@ -26,7 +27,7 @@ def main(db: str = ".imagespace-demo") -> None:
     out.print(f"[bold]imagespace demo[/bold]: indexing the sample photos in {images}")
     model = create_model(DEFAULT_MODEL)
     with Collection(db) as coll:
-        report = coll.sync([str(images)], model, model_spec=DEFAULT_MODEL, progress=True).to_dict()
+        report = sync(coll, [str(images)], model, model_spec=DEFAULT_MODEL, progress=True).to_dict()
         out.print(
             f"added {report['added']}, unchanged {report['unchanged']}, failed {len(report['failed'])} "
             f"in {report['seconds']:.1f}s ({report['images_per_second']:.0f} images/s)"

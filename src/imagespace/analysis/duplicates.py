@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..collection import Collection
-from ..large_index import open_index
+from ..index import open_index
 from ._threads import worker_threads
 
 # Candidates: nearest neighbours above this cosine go to verification. 0.70 kept every
@@ -81,10 +81,7 @@ def duplicate_report(
     union = _UnionFind()
 
     exact = 0
-    for (ids_csv,) in collection.conn.execute(
-        "SELECT group_concat(id) FROM images GROUP BY digest HAVING count(*) > 1"
-    ):
-        ids = [int(i) for i in ids_csv.split(",")]
+    for ids in collection.same_digest_groups():
         for other in ids[1:]:
             union.join(ids[0], other)
             exact += 1

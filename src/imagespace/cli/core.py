@@ -24,6 +24,7 @@ def index(
     """Add new, changed and removed images to the collection, incrementally."""
     if engine not in ("local", "ray"):
         raise typer.BadParameter("--engine must be local or ray")
+    from ..indexing import sync
     from ..models import DEFAULT_MODEL, create_model
 
     with open_collection(db, create=True) as coll:
@@ -37,7 +38,7 @@ def index(
 
             report = sync_with_ray(coll, [str(p) for p in paths], m, model_spec=spec, address=address, batch_size=batch_size, progress=progress)
         else:
-            report = coll.sync([str(p) for p in paths], m, model_spec=spec, batch_size=batch_size, workers=workers, progress=progress)
+            report = sync(coll, [str(p) for p in paths], m, model_spec=spec, batch_size=batch_size, workers=workers, progress=progress)
         total = len(coll)
 
     def human(r: dict) -> None:
@@ -74,25 +75,12 @@ def search(
         raise typer.BadParameter("give exactly one of IMAGE, --text WORDS or --like PATH")
     from ..search import Searcher
 
-    extra: dict = {}
     with open_collection(db) as coll:
-        searcher = Searcher(coll, index_kind=index_kind)
-        opts = dict(k=k, where=where, min_score=min_score)
-        if (qe or dba) and text is None:
-            from ..analysis.rerank import reranked_search
-
-            row_id, vector = searcher.stored_vector(like) if like is not None else (None, searcher.embed_image(image))
-            exclude = {row_id} if row_id is not None else set()
-            hits = reranked_search(searcher, vector, exclude=exclude, qe=qe, dba=dba, **opts)
-        elif image is not None:
-            hits = searcher.by_image(image, **opts)
-        elif like is not None:
-            hits = searcher.by_path(like, **opts)
-        else:
-            from ..text import search_text
-
-            hits, extra = search_text(searcher, text, text_model=text_model, **opts)
-    payload = {"results": [h.to_dict() for h in hits], **extra}
+        answer = Searcher(coll, index_kind=index_kind).query(
+            image, like=like, text=text, text_model=text_model, qe=qe and text is None, dba=dba and text is None,
+            k=k, where=where, min_score=min_score,
+        )
+    payload = answer.to_dict()
 
     def human(p: dict) -> None:
         from rich.table import Table

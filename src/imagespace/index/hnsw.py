@@ -1,4 +1,4 @@
-"""Approximate nearest-neighbour index (usearch HNSW) over a collection's vectors.
+"""The in-memory index (usearch HNSW) over a collection's vectors.
 
 Up to ``EXACT_LIMIT`` vectors every query is compared with every vector (exact). Large
 collections (over ``REDUCE_ABOVE``) keep a compact graph instead: vectors projected onto
@@ -7,7 +7,7 @@ inner products approximate cosines), stored as int8 (usearch scales each project
 length and then to +-127): about 0.5 KB per vector with the graph in memory, against 5.6 KB
 for float32 at 1,280 dimensions. The graph only proposes candidates: they are scored again
 with the rows' exact vectors, so scores stay exact cosine similarities whatever the size.
-Those vectors come from a snapshot file beside the index (:mod:`imagespace.rescore`), and
+Those vectors come from a snapshot file beside the index (:mod:`imagespace.index.rescore`), and
 from SQLite for rows written since the snapshot.
 
 The index is a derived file beside the database. It records the change sequence number it
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .collection import Collection, CollectionError
+from ..collection import Collection, CollectionError
 from .rescore import MAX_FRESH_SHARE, RESCORE_FILE, RescoreStore, write_snapshot
 
 INDEX_FILE = "vectors.usearch"
@@ -212,6 +212,11 @@ class VectorIndex:
             expansion_add=settings.expansion_add,
             expansion_search=settings.expansion_search,
         )
+
+    def refresh(self) -> bool:
+        """Take in the rows written and removed since the index was opened; False when the
+        index no longer matches the rows (then open it again: it is rebuilt)."""
+        return self.seq == self.collection.seq or self._catch_up()
 
     def _catch_up(self) -> bool:
         """Replay changes after ``self.seq``; False if the result disagrees with the rows."""

@@ -6,10 +6,10 @@ search process holds only the small coarse quantiser and the pages of the lists 
 The compressed distances only choose candidates: the top ``rerank`` of them are scored
 again with the exact float vectors, fetched from wherever the collection keeps them
 (SQLite rows for a collection, :class:`Float16Store` for a bare file of vectors), so the
-scores are exact cosine similarities, as with :class:`index.VectorIndex`.
+scores are exact cosine similarities, as with :class:`hnsw.VectorIndex`.
 
-:class:`LargeIndex` has :class:`index.VectorIndex`'s search surface (``search(queries, k) ->
-(ids, cosine sims)``, ``len``, ``seq``); :func:`open_index` picks one of the two by size or
+:class:`LargeIndex` has :class:`hnsw.VectorIndex`'s search surface (``search(queries, k) ->
+(ids, cosine sims)``, ``len``, ``seq``); :func:`imagespace.index.open_index` picks one of the two by size or
 by name.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .collection import Collection
+from ..collection import Collection
 
 LARGE_FILE = "vectors.ivfpq.faiss"
 LARGE_META = "vectors.ivfpq.json"
@@ -39,7 +39,6 @@ LARGE_LIMIT = 2_000_000
 # Rows written since the on-disk index was built are searched exactly from memory; past
 # this share of the collection the index is rebuilt instead.
 MAX_DELTA_SHARE = 0.10
-INDEX_KINDS = ("auto", "hnsw", "ivfpq")
 
 # fetch(ids) -> float32 vectors, one row per id in the order given
 VectorFetch = Callable[[np.ndarray], np.ndarray]
@@ -263,8 +262,7 @@ class LargeIndex:
         n = collection.count(collection.model_id)
         if n == 0:
             raise ValueError("the collection has no vectors yet: index some images first")
-        sample_ids = [r[0] for r in collection.conn.execute(
-            "SELECT id FROM images WHERE model=? ORDER BY random() LIMIT ?", (collection.model_id, settings.train_size))]
+        sample_ids = collection.sample_ids(settings.train_size)
         _, sample = collection.vectors(sample_ids)
         core = build_compressed(sample, collection.iter_vectors(), n, collection_fetch(collection), settings)
         root = collection.root
@@ -280,6 +278,10 @@ class LargeIndex:
         me = cls(collection, CompressedIndex.load(root / LARGE_FILE, core.fetch, core.settings), seq, seq)
         me._catch_up()
         return me
+
+    def refresh(self) -> bool:
+        """Take in the rows changed since the index was opened; False when a rebuild is due."""
+        return self.seq == self.collection.seq or self._catch_up()
 
     def _catch_up(self) -> bool:
         """Take in the rows changed after the build; False when a rebuild is due."""
@@ -301,19 +303,3 @@ class LargeIndex:
         k = min(k, len(self))
         extra = (self.delta_ids, self.delta_vecs) if len(self.delta_ids) else None
         return self.core.search(queries, k, exclude=self.stale, extra=extra)
-
-
-def open_index(collection: Collection, kind: str = "auto"):
-    """The index to search ``collection`` with: ``hnsw`` (:class:`VectorIndex`, in memory),
-    ``ivfpq`` (:class:`LargeIndex`, compressed on disk) or ``auto`` (by size, or whichever
-    the collection was last given)."""
-    if kind not in INDEX_KINDS:
-        raise ValueError(f"unknown index kind {kind!r}: use one of {', '.join(INDEX_KINDS)}")
-    if kind == "auto":
-        large = (collection.root / LARGE_META).exists() or collection.count(collection.model_id) >= LARGE_LIMIT
-        kind = "ivfpq" if large else "hnsw"
-    if kind == "ivfpq":
-        return LargeIndex.open(collection)
-    from .index import VectorIndex
-
-    return VectorIndex.open(collection)

@@ -11,12 +11,11 @@ import os
 from importlib import metadata
 from pathlib import Path
 
+from .arch import ARCH, INPUT_SIZE
 from .base import EmbeddingModel
 from .cache import cache_dir, file_digest, text_digest
 from .registry import register_model
 
-ARCH = "efficientnet-lite0"
-INPUT_SIZE = 224
 # Bump when the vectors this module produces change meaning (pooling, scaling, input size):
 # collections made before then will then refuse queries instead of giving wrong answers.
 EMBEDDING_VERSION = "gem3-tf-resize224-v1"

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .efficientnet import ARCH, INPUT_SIZE
+from .arch import ARCH, INPUT_SIZE
 
 FEATURE_DIM = 1280
 # GeM pooling with p=3 beat average pooling on flowers12 (test against train: precision@1

@@ -1,49 +1,53 @@
-"""Queries over a collection: by image, by a stored image, by vector, with filters.
+"""The one query core: every search (CLI, server, Python) is answered by :meth:`Searcher.query`.
 
-Scores are cosine similarities between L2-normalised vectors of one model, so they mean
-the same thing across queries and a ``min_score`` cut-off is meaningful.
+A query is an image file or its bytes, a vector, a stored image (``like``) or words; it may
+be filtered (``where``), expanded (QE) and run against augmented vectors (DBA). Scores are
+cosine similarities between L2-normalised vectors of one model, so they mean the same thing
+across queries and a ``min_score`` cut-off is meaningful.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from .collection import Collection, CollectionError, Row
-from .index import EXACT_LIMIT, VectorIndex
-
-
-class QueryError(Exception):
-    """A query that cannot be answered as asked (unreadable image, bad filter...)."""
+from ..collection import Collection, CollectionError
+from ..images import ImageError, decode, read_bytes
+from ..index import EXACT_LIMIT, VectorSearch, exact_search, open_index
+from ..models import create_model
+from .filters import ids_passing
+from .rerank import reranked
+from .results import Hit, QueryError, finish
+from .text import clip_scores, explain, tag_scores, understand, words_vector
 
 
 @dataclass
-class Hit:
-    id: int
-    path: str
-    score: float
-    tags: list[tuple[str, float]]
-    width: int
-    height: int
-    size: int
+class Answer:
+    """The hits of a query and, for words, how they were understood (``understood_as``)."""
+
+    hits: list[Hit]
+    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "path": self.path,
-            "score": round(float(self.score), 6),
-            "tags": [t for t, _ in self.tags],
-            "width": self.width,
-            "height": self.height,
-            "size": self.size,
-        }
+        """The ``search --json`` document."""
+        return {"results": [h.to_dict() for h in self.hits], **self.extra}
 
 
 class Searcher:
-    """Answers queries over one collection; the model is loaded only for image queries."""
+    """Answers queries over one collection; the model is loaded only for image queries.
+
+    Args:
+        collection: an indexed collection.
+        model: the collection's model, if already loaded (else loaded on the first image query).
+        index_kind: ``auto``, ``hnsw`` or ``ivfpq`` (see :func:`imagespace.index.open_index`).
+
+    Example:
+        >>> searcher = Searcher(Collection("photos.imagespace"))  # doctest: +SKIP
+        >>> searcher.query(like="~/Pictures/cat.jpg", k=5, where="width > 1000").hits  # doctest: +SKIP
+    """
 
     def __init__(self, collection: Collection, model=None, index_kind: str = "auto"):
         if collection.model_id is None or len(collection) == 0:
@@ -52,36 +56,33 @@ class Searcher:
         self._model = model
         if model is not None:
             collection.check_model(model.model_id)
-        self._index: VectorIndex | None = None
-        self.index_kind = index_kind  # auto | hnsw | ivfpq: see large_index.open_index
+        self._index: VectorSearch | None = None
+        self.index_kind = index_kind
 
     @property
     def model(self):
+        """The collection's embedding model, loaded on first use."""
         if self._model is None:
-            from .models import create_model
-
             self._model = create_model(self.collection.model_spec)
             self.collection.check_model(self._model.model_id)
         return self._model
 
     @property
-    def index(self) -> VectorIndex:
+    def index(self) -> VectorSearch:
+        """The collection's index, opened (or rebuilt) on first use."""
         if self._index is None:
-            from .large_index import open_index
-
             self._index = open_index(self.collection, self.index_kind)
         return self._index
 
     def refresh(self) -> None:
         """Catch up with rows written since the index was opened (e.g. by an indexing run)."""
-        if self._index is not None and self._index.seq != self.collection.seq and not self._index._catch_up():
+        if self._index is not None and not self._index.refresh():
             self._index = None  # no longer matches the rows: reopened (rebuilt) on next use
 
     # -- query vectors -------------------------------------------------------------------
 
     def embed_image(self, image: str | os.PathLike[str] | bytes) -> np.ndarray:
-        from .images import ImageError, decode, read_bytes
-
+        """The query vector of an image file or of its bytes."""
         try:
             data = image if isinstance(image, bytes) else read_bytes(image)
             decoded = decode(data, size=self.model.input_size)
@@ -91,6 +92,7 @@ class Searcher:
         return self.model.embed(decoded.pixels[None]).vectors[0]
 
     def stored_vector(self, path: str | os.PathLike[str]) -> tuple[int, np.ndarray]:
+        """(row id, vector) of an image in the collection."""
         row = self.collection.row_by_path(path)
         if row is None:
             raise QueryError(f"{path} is not in the collection (index it first, or search by the image file itself)")
@@ -99,53 +101,93 @@ class Searcher:
             raise QueryError(f"{path} has not been embedded with the collection's current model yet: re-run index")
         return row.id, vecs[0]
 
-    # -- queries -------------------------------------------------------------------------
+    # -- the query -----------------------------------------------------------------------
 
-    def by_image(self, image, **kw) -> list[Hit]:
-        return self.by_vector(self.embed_image(image), **kw)
-
-    def by_path(self, path, **kw) -> list[Hit]:
-        row_id, vec = self.stored_vector(path)
-        exclude = set(kw.pop("exclude", ())) | {row_id}
-        return self.by_vector(vec, exclude=exclude, **kw)
-
-    def by_vector(
+    def query(
         self,
-        vector: np.ndarray,
+        image: str | os.PathLike[str] | bytes | None = None,
         *,
-        k: int = 10,
+        vector: np.ndarray | None = None,
+        like: str | os.PathLike[str] | None = None,
+        text: str | None = None,
+        text_model: str | os.PathLike[str] | None = None,
+        qe: bool = False,
+        dba: bool = False,
         where: str | None = None,
         min_score: float | None = None,
-        exclude: set[int] | frozenset[int] = frozenset(),
+        k: int = 10,
         offset: int = 0,
-    ) -> list[Hit]:
+        exclude: set[int] | frozenset[int] = frozenset(),
+    ) -> Answer:
+        """Answer one query; give exactly one of ``image``, ``vector``, ``like`` or ``text``.
+
+        Args:
+            image: an image file (need not be in the collection) or its bytes.
+            vector: a query vector of the collection's model.
+            like: an image already in the collection (it is left out of the answer).
+            text: words (matched to ImageNet concepts, or through ``text_model``, a local
+                CLIP folder).
+            qe, dba: query expansion and database-side augmentation (not for ``text``).
+            where: a filter in the ``--where`` language (:mod:`imagespace.search.filters`).
+            min_score: drop results with a lower cosine similarity.
+            k, offset: the page of results wanted.
+            exclude: row ids never returned.
+
+        Returns:
+            An :class:`Answer`: ``.hits`` best first, ``.extra`` says how words were understood.
+
+        Raises:
+            QueryError: an unreadable image, a bad filter, words that name nothing known.
+
+        Example:
+            >>> searcher.query("query.jpg", k=5, where="width > 1000").hits[0].path  # doctest: +SKIP
+        """
+        given = [x is not None for x in (image, vector, like, text)]
+        if sum(given) != 1:
+            raise QueryError("give exactly one of an image, a vector, a stored image (like) or words (text)")
+        opts = dict(k=k, offset=offset, where=where, min_score=min_score)
+        if text is not None:
+            return self._by_text(text, text_model, exclude=exclude, **opts)
+        exclude = set(exclude)
+        if like is not None:
+            row_id, vector = self.stored_vector(like)
+            exclude.add(row_id)
+        elif image is not None:
+            vector = self.embed_image(image)
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         if vector.shape[0] != self.collection.dim:
             raise QueryError(f"query vector has {vector.shape[0]} dimensions, the collection {self.collection.dim}")
         want = k + offset + len(exclude)
-        if where:
-            ids, scores = self._filtered(vector, want, where)
+        allowed = ids_passing(self.collection, where) if where else None
+        if qe or dba:
+            ids, scores = reranked(self.collection, self.index, vector, want, allowed=allowed, exclude=exclude, qe=qe, dba=dba)
+        elif allowed is not None:
+            ids, scores = self._filtered(vector, want, allowed)
         else:
             ids, scores = self._nearest(vector, want)
-        pairs = [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0 and int(i) not in exclude]
-        if min_score is not None:
-            pairs = [(i, s) for i, s in pairs if s >= min_score]
-        pairs = pairs[offset : offset + k]
-        rows = self.collection.rows(i for i, _ in pairs)
-        return [_hit(rows[i], s) for i, s in pairs if i in rows]
+        return Answer(finish(self.collection, zip(ids, scores), exclude=exclude, **_page(opts)))
+
+    # The three shapes of query the tests and older callers use; each is ``query``.
+
+    def by_image(self, image, **kw) -> list[Hit]:
+        """Hits for an image file or its bytes (see :meth:`query`)."""
+        return self.query(image, **kw).hits
+
+    def by_path(self, path, **kw) -> list[Hit]:
+        """Hits for an image already in the collection, itself left out (see :meth:`query`)."""
+        return self.query(like=path, **kw).hits
+
+    def by_vector(self, vector: np.ndarray, **kw) -> list[Hit]:
+        """Hits for a query vector (see :meth:`query`)."""
+        return self.query(vector=vector, **kw).hits
+
+    # -- the parts -----------------------------------------------------------------------
 
     def _nearest(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         ids, scores = self.index.search(vector[None], k)
         return ids[0], scores[0]
 
-    def _filtered(self, vector: np.ndarray, k: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-        sql, params = compile_where(where)
-        allowed = [
-            r[0]
-            for r in self.collection.conn.execute(
-                f"SELECT id FROM images WHERE model=? AND ({sql})", [self.collection.model_id, *params]
-            )
-        ]
+    def _filtered(self, vector: np.ndarray, k: int, allowed: list[int]) -> tuple[np.ndarray, np.ndarray]:
         if len(allowed) <= EXACT_LIMIT:
             return exact_search(vector, *self.collection.vectors(allowed), k)
         # Many rows pass the filter: ask the graph for more until enough of them pass.
@@ -159,144 +201,25 @@ class Searcher:
                 return ids[keep][:k], scores[keep][:k]
             fetch = min(n, fetch * 4)
 
-
-def exact_search(query: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    if not len(ids):
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    scores = vectors @ query
-    k = min(k, len(ids))
-    top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return ids[top], scores[top]
-
-
-def _hit(row: Row, score: float) -> Hit:
-    return Hit(row.id, row.path, score, row.tags, row.width, row.height, row.size)
-
-
-# -- filters -----------------------------------------------------------------------------
-
-_FIELDS = {"path": "path", "size": "size", "width": "width", "height": "height", "format": "format"}
-_OPS = {"=": "=", "==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "like": "LIKE", "glob": "GLOB", "~": "~"}
-_TOKEN = re.compile(
-    r"""\s*(?:(?P<op>==|!=|<=|>=|=|<|>|~)|(?P<paren>[()])|(?P<str>'(?:[^']|'')*'|"(?:[^"]|"")*")"""
-    r"""|(?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.]))|(?P<word>[^\s()=<>!~'"]+))"""
-)
-
-WHERE_HELP = (
-    "FIELD OP VALUE joined by and/or/not and parentheses. Fields: path, size (bytes), width, "
-    "height, format, tag (one of the image's top ImageNet labels). Ops: = != < <= > >= like glob "
-    "~ (contains). Examples: \"tag = daisy\", \"path like '/photos/2020/%'\", \"width >= 1000 and not tag ~ dog\"."
-)
+    def _by_text(self, text: str, text_model, *, k: int, offset: int, where: str | None,
+                 min_score: float | None, exclude) -> Answer:
+        text = (text or "").strip()
+        if not text:
+            raise QueryError("give some words to search for")
+        coll = self.collection
+        page = dict(k=k, offset=offset, min_score=min_score, exclude=exclude)
+        if text_model is not None:
+            allowed = ids_passing(coll, where) if where else coll.ids()
+            scored, extra = clip_scores(coll, text, Path(text_model), allowed, k + offset + len(exclude))
+            return Answer(finish(coll, scored, **page), extra)
+        concepts = understand(text)
+        vector = words_vector(coll, concepts)
+        if vector is None:
+            allowed = ids_passing(coll, where) if where else None
+            return Answer(finish(coll, tag_scores(coll, concepts, allowed), **page), explain(concepts))
+        hits = self.query(vector=vector, where=where, **page).hits
+        return Answer(hits, explain(concepts))
 
 
-def compile_where(expr: str) -> tuple[str, list]:
-    """Turn a filter expression into a parameterised SQL condition over ``images``.
-
-    Only the fields and operators above are accepted; values are always bound
-    parameters, never pasted into SQL.
-    """
-    tokens = _tokenize(expr)
-    pos = 0
-
-    def peek():
-        return tokens[pos] if pos < len(tokens) else (None, None)
-
-    def take():
-        nonlocal pos
-        tok = peek()
-        pos += 1
-        return tok
-
-    def parse_or():
-        sql, params = parse_and()
-        while peek() == ("word", "or"):
-            take()
-            s2, p2 = parse_and()
-            sql, params = f"({sql} OR {s2})", params + p2
-        return sql, params
-
-    def parse_and():
-        sql, params = parse_not()
-        while peek() == ("word", "and"):
-            take()
-            s2, p2 = parse_not()
-            sql, params = f"({sql} AND {s2})", params + p2
-        return sql, params
-
-    def parse_not():
-        if peek() == ("word", "not"):
-            take()
-            sql, params = parse_not()
-            return f"(NOT {sql})", params
-        return parse_atom()
-
-    def parse_atom():
-        kind, value = take()
-        if kind == "paren" and value == "(":
-            sql, params = parse_or()
-            if take() != ("paren", ")"):
-                raise QueryError(f"filter {expr!r}: missing ')'")
-            return sql, params
-        if kind != "word" or value not in (*_FIELDS, "tag"):
-            raise QueryError(f"filter {expr!r}: expected a field ({', '.join([*_FIELDS, 'tag'])}), got {value!r}")
-        field = value
-        op_kind, op = take()
-        op = (op or "").lower()
-        if op_kind not in ("op", "word") or op not in _OPS:
-            raise QueryError(f"filter {expr!r}: expected an operator after {field!r}, got {op!r}")
-        val_kind, val = take()
-        if val_kind not in ("str", "num", "word"):
-            raise QueryError(f"filter {expr!r}: expected a value after {field} {op}")
-        if field in ("size", "width", "height") and _OPS[op] not in ("LIKE", "GLOB", "~"):
-            try:  # SQLite would compare a number with text without complaint, matching nothing
-                val = float(val)
-            except ValueError:
-                raise QueryError(f"filter {expr!r}: {field} is a number, got {val!r}") from None
-        sql_op = _OPS[op]
-        if field == "tag":
-            inner = "json_extract(t.value,'$[0]')"
-            if sql_op == "~":
-                cond, param = f"instr(lower({inner}), lower(?)) > 0", str(val)
-            elif sql_op in ("=", "!="):
-                cond, param = f"lower({inner}) = lower(?)", str(val)
-            else:
-                cond, param = f"{inner} {sql_op} ?", str(val)
-            exists = f"EXISTS (SELECT 1 FROM json_each(images.tags) AS t WHERE {cond})"
-            return (f"(NOT {exists})" if sql_op == "!=" else exists), [param]
-        column = _FIELDS[field]
-        if sql_op == "~":
-            return f"instr(lower({column}), lower(?)) > 0", [str(val)]
-        if field == "format" and sql_op in ("=", "!="):  # stored as Pillow names it: "JPEG"
-            return f"lower({column}) {sql_op} lower(?)", [str(val)]
-        return f"{column} {sql_op} ?", [val]
-
-    if not tokens:
-        raise QueryError("empty filter")
-    try:
-        sql, params = parse_or()
-    except RecursionError:
-        raise QueryError(f"filter is nested too deeply ({expr[:40]!r}...)") from None
-    if pos != len(tokens):
-        raise QueryError(f"filter {expr!r}: unexpected {tokens[pos][1]!r}")
-    return sql, params
-
-
-def _tokenize(expr: str) -> list[tuple[str, str]]:
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    expr = expr.strip()
-    while pos < len(expr):
-        m = _TOKEN.match(expr, pos)
-        if not m or m.end() == pos:
-            raise QueryError(f"filter {expr!r}: cannot read it from {expr[pos:]!r}")
-        pos = m.end()
-        kind = m.lastgroup
-        value = m.group(kind)
-        if kind == "str":
-            quote = value[0]
-            value = value[1:-1].replace(quote * 2, quote)
-        elif kind == "word" and value.lower() in ("and", "or", "not", "like", "glob"):
-            value = value.lower()
-        tokens.append((kind, value))
-    return tokens
+def _page(opts: dict) -> dict:
+    return {key: opts[key] for key in ("k", "offset", "min_score")}

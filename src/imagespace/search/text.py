@@ -23,7 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .search import Hit, QueryError, Searcher, compile_where, exact_search
+from ..collection import Collection
+from ..images import ImageError, load_pil
+from ..index import exact_search
+from ..models.cache import cache_dir, file_digest, text_digest
+from ..models.labels import imagenet_labels
+from .results import QueryError
 
 # A class name must be at least this similar to the words to count as what they mean:
 # on MiniLM, exact or near names score 0.65-1.0, while nonsense ("xqzv blorp") and
@@ -43,38 +48,29 @@ class Concept:
     score: float
 
 
-def search_text(
-    searcher: Searcher,
-    text: str,
-    *,
-    text_model: str | os.PathLike[str] | None = None,
-    k: int = 10,
-    where: str | None = None,
-    min_score: float | None = None,
-) -> tuple[list[Hit], dict]:
-    """Images for ``text``; the dict says how the words were understood (for the JSON answer)."""
-    text = (text or "").strip()
-    if not text:
-        raise QueryError("give some words to search for")
-    if text_model is not None:
-        return _search_clip(searcher, text, Path(text_model), k=k, where=where, min_score=min_score)
-    concepts = understand(text)
-    extra = {"understood_as": [{"concept": c.name, "score": round(c.score, 4)} for c in concepts]}
-    rows = _classifier_rows(searcher.collection)
+def words_vector(collection: Collection, concepts: list[Concept]) -> np.ndarray | None:
+    """The query vector for ``concepts``: their classifier rows weighted by how well the
+    words matched, L2-normalised; None when the collection's model has no such rows."""
+    rows = _classifier_rows(collection)
     if rows is None:
-        # A model without the ImageNet classifier (a trained model folder): rank by the
-        # stored tags, which every model with ImageNet labels still writes.
-        return _search_tags(searcher, concepts, k=k, where=where, min_score=min_score), extra
+        return None
     weights = np.array([c.score for c in concepts], dtype=np.float32)
     query = (weights[:, None] * rows[[c.index for c in concepts]]).sum(0)
-    query /= max(float(np.linalg.norm(query)), 1e-12)
-    return searcher.by_vector(query, k=k, where=where, min_score=min_score), extra
+    return query / max(float(np.linalg.norm(query)), 1e-12)
+
+
+def explain(concepts: list[Concept]) -> dict:
+    """How the words were understood, for the JSON answer."""
+    return {"understood_as": [{"concept": c.name, "score": round(c.score, 4)} for c in concepts]}
 
 
 def understand(text: str, *, min_score: float = MIN_CONCEPT_SCORE) -> list[Concept]:
-    """The ImageNet classes that ``text`` names, best first; QueryError if none fits."""
-    from .models.labels import imagenet_labels
+    """The ImageNet classes that ``text`` names, best first; QueryError if none fits.
 
+    Example:
+        >>> [c.name for c in understand("a dog")]  # doctest: +SKIP
+        ['dog', ...]
+    """
     labels = imagenet_labels()
     model = _sentence_model()
     query = model.encode([text], normalize_embeddings=True, show_progress_bar=False)[0]
@@ -111,9 +107,6 @@ def _sentence_model():
 @lru_cache(maxsize=1)
 def _label_vectors() -> np.ndarray:
     """MiniLM vectors of the class names, computed once and kept in the model cache."""
-    from .models.cache import cache_dir, text_digest
-    from .models.labels import imagenet_labels
-
     labels = imagenet_labels()
     path = cache_dir() / f"imagenet-labels-minilm-{text_digest(*labels)}.npy"
     if path.is_file():
@@ -139,7 +132,7 @@ def _classifier_rows(collection) -> np.ndarray | None:
     if not model_id.startswith("efficientnet-lite0/"):
         return None
     try:
-        from .models.efficientnet import default_weights_path
+        from ..models.efficientnet import default_weights_path
     except ImportError:
         return None
     weights = default_weights_path()
@@ -149,8 +142,6 @@ def _classifier_rows(collection) -> np.ndarray | None:
 
 @lru_cache(maxsize=4)
 def _load_classifier_rows(weights: str, digest: str, dim: int | None) -> np.ndarray | None:
-    from .models.cache import cache_dir, file_digest
-
     if file_digest(weights)[:12] != digest:
         return None  # the collection was made with other weights of the same network
     path = cache_dir() / f"imagenet-fc-{digest}.npy"
@@ -171,28 +162,19 @@ def _load_classifier_rows(weights: str, digest: str, dim: int | None) -> np.ndar
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
-def _search_tags(searcher: Searcher, concepts: list[Concept], *, k: int, where: str | None, min_score: float | None) -> list[Hit]:
+def tag_scores(collection: Collection, concepts: list[Concept], allowed: list[int] | None = None) -> list[tuple[int, float]]:
+    """Rows ranked by their stored tags' probabilities of ``concepts``, weighted by how well
+    the words matched each concept, best first (for models without the ImageNet classifier
+    rows, e.g. a trained model folder: every model with ImageNet labels still writes tags)."""
     weight = {c.name.lower(): c.score for c in concepts}
-    sql, params = compile_where(where) if where else ("1", [])
-    names = list(weight)
-    cur = searcher.collection.conn.execute(
-        f"""SELECT DISTINCT images.id FROM images, json_each(images.tags) AS t
-            WHERE images.model=? AND lower(json_extract(t.value,'$[0]')) IN ({','.join('?' * len(names))}) AND ({sql})""",
-        [searcher.collection.model_id, *names, *params],
-    )
-    ids = [r[0] for r in cur]
-    rows = searcher.collection.rows(ids)
-    scored = []
-    for i, row in rows.items():
-        score = sum(weight.get(t.lower(), 0.0) * p for t, p in row.tags)
-        if min_score is None or score >= min_score:
-            scored.append((score, i))
+    ids = collection.ids_tagged(list(weight))
+    if allowed is not None:
+        keep = set(allowed)
+        ids = [i for i in ids if i in keep]
+    rows = collection.rows(ids)
+    scored = [(sum(weight.get(t.lower(), 0.0) * p for t, p in row.tags), i) for i, row in rows.items()]
     scored.sort(reverse=True)
-    return [_as_hit(rows[i], s) for s, i in scored[:k]]
-
-
-def _as_hit(row, score: float) -> Hit:
-    return Hit(row.id, row.path, float(score), row.tags, row.width, row.height, row.size)
+    return [(i, s) for s, i in scored]
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -204,23 +186,15 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 # -- CLIP: open vocabulary with a local model -----------------------------------------------
 
 
-def _search_clip(
-    searcher: Searcher, text: str, folder: Path, *, k: int, where: str | None, min_score: float | None
-) -> tuple[list[Hit], dict]:
+def clip_scores(collection: Collection, text: str, folder: Path, allowed: list[int], k: int) -> tuple[list[tuple[int, float]], dict]:
+    """The ``k`` best of ``allowed`` rows for ``text`` by a local CLIP model, and how the words
+    were understood (for the JSON answer)."""
     clip = _load_clip(str(folder.resolve()))
     query = clip.embed_text(text)
-    collection = searcher.collection
-    if where:
-        sql, params = compile_where(where)
-        allowed = [r[0] for r in collection.conn.execute(f"SELECT id FROM images WHERE ({sql})", params)]
-    else:
-        allowed = [r[0] for r in collection.conn.execute("SELECT id FROM images")]
     ids, vecs = _clip_image_vectors(collection, clip, allowed)
     found, scores = exact_search(query, ids, vecs, k)
-    pairs = [(int(i), float(s)) for i, s in zip(found, scores) if min_score is None or s >= min_score]
-    rows = collection.rows(i for i, _ in pairs)
-    hits = [_as_hit(rows[i], s) for i, s in pairs if i in rows]
-    return hits, {"understood_as": [{"concept": text, "score": 1.0}], "text_model": str(folder)}
+    scored = [(int(i), float(s)) for i, s in zip(found, scores)]
+    return scored, {"understood_as": [{"concept": text, "score": 1.0}], "text_model": str(folder)}
 
 
 class _Clip:
@@ -300,8 +274,6 @@ def _clip_image_vectors(collection, clip: _Clip, ids: list[int]) -> tuple[np.nda
     The cache is keyed by the CLIP folder and holds each row's digest, so an edited file is
     embedded again.
     """
-    from .images import ImageError, load_pil
-
     path = collection.root / f"clip-{clip.key}.npz"
     cached: dict[int, tuple[str, np.ndarray]] = {}
     with _lock:
