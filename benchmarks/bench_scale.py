@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.bench_scale [--images] [--vectors N] [--workdir DIR]``
 
-1. Images/s of :meth:`Collection.sync` with the Ray engine (a local Ray on this machine,
+1. Images/s of :func:`imagespace.indexing.sync` with the Ray engine (a local Ray on this machine,
    already started, as a cluster would be) against the local thread pipeline, on flowers12
    (960 photos) and on cifar10's 10,000 test images, on a new collection each time, runs
    alternated so both see the same machine state. Goal: Ray >= 80% of local.

@@ -9,7 +9,7 @@ import pytest
 
 from imagespace.indexing import sync
 from imagespace.collection import Collection
-from imagespace.index.hnsw import open_index
+from imagespace.index import open_index
 from imagespace.index.ivfpq import (
     LARGE_FILE, LARGE_META, CompressedIndex, Float16Store, LargeIndex, LargeSettings, build_compressed,
 )
@@ -79,8 +79,7 @@ def test_collection_large_index_follows_new_and_removed_rows(tmp_path):
 
     # a new row that equals the query must come first; a removed row must never come back
     coll.write_embedded([Embedded(FileInfo("/x/new.jpg", 1, 1, "new"), q[0], [], 1, 1, "JPEG")], [])
-    with coll.transaction():
-        coll._remove_ids([int(got[1, 0])], coll._next_seq())
+    coll.write_file_changes(removed=[int(got[1, 0])])
     reopened = open_index(coll, "auto")  # the compressed index exists: auto keeps using it
     assert isinstance(reopened, LargeIndex)
     got2, sims2 = reopened.search(q, 5)

@@ -268,8 +268,7 @@ def test_snapshot_rows_sit_at_their_ids_across_gaps(tmp_path):
     vecs = _clustered(60)
     coll = _collection(tmp_path / "db", vecs)
     gone = [coll.row_by_path(f"/photos/{i}.jpg").id for i in (0, 5, 6, 7, 30)]
-    with coll.transaction():
-        coll._remove_ids(gone, coll._next_seq())
+    coll.write_file_changes(removed=gone)
     stamp = write_snapshot(coll, tmp_path / "snap")
     (tmp_path / "snap").rename(tmp_path / "db" / "vectors.rescore.f32")
     store = RescoreStore.open(tmp_path / "db", stamp)

@@ -1,5 +1,9 @@
 """The on-disk collection: one SQLite database (WAL mode) of images, vectors and the model.
 
+Rows only: every SQL statement of the package is here, behind named methods; this module
+imports no index and no model. Indexing runs (:mod:`imagespace.indexing`) decide what to
+write, indexes (:mod:`imagespace.index`) and searches (:mod:`imagespace.search`) read.
+
 Every change is made in a transaction and every row carries the sequence number of the
 change that last wrote it, so that the ANN index (a derived file) can always be brought up
 to date from the rows, and a run killed at any moment leaves a consistent collection.

@@ -25,12 +25,10 @@ def index(
     if engine not in ("local", "ray"):
         raise typer.BadParameter("--engine must be local or ray")
     from ..indexing import sync
-    from ..models import DEFAULT_MODEL, create_model
+    from ..models import create_model, resolve_model_spec
 
     with open_collection(db, create=True) as coll:
-        spec = model or coll.model_spec or DEFAULT_MODEL
-        if model and Path(model).is_dir():
-            spec = str(Path(model).resolve())
+        spec = resolve_model_spec(model, coll.model_spec)
         m = create_model(spec)
         progress = sys.stderr.isatty() or not as_json
         if engine == "ray":

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..collection import Collection, CollectionError, Row
 from ..indexing import sync
+from ..models import create_model, resolve_model_spec
 from ..search import Hit, QueryError, Searcher
 from ..search.text import understand
 
@@ -100,8 +101,6 @@ class Engine:
             if self._model is None or self._model.model_id != model_id:
                 if spec is None:
                     raise EmptyCollection("the collection has no model yet: index some images first")
-                from ..models import create_model
-
                 model = create_model(spec, threads=QUERY_THREADS)
                 if model.model_id != model_id:
                     raise CollectionError(
@@ -293,10 +292,8 @@ class Engine:
                 self._job.done, self._job.total = done, total
 
         try:
-            from ..models import DEFAULT_MODEL, create_model
-
             with Collection(self.root, create=False) as c:
-                spec = c.model_spec or DEFAULT_MODEL
+                spec = resolve_model_spec(None, c.model_spec)
                 model = create_model(spec)  # all cores for batches (queries use one)
                 report = sync(c, roots, model, model_spec=spec, progress=False, on_progress=progress)
             with self._job_lock:
