@@ -298,7 +298,8 @@ def source_duplicates(items: list[Item], pairs: set, half: str) -> set:
     return out
 
 
-def score(items: list[Item], groups: list[list[str]], retake_groups: list[list[str]], half: str | None = None) -> dict:
+def score(items: list[Item], groups: list[list[str]], retake_groups: list[list[str]], half: str | None = None,
+          pair_tiers: dict | None = None) -> dict:
     """Pair precision and recall per tier; kept files; what --list-out would list wrongly.
 
     With ``half``, predicted pairs outside the truth whose sources are one flowers12 photo
@@ -324,6 +325,7 @@ def score(items: list[Item], groups: list[list[str]], retake_groups: list[list[s
     missed = [p for p in true_copy - pred_copy]
     out["copy"]["missed_by_edit"] = _count(by_path[b].edit or by_path[a].edit for a, b in missed)
     kept_ok = kept_total = listed_wrong = 0
+    kept_wrong: list[str] = []
     for g in groups:
         members = [by_path[p] for p in g if p in by_path]
         # The file every other member was made from, when the group holds it.
@@ -331,9 +333,18 @@ def score(items: list[Item], groups: list[list[str]], retake_groups: list[list[s
         if sources:
             kept_total += 1
             kept_ok += g[0] == sources[0].path
+            if g[0] != sources[0].path:
+                kept_wrong.append(f"kept {Path(g[0]).name} over {Path(sources[0].path).name}")
         for p in g[1:]:
             listed_wrong += by_path[p].picture != by_path[g[0]].picture and tuple(sorted((p, g[0]))) not in skipped
-    out["kept"] = {"groups_holding_their_original": kept_total, "original_kept": kept_ok}
+    out["kept"] = {"groups_holding_their_original": kept_total, "original_kept": kept_ok, "wrong": kept_wrong}
+    if pair_tiers is not None:
+        # Pair by pair, before grouping: each verified pair's tier against the truth.
+        tiers = {k: t for k, t in pair_tiers.items() if k not in skipped}
+        said = {t: {k for k, v in tiers.items() if v == t} for t in ("copy", "retake")}
+        out["pairs"] = {"copy": pr(said["copy"], true_copy), "retake": pr(said["retake"], true_retake)}
+        out["pairs"]["copy"]["retakes_called_copies"] = len(said["copy"] & true_retake)
+        out["pairs"]["retake"]["copies_called_retakes"] = len(said["retake"] & true_copy)
     out["list_out_not_a_copy_of_kept"] = listed_wrong
     out["source_duplicates"] = len(skipped)
     return out
@@ -358,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--half", choices=["train", "test"], default="test")
     ap.add_argument("--no-exif", action="store_true", help="build the set without any EXIF")
     ap.add_argument("--work", type=Path, default=None, help="keep the set and its collection here")
+    ap.add_argument("--signals", default="shape,pixels,exif", help="which signals tell copies from retakes (to measure each)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     from benchmarks.quality_analysis import index_folder
@@ -374,12 +386,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     coll = index_folder(folder / "photos", folder / "db")
     index_seconds = time.perf_counter() - t0
-    report = duplicate_report(coll)
+    t0 = time.process_time()
+    report = duplicate_report(coll, signals=tuple(x for x in args.signals.split(",") if x))
+    cpu = time.process_time() - t0
     rows = coll.rows(i for g in report.groups + report.retakes for i in g)
     groups = [[rows[i].path for i in g] for g in report.groups]
     retakes = [[rows[i].path for i in g] for g in report.retakes]
-    result = {"half": args.half, "exif": not args.no_exif, "images": len(items), "index_seconds": round(index_seconds, 1),
-              **score(items, groups, retakes, args.half), "stats": report.stats}
+    path = {r.id: r.path for r in coll.all_rows()}
+    pair_tiers = {tuple(sorted((path[a], path[b]))): p.verdict.tier for (a, b), p in report.pairs.items()}
+    result = {"half": args.half, "exif": not args.no_exif, "signals": args.signals, "images": len(items),
+              "index_seconds": round(index_seconds, 1), "duplicates_cpu_ms_per_image": round(1000 * cpu / len(items), 2),
+              **score(items, groups, retakes, args.half, pair_tiers), "stats": report.stats}
     for kind in ("flower", "scene"):
         sub = [i for i in items if Path(i.path).name.startswith(kind)]
         keep = {i.path for i in sub}

@@ -34,7 +34,7 @@ from ..collection import Collection, Row
 from ..images import CaptureFacts, ImageError, capture_facts, load_pil
 from ..large_index import open_index
 from ._threads import worker_threads
-from .copies import VERIFY_SIDE, FeatureMaker, ImageFeatures, PairChecker, PairVerdict, original_of
+from .copies import SIGNALS, VERIFY_SIDE, FeatureMaker, ImageFeatures, PairChecker, PairVerdict, original_of
 
 # Candidates: up to NEIGHBOURS nearest neighbours of each image with cosine at least
 # CANDIDATE_SIMILARITY. TODO tuned
@@ -84,8 +84,11 @@ def duplicate_report(
     *,
     neighbours: int = NEIGHBOURS,
     progress: bool = False,
+    signals: tuple[str, ...] = SIGNALS,
 ) -> DuplicateReport:
-    """Copies and retakes, every pair with its tier, score and reason, and what it cost."""
+    """Copies and retakes, every pair with its tier, score and reason, and what it cost.
+
+    ``signals`` (some of shape, pixels, exif) are there to measure what each one adds."""
     if threshold is None:
         threshold = CANDIDATE_SIMILARITY if verify else UNVERIFIED_SIMILARITY
     stats: dict = {"images": len(collection), "threshold": threshold, "verify": verify}
@@ -115,7 +118,7 @@ def duplicate_report(
         for key in identical
     }
     rows = collection.rows({i for key in list(candidates) + list(identical) for i in key})
-    verifier = _Verifier()
+    verifier = _Verifier(signals)
     if verify:
         _verify(candidates, rows, pairs, verifier, progress)
         stats["images_with_features"] = verifier.extracted
@@ -186,9 +189,10 @@ class _Verifier:
     and the counters are shared under a lock.
     """
 
-    def __init__(self):
+    def __init__(self, signals: tuple[str, ...] = SIGNALS):
         import cv2
 
+        self.signals = signals
         cv2.setNumThreads(1)  # many tiny calls: threads inside OpenCV cost more than they give
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -199,7 +203,7 @@ class _Verifier:
     def _tools(self) -> tuple[FeatureMaker, PairChecker]:
         tools = getattr(self._local, "tools", None)
         if tools is None:
-            tools = self._local.tools = (FeatureMaker(), PairChecker())
+            tools = self._local.tools = (FeatureMaker(), PairChecker(signals=self.signals))
         return tools
 
     def prefetch(self, rows: list[Row], pool) -> None:
