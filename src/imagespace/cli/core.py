@@ -92,6 +92,7 @@ def search(
             from ..text import search_text
 
             hits, extra = search_text(searcher, text, text_model=text_model, **opts)
+        extra["index"] = searcher.answered_by()
     payload = {"results": [h.to_dict() for h in hits], **extra}
 
     def human(p: dict) -> None:
@@ -129,7 +130,10 @@ def export(
 
 @app.command()
 def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
-    """What the collection holds: images, model, failures."""
+    """What the collection holds: images, model, failures, the index and its measured recall."""
+    from ..index_tuning import summary as index_line
+    from ..large_index import describe_index
+
     with open_collection(db) as coll:
         payload = {
             "db": str(coll.root),
@@ -138,11 +142,14 @@ def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
             "model": coll.model_spec,
             "dim": coll.dim,
             "failures": coll.failures(),
+            "index": describe_index(coll) if coll.dim is not None else None,
         }
 
     def human(p: dict) -> None:
         c = console()
         c.print(f"collection {p['db']}: {p['images']} images, model {p['model']} ({p['model_id']}), {p['dim']} dimensions")
+        if p["index"]:
+            c.print(f"index: {index_line(p['index'])}", highlight=False, markup=False)
         for f in p["failures"]:
             c.print(f"  failed {f['path']}: {f['error']}", highlight=False, markup=False)
 
