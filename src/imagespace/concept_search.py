@@ -36,9 +36,9 @@ def search_concepts(
         for start in range(0, len(names), _CHUNK):
             chunk = names[start : start + _CHUNK]
             cur = coll.conn.execute(
-                f"""SELECT DISTINCT images.id FROM images, json_each(images.tags) AS t
-                    WHERE images.model=? AND lower(json_extract(t.value,'$[0]')) IN ({','.join('?' * len(chunk))})
-                    AND ({sql})""",
+                # EXISTS, not a join: json_each has a "path" column of its own that the filter would hit
+                f"""SELECT id FROM images WHERE model=? AND EXISTS (SELECT 1 FROM json_each(images.tags) AS t
+                    WHERE lower(json_extract(t.value,'$[0]')) IN ({','.join('?' * len(chunk))})) AND ({sql})""",
                 [coll.model_id, *chunk, *params],
             )
             ids = [r[0] for r in cur]

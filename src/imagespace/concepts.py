@@ -50,6 +50,7 @@ class Concept:
     name: str  # WordNet's name of the concept (or the user's label)
     classes: tuple[int, ...]  # ImageNet class indices it covers
     how: str  # "names" (the classes under it), "near" (its nearest classes), "user" (a label of the collection)
+    synset: int | None = None  # WordNet offset of the sense used
 
     def to_dict(self, labels: list[str]) -> dict:
         d = {"concept": self.name, "word": self.word, "how": self.how, "classes": len(self.classes)}
@@ -101,6 +102,16 @@ class WordNet:
             todo.extend(self._children.get(s, ()))
         return tuple(sorted(found))
 
+    def tree_ancestors(self, synset: int) -> set[int]:
+        """``synset`` (if in the tree) and every ancestor of it."""
+        seen, todo = set(), [synset]
+        while todo:
+            s = todo.pop()
+            if s not in seen:
+                seen.add(s)
+                todo.extend(self.parents.get(s, ()))
+        return seen
+
     @cached_property
     def ancestors(self) -> list[list[int]]:
         """Per class index: its synset and every ancestor, nearest first (breadth first)."""
@@ -136,7 +147,7 @@ class WordNet:
     def lemma(self, word: str) -> str | None:
         """``word`` as WordNet lists it: itself, its irregular singular, or a suffix-stripped singular."""
         word = word.lower().strip()
-        candidates = [word, word.replace("-", " "), word.replace("-", "")]
+        candidates = [word, word.replace("-", " "), word.replace("-", ""), word.replace(" ", "")]
         for w in list(candidates):
             if w in self.exceptions:
                 candidates.append(self.exceptions[w])
@@ -156,10 +167,10 @@ class WordNet:
         senses = self.senses(lemma)
         for synset, near in senses:
             if not near:
-                return Concept(lemma, self.name[synset], self.classes_under(synset), "names")
+                return Concept(lemma, self.name[synset], self.classes_under(synset), "names", synset)
         synset, near = senses[0]
         classes = tuple(sorted({c for s in near for c in self.classes_under(s)}))
-        return Concept(lemma, " or ".join(self.name[s] for s in near), classes, "near")
+        return Concept(lemma, " or ".join(self.name[s] for s in near), classes, "near", synset)
 
     # -- hedged tags ---------------------------------------------------------------------
 
@@ -202,7 +213,9 @@ def query_parts(text: str) -> list[str]:
     parts = []
     for part in _SPLIT.split(text.lower().strip()):
         part = _LEADING.sub("", part.strip(" .!?\"'"))
-        words = [w for w in re.findall(r"[\w'-]+", part) if w not in _STOP]
+        words = re.findall(r"[\w'-]+", part)
+        while words and words[0] in _STOP:
+            words = words[1:]
         if words:
             parts.append(" ".join(words))
     return parts
@@ -221,7 +234,12 @@ def understand_part(part: str, net: WordNet) -> Concept | None:
 
 
 def understand(text: str, *, user_labels: list[str] = ()) -> Understanding:
-    """The concepts ``text`` names: the collection's own labels first, then WordNet's."""
+    """The concepts ``text`` names: the collection's own labels first, then WordNet's.
+
+    A user label matches by its name ("lily-valley" for "lily valley"), by a shared WordNet
+    synset ("anemone" for a "windflower" folder), or by lying under the query's concept
+    ("flowers" for folders "sunflower" and "daisy").
+    """
     net = wordnet()
     own = {_normal(label): label for label in user_labels}
     concepts, unknown = [], []
@@ -231,15 +249,39 @@ def understand(text: str, *, user_labels: list[str] = ()) -> Understanding:
             concepts.append(Concept(part, label, (), "user"))
             continue
         c = understand_part(part, net)
+        labels, senses = _labels_under(part, user_labels, net)
+        concepts.extend(Concept(part, label, (), "user") for label in labels)
+        if c is not None and labels and c.synset not in senses:
+            c = None  # the user's labels matched another sense of the word ("anemone": not the sea anemone)
         if c is None:
-            unknown.append(part)
+            if not any(x.word == part for x in concepts):
+                unknown.append(part)
         else:
             concepts.append(c)
     return Understanding(concepts, unknown)
 
 
+def _labels_under(part: str, user_labels, net: WordNet) -> tuple[list[str], set[int]]:
+    """User labels whose WordNet synset is, or lies under, a synset ``part`` names; and those synsets."""
+    lemma = net.lemma(part)
+    if lemma is None or not user_labels:
+        return [], set()
+    wanted = {s for s, _ in net.senses(lemma)}
+    out, matched = [], set()
+    for label in user_labels:
+        own = net.lemma(_normal(label))
+        if own is None:
+            continue
+        for synset, near in net.senses(own)[:1]:  # the label's most frequent sense
+            above = {synset} | {a for t in (near or (synset,)) for a in net.tree_ancestors(t)}
+            if above & wanted:
+                out.append(label)
+                matched |= above & wanted
+    return out, matched
+
+
 def _normal(label: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9']+", label.lower().replace("_", " ").replace("-", " ")))
+    return " ".join(re.findall(r"[a-z0-9]+", label.lower().replace("'", "").replace("_", " ").replace("-", " ")))
 
 
 def _singular(word: str, known: dict[str, str]) -> str:

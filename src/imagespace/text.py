@@ -41,7 +41,9 @@ MIN_CONCEPT_SCORE = 0.5
 # Other classes within this margin of the best one join it (e.g. "dog" -> several breeds).
 CONCEPT_MARGIN = 0.06
 MAX_CONCEPTS = 3
-_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# Offline, and quiet: no weight-loading progress bars on standard error.
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
 _lock = threading.Lock()
 
 
