@@ -123,3 +123,23 @@ def test_a_collection_keeps_its_model_when_the_default_changes(tmp_path, monkeyp
         assert coll.count(coll.model_id) == 5
     hits = cli("search", photos / "img_2.jpg", "-k", "1")["results"]
     assert hits[0]["path"].endswith("img_2.jpg") and hits[0]["score"] > 0.999
+
+
+def test_training_starts_from_the_named_network(tmp_path):
+    pytest.importorskip("torch")
+    from test_train import make_classes
+
+    from imagespace.train.data import DataError
+    from imagespace.train.pipeline import TrainConfig, run_training
+
+    data = make_classes(tmp_path / "data", n_classes=2, per_class=3)
+    out = tmp_path / "adapter-lite1"
+    result = run_training(TrainConfig(data=str(data), out=str(out), epochs=1, views=1, dim=16, val_fraction=0.3,
+                                      base_model="efficientnet-lite1"))
+    card = json.loads((out / "imagespace-model.json").read_text())
+    assert card["input_size"] == 240 and card["architecture"]["backbone"] == "efficientnet-lite1"
+    assert result["metrics"]["validation"]["pretrained"]["map"] is not None
+    model = create_model(str(out))
+    assert model.embed(_pixels(240, 2)).vectors.shape == (2, 16)
+    with pytest.raises(DataError, match="pretrained network"):
+        run_training(TrainConfig(data=str(data), out=str(tmp_path / "x"), base_model="efficientnet-lite0-int8"))
