@@ -99,14 +99,17 @@ def search(
         from rich.table import Table
 
         if p.get("understood_as"):
-            console().print("understood as: " + ", ".join(c["concept"] for c in p["understood_as"]))
+            console().print("understood as: " + ", ".join(
+                c["concept"] + (f" ({c['classes']} classes)" if c.get("classes") else "") for c in p["understood_as"]))
         table = Table(show_edge=False)
         table.add_column("#", justify="right")
         table.add_column("score", justify="right")
         table.add_column("path", overflow="fold")
-        table.add_column("tags")
+        table.add_column("tag")
         for i, r in enumerate(p["results"], 1):
-            table.add_row(str(i), f"{r['score']:.3f}", r["path"], ", ".join(r["tags"][:3]))
+            # the hedged tag when the network is confident of a concept, else its top guesses
+            tag = f"{r['tag']['name']} {r['tag']['confidence']:.0%}" if r.get("tag") else "unsure: " + ", ".join(r["tags"][:3])
+            table.add_row(str(i), f"{r['score']:.3f}", r["path"], tag)
         console().print(table)
         if not p["results"]:
             console().print("no results")
