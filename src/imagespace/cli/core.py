@@ -92,20 +92,24 @@ def search(
             from ..text import search_text
 
             hits, extra = search_text(searcher, text, text_model=text_model, **opts)
+        extra["index"] = searcher.answered_by()
     payload = {"results": [h.to_dict() for h in hits], **extra}
 
     def human(p: dict) -> None:
         from rich.table import Table
 
         if p.get("understood_as"):
-            console().print("understood as: " + ", ".join(c["concept"] for c in p["understood_as"]))
+            console().print("understood as: " + ", ".join(
+                c["concept"] + (f" ({c['classes']} classes)" if c.get("classes") else "") for c in p["understood_as"]))
         table = Table(show_edge=False)
         table.add_column("#", justify="right")
         table.add_column("score", justify="right")
         table.add_column("path", overflow="fold")
-        table.add_column("tags")
+        table.add_column("tag")
         for i, r in enumerate(p["results"], 1):
-            table.add_row(str(i), f"{r['score']:.3f}", r["path"], ", ".join(r["tags"][:3]))
+            # the hedged tag when the network is confident of a concept, else its top guesses
+            tag = f"{r['tag']['name']} {r['tag']['confidence']:.0%}" if r.get("tag") else "unsure: " + ", ".join(r["tags"][:3])
+            table.add_row(str(i), f"{r['score']:.3f}", r["path"], tag)
         console().print(table)
         if not p["results"]:
             console().print("no results")
@@ -129,7 +133,10 @@ def export(
 
 @app.command()
 def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
-    """What the collection holds: images, model, failures."""
+    """What the collection holds: images, model, failures, the index and its measured recall."""
+    from ..index_tuning import summary as index_line
+    from ..large_index import describe_index
+
     with open_collection(db) as coll:
         payload = {
             "db": str(coll.root),
@@ -138,11 +145,14 @@ def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
             "model": coll.model_spec,
             "dim": coll.dim,
             "failures": coll.failures(),
+            "index": describe_index(coll) if coll.dim is not None else None,
         }
 
     def human(p: dict) -> None:
         c = console()
         c.print(f"collection {p['db']}: {p['images']} images, model {p['model']} ({p['model_id']}), {p['dim']} dimensions")
+        if p["index"]:
+            c.print(f"index: {index_line(p['index'])}", highlight=False, markup=False)
         for f in p["failures"]:
             c.print(f"  failed {f['path']}: {f['error']}", highlight=False, markup=False)
 
