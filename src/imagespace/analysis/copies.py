@@ -56,7 +56,6 @@ _AGREE_LEVELS = 10.0
 # Below this pixel agreement, points that fit a homography are a coincidence of patterns
 # (other photos of the train half reached 0.03), not one scene: retakes scored 0.34 and up.
 MIN_SCENE_AGREEMENT = 0.25
-_OVERLAY_DETAIL = 2.5
 # Two capture times closer than this are one shot (sub-second fields hold hundredths).
 _SAME_SHOT_SECONDS = 0.011
 
@@ -96,7 +95,6 @@ class PairVerdict:
     scale: float = 1.0  # linear scale from a to b, in the files' own pixels
     covered_a: float = 0.0  # share of a's frame that b shows
     covered_b: float = 0.0
-    overlay: str | None = None  # "a" or "b": which carries marks the other has not (a caption)
     mirrored: bool = False
     first_look: int = 0  # ratio-test matches among the strongest points
 
@@ -187,9 +185,9 @@ class PairChecker:
             v.first_look = look
             return v
         residual, sim = self._shape(src, dst)
-        agreement, covered_a, covered_b, overlay = self._pixels(a, b, h, mirrored)
+        agreement, covered_a, covered_b = self._pixels(a, b, h, mirrored)
         scale = float(np.sqrt(abs(np.linalg.det(sim[:, :2])))) * (a.size[0] / a.full_size[0]) / (b.size[0] / b.full_size[0])
-        v = PairVerdict("copy", agreement, "", inliers, residual, agreement, scale, covered_a, covered_b, overlay, mirrored)
+        v = PairVerdict("copy", agreement, "", inliers, residual, agreement, scale, covered_a, covered_b, mirrored)
         v.first_look = look
         if agreement < MIN_SCENE_AGREEMENT and "pixels" in self.signals:
             v.tier, v.score = "similar", 0.0
@@ -252,8 +250,8 @@ class PairChecker:
         return float(np.median(miss)), sim
 
     def _pixels(self, a: ImageFeatures, b: ImageFeatures, h: np.ndarray, mirrored: bool):
-        """Agreement of b's thumbnail warped onto a's after one global tone fit; how much of
-        each frame the other shows; which one carries local marks (a caption, a logo)."""
+        """Agreement of b's thumbnail warped onto a's after one global tone fit, and how much
+        of each frame the other shows."""
         cv2 = self.cv2
         ta = a.thumb[:, ::-1] if mirrored else a.thumb
         ta = np.ascontiguousarray(ta)
@@ -272,17 +270,7 @@ class PairChecker:
         x, y = warped[inside], ta[inside]
         res = np.abs(_tone_curve(x, y) - y)
         agreement = float((res < _AGREE_LEVELS).mean())
-        overlay = None
-        off = res > 3 * _AGREE_LEVELS
-        if 0.005 < off.mean() < 0.3:
-            # Where the two disagree most, the one with the sharper detail carries the mark
-            # (text and logos are all edges); misaligned edges give both the same detail.
-            ga = np.hypot(*np.gradient(ta))[inside][off]
-            gb = np.hypot(*np.gradient(warped))[inside][off]
-            ea, eb = float(ga.mean()), float(gb.mean())
-            if max(ea, eb) > _OVERLAY_DETAIL * max(min(ea, eb), 1.0):
-                overlay = "a" if ea > eb else "b"
-        return agreement, covered_a, covered_b, overlay
+        return agreement, covered_a, covered_b
 
 
 def _tone_curve(x: np.ndarray, y: np.ndarray, bins: int = 24) -> np.ndarray:
@@ -343,14 +331,12 @@ def original_of(a: ImageFeatures, b: ImageFeatures, facts_a: CaptureFacts, facts
                 verdict: PairVerdict, mtime_a: int, mtime_b: int, bytes_a: int, bytes_b: int) -> tuple[str, str]:
     """Of two copies, which is more likely the original: ("a" or "b", why the other is not).
 
-    In order: no added border or caption; more of the picture (the other is a crop); EXIF
+    In order: no added border; more of the picture (the other is a crop); EXIF
     capture facts (an export often drops them); more pixels of the same content; less
     recompressed; captured or modified earlier; the larger file.
     """
     if a.border != b.border:
         return ("b", "has a border added") if a.border else ("a", "has a border added")
-    if verdict.overlay:
-        return ("b", "carries a caption or mark") if verdict.overlay == "a" else ("a", "carries a caption or mark")
     if verdict.covered_a < 0.9 and verdict.covered_b > 0.97:
         return "a", "is a crop"
     if verdict.covered_b < 0.9 and verdict.covered_a > 0.97:
