@@ -19,6 +19,7 @@ from . import analysis  # noqa: F401
 from . import train  # noqa: F401
 from . import serve  # noqa: F401
 from . import check  # noqa: F401
+from . import models  # noqa: F401
 from ._common import Failure, app
 
 

@@ -149,19 +149,22 @@ def recommend(
 def classify(
     train: Annotated[Path, typer.Option("--train", help="A folder with one sub-folder of example images per class.")],
     min_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Below this top probability an image is 'unknown'. An image is 'unknown' too when it is farther from every example than your examples of one class are from each other; each 'unknown' says which rule applied.")] = 0.15,
-    save: Annotated[bool, typer.Option("--save/--no-save", help="Keep the labels in the collection, for --where \"label = NAME\" in search.")] = True,
+    save: Annotated[bool, typer.Option("--save/--no-save", help="Keep the labels in the collection: for --where \"label = NAME\", and as words for search --text.")] = True,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
 ) -> None:
     """Learn your classes from labelled folders and label every image of the collection."""
     from ..analysis.classify import classify_collection, save_predictions, train_classifier
+    from ..user_labels import save_user_labels
 
     with open_collection(db) as coll:
         _require_images(coll)
         clf = train_classifier(coll, train, min_probability=min_probability)
         predictions = classify_collection(coll, clf)
         if save:
-            save_predictions(coll, predictions)
+            save_predictions(coll, predictions)  # for --where "label = NAME"
+            # the folder names become words that search --text understands for this collection
+            save_user_labels(coll.root, clf.classes, [p for p in predictions if p.label in clf.classes])
     counts: dict[str, int] = {}
     for p in predictions:
         counts[p.label] = counts.get(p.label, 0) + 1
