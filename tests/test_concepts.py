@@ -92,8 +92,8 @@ def tagged(tmp_path_factory):
     db = base / "db"
     subprocess.run([sys.executable, "-m", "imagespace", "index", str(photos), "--db", str(db), "--json"], check=True, capture_output=True)
     tags = {
-        "p0.jpg": [["beagle", 0.5], ["Basset Hound", 0.3], ["bathtub", 0.1]],
-        "p1.jpg": [["beagle", 0.2], ["bathtub", 0.6]],
+        "p0.jpg": [["Beagle", 0.45], ["Basset Hound", 0.35], ["bathtub", 0.1]],
+        "p1.jpg": [["Beagle", 0.2], ["bathtub", 0.6]],
         "p2.jpg": [["daisy", 0.7], ["bee", 0.1]],
         "p3.jpg": [["tabby cat", 0.8]],
         "p4.jpg": [["bathtub", 0.9]],
@@ -158,3 +158,22 @@ def test_cli_words_import_no_torch_and_print_no_progress(tagged):
     out = subprocess.run([sys.executable, "-c", code, str(tagged["db"])], capture_output=True, text=True, env=dict(os.environ))
     assert json.loads(out.stdout)["results"][0]["path"].endswith("p0.jpg")
     assert "HEAVY []" in out.stderr and out.stderr.strip().splitlines() == ["HEAVY []"], out.stderr
+
+
+def test_where_tag_equals_a_concept_matches_every_image_confident_of_it(tagged):
+    from imagespace.search import Searcher
+
+    with Collection(tagged["db"], create=False) as coll:
+        s = Searcher(coll)
+        vec = coll.vectors([next(coll.all_rows()).id])[1][0]
+        dogs = {Path(h.path).name for h in s.by_vector(vec, k=10, where="tag = dog")}
+        not_dogs = {Path(h.path).name for h in s.by_vector(vec, k=10, where="tag != dogs")}
+        beagles = {Path(h.path).name for h in s.by_vector(vec, k=10, where="tag = beagle")}
+        hits = s.by_vector(vec, k=10)
+    assert dogs == {"p0.jpg"}  # 0.45 + 0.35 of dog classes; p1's 0.2 beagle is not confident
+    assert not_dogs == {f"p{i}.jpg" for i in range(1, 6)}
+    assert beagles == {"p0.jpg", "p1.jpg"}  # a class name keeps its exact meaning
+    tags = {Path(h.path).name: h.to_dict()["tag"] for h in hits}
+    assert tags["p0.jpg"] == {"name": "hound", "confidence": 0.8}  # neither breed alone is confident
+    assert tags["p1.jpg"] == {"name": "bathtub", "confidence": 0.6}
+    assert tags["p5.jpg"] is None  # wallaby 0.4, hare 0.3: only "mammal" holds both, too general to say

@@ -183,7 +183,7 @@ class WordNet:
         general useful concept is unsure.
         """
         index = self._label_index
-        probs = {index[t]: p for t, p in tags if t in index}
+        probs = {index[t.lower()]: p for t, p in tags if t.lower() in index}
         if not probs:
             return None
         top = max(probs, key=probs.get)
@@ -198,8 +198,32 @@ class WordNet:
         return None
 
     @cached_property
+    def lower_labels(self) -> set[str]:
+        return {name.lower() for name in self.labels}
+
+    @cached_property
     def _label_index(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.labels)}
+        return {name.lower(): i for i, name in enumerate(self.labels)}
+
+
+def hedged_tag(tags: list[tuple[str, float]]) -> tuple[str, float] | None:
+    """An image's tag that hedges (see WordNet.hedge): (concept, summed probability) or None."""
+    return wordnet().hedge(tags)
+
+
+def tag_concept_labels(value: str) -> list[str] | None:
+    """For ``--where "tag = flower"``: the class names under a general concept, lower case.
+
+    None when ``value`` is itself a class name (the filter then keeps its exact meaning) or
+    names no concept with classes under it.
+    """
+    net = wordnet()
+    if value.strip().lower() in net.lower_labels:
+        return None
+    c = net.concept(value)
+    if c is None or c.how != "names":
+        return None
+    return sorted({net.labels[i].lower() for i in c.classes})
 
 
 @lru_cache(maxsize=1)

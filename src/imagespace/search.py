@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .collection import Collection, CollectionError, Row
+from .concepts import HEDGE_CONFIDENCE, hedged_tag, tag_concept_labels
 from .index import EXACT_LIMIT, VectorIndex
 
 
@@ -46,11 +47,15 @@ class Hit:
     size: int
 
     def to_dict(self) -> dict:
+        tag = hedged_tag(self.tags)
         return {
             "id": self.id,
             "path": self.path,
             "score": round(float(self.score), 6),
             "tags": [t for t, _ in self.tags],
+            # the most specific concept the network is confident of ("flower" rather than a
+            # doubtful "daisy"), or None when it is unsure of anything
+            "tag": None if tag is None else {"name": tag[0], "confidence": tag[1]},
             "width": self.width,
             "height": self.height,
             "size": self.size,
@@ -203,8 +208,9 @@ _TOKEN = re.compile(
 
 WHERE_SYNTAX = (
     "A filter is FIELD OP VALUE, joined by and/or/not and parentheses; fields: path, size (bytes), "
-    "width, height (pixels), format (jpeg, png...), tag (one of the image's top ImageNet labels), "
-    "label (given by 'imagespace classify'); ops: = != < <= > >= like glob ~ (contains)"
+    "width, height (pixels), format (jpeg, png...), tag (one of the image's top ImageNet labels; a "
+    "general concept such as 'flower' or 'dog' matches images whose classes under it sum to a confident "
+    "probability), label (given by 'imagespace classify'); ops: = != < <= > >= like glob ~ (contains)"
 )
 WHERE_HELP = (
     WHERE_SYNTAX + ". Examples: \"tag = daisy and width >= 1000\", \"path like '%/2020/%' and not tag ~ dog\"."
@@ -299,6 +305,15 @@ def compile_where(expr: str) -> tuple[str, list]:
                 cond, param = f"instr(lower({inner}), lower(?)) > 0", str(val)
             elif sql_op in ("=", "!="):
                 cond, param = f"lower({inner}) = lower(?)", str(val)
+                under = tag_concept_labels(str(val))
+                if under is not None:
+                    # a concept ("flower", "dog"): the stored probabilities of its classes,
+                    # summed, reach the confidence of a hedged tag
+                    summed = (
+                        f"(SELECT coalesce(sum(json_extract(t.value,'$[1]')), 0) FROM json_each(images.tags) AS t "
+                        f"WHERE lower({inner}) IN ({','.join('?' * len(under))})) >= ?"
+                    )
+                    return (f"(NOT {summed})" if sql_op == "!=" else summed), [*under, HEDGE_CONFIDENCE]
             else:
                 cond, param = f"{inner} {sql_op} ?", str(val)
             exists = f"EXISTS (SELECT 1 FROM json_each(images.tags) AS t WHERE {cond})"

@@ -86,6 +86,11 @@ def search_text(
     return searcher.by_vector(query, k=k, where=where, min_score=min_score), extra
 
 
+def warm() -> None:
+    """Load what answers most words (the WordNet extract) ahead of the first query."""
+    wordnet_concepts.wordnet()
+
+
 def _search_wordnet(searcher: Searcher, understanding, user, *, k: int, where: str | None, min_score: float | None) -> tuple[list[Hit], dict]:
     """Rank by the concepts' summed probabilities; fill up to ``k`` from the classifier rows."""
     labels = wordnet_concepts.wordnet().labels

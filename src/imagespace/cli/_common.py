@@ -79,6 +79,14 @@ def console():
     return Console(soft_wrap=True)
 
 
+def tags_text(r: dict) -> str:
+    """The tags cell of a result: its hedged tag when search gave one, else its top guesses."""
+    if r.get("tag"):
+        return f"{r['tag']['name']} {r['tag']['confidence']:.0%}"
+    guesses = ", ".join(r.get("tags", [])[:3])
+    return f"unsure: {guesses}" if "tag" in r else guesses
+
+
 def print_results(results: list[dict], *, weak_below: float | None = None, note: str | None = None) -> None:
     """Ranked results for people: a table on a terminal wide enough for every path whole;
     otherwise (piped, or too narrow) one plain line per result: path, score, tags, tab-separated.
@@ -101,12 +109,12 @@ def print_results(results: list[dict], *, weak_below: float | None = None, note:
         table.add_column("tags", overflow="ellipsis", no_wrap=True)
         for i, r in enumerate(results, 1):
             mark = " weak" if r in weak else ""
-            table.add_row(str(i), f"{r['score']:.3f}{mark}", r["path"], ", ".join(r.get("tags", [])[:3]))
+            table.add_row(str(i), f"{r['score']:.3f}{mark}", r["path"], tags_text(r))
         c.print(table, highlight=False, markup=False)
     else:
         sys.stdout.write("path\tscore\ttags\n")
         for r in results:
-            sys.stdout.write(f"{r['path']}\t{r['score']:.3f}\t{', '.join(r.get('tags', [])[:3])}\n")
+            sys.stdout.write(f"{r['path']}\t{r['score']:.3f}\t{tags_text(r)}\n")
         sys.stdout.flush()
     if note:
         say(note)

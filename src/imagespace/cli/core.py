@@ -120,7 +120,8 @@ def search(
 
     def human(p: dict) -> None:
         if p.get("understood_as"):
-            say("understood as: " + ", ".join(c["concept"] for c in p["understood_as"]))
+            say("understood as: " + ", ".join(
+                c["concept"] + (f" ({c['classes']} classes)" if c.get("classes") else "") for c in p["understood_as"]))
         print_results(p["results"], weak_below=WEAK_MATCH)
 
     emit(as_json, payload, human)
