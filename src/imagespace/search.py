@@ -92,6 +92,13 @@ class Searcher:
             self._index = open_index(self.collection, self.index_kind)
         return self._index
 
+    def answered_by(self) -> dict:
+        """The index that answered this searcher's queries: kind, search settings and the
+        recall it measured on the collection (``exact`` when none was opened)."""
+        if self._index is None:
+            return {"kind": "exact", "vectors": len(self.collection), "settings": {}, "recall_at_10": 1.0}
+        return self._index.describe()
+
     def refresh(self) -> None:
         """Catch up with rows written since the index was opened (e.g. by an indexing run)."""
         if self._index is not None and self._index.seq != self.collection.seq and not self._index._catch_up():

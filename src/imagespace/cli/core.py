@@ -116,6 +116,7 @@ def search(
             from ..text import search_text
 
             hits, extra = search_text(searcher, text, text_model=text_model, **opts)
+        extra["index"] = searcher.answered_by()
     payload = {"results": [h.to_dict() for h in hits], **extra}
 
     def human(p: dict) -> None:
@@ -147,7 +148,10 @@ def export(
 
 @app.command()
 def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
-    """What the collection holds: folders, model, images, failures, size on disk, last run."""
+    """What the collection holds: folders, model, images, failures, size on disk, last run, the index and its measured recall."""
+    from ..index_tuning import summary as index_line
+    from ..large_index import describe_index
+
     with open_collection(db) as coll:
         last = coll.last_indexed_at()
         payload = {
@@ -160,6 +164,7 @@ def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
             "failures": coll.failures(),
             "bytes_on_disk": coll.size_on_disk(),
             "last_indexed_at": None if last is None else datetime.fromtimestamp(last, timezone.utc).isoformat(timespec="seconds"),
+            "index": describe_index(coll) if coll.dim is not None else None,
         }
 
     def human(p: dict) -> None:
@@ -173,6 +178,8 @@ def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
             f"  on disk:      {_size(size['total'])} (database {_size(size['database'])})",
             f"  last indexed: {_when(p['last_indexed_at'])}",
         ]
+        if p["index"]:
+            lines.append(f"  index:        {index_line(p['index'])}")
         for line in lines:
             c.print(line, highlight=False, markup=False)
         for f in p["failures"]:
