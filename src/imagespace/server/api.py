@@ -11,13 +11,12 @@ from pydantic import BaseModel, Field, field_validator
 from ..collection import Row
 from ..concepts import hedged_tag
 from ..names import readable_path
-from ..search import Hit
+from ..search import MAX_K, Hit
 from .engine import Engine
 from .files import CONTENT_TYPES, DEFAULT_THUMB, THUMB_SIZES, ThumbnailCache, original_bytes
 from .security import COOKIE, token_matches
 
-MAX_K = 200
-MAX_IDS = 1000
+MAX_IDS = 1000  # MAX_K, the most results a query returns, is the library's: the same in the CLI
 
 
 # -- response shapes ---------------------------------------------------------------------
