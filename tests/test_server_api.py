@@ -225,7 +225,7 @@ def test_word_search_route_pages_and_passes_filters(client, indexed, monkeypatch
         return Answer(hits, {"understood_as": [{"concept": text}]})
 
     monkeypatch.setattr(Searcher, "_by_text", by_text)
-    monkeypatch.setattr("imagespace.server.engine.understand", lambda text: [])  # no sentence model needed
+    monkeypatch.setattr("imagespace.server.engine.warm_words", lambda: None)  # no word lists needed
     full = client.get("/api/search", params={"q": "red flower", "k": 4}).json()
     assert full["understood_as"] == [{"concept": "red flower"}] and len(full["results"]) == 4
     page = client.get("/api/search", params={"q": "red flower", "k": 2, "offset": 2}).json()

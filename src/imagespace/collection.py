@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS images (
 CREATE INDEX IF NOT EXISTS images_digest ON images(digest);
 CREATE INDEX IF NOT EXISTS images_seq ON images(seq);
 CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+-- The label the last `classify` run gave each image ("unknown" included), for --where "label = ...".
+CREATE TABLE IF NOT EXISTS labels (id INTEGER PRIMARY KEY, label TEXT NOT NULL, score REAL NOT NULL, reason TEXT);
 CREATE TABLE IF NOT EXISTS failures (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, error TEXT NOT NULL, seen_at REAL NOT NULL
 );
@@ -89,6 +91,11 @@ class Collection:
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True, readonly: bool = False):
         self.root = Path(root).resolve()
         db_path = self.root / DB_FILE
+        if self.root.exists() and not self.root.is_dir():
+            raise CollectionError(
+                f"{root} is a file, not a collection folder: --db names the folder that holds "
+                f"{DB_FILE} (default .imagespace)"
+            )
         if not db_path.exists():
             if not create:
                 raise CollectionError(
@@ -272,6 +279,37 @@ class Collection:
     def failures(self) -> list[dict]:
         return [{"path": p, "error": e} for p, e in self.conn.execute("SELECT path, error FROM failures ORDER BY path")]
 
+    def size_on_disk(self) -> dict[str, int]:
+        """Bytes used in the collection folder: the database (with its WAL), and everything."""
+        database = sum(p.stat().st_size for p in self.root.glob(DB_FILE + "*") if p.is_file())
+        total = 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(folder, name)).st_size
+                except OSError:  # removed while we walked
+                    pass
+        return {"database": database, "total": total}
+
+    def last_indexed_at(self) -> float | None:
+        """When an indexing run last finished (seconds since the epoch), if one ever did."""
+        value = self.get_meta("last_indexed_at")
+        if value is not None:
+            return float(value)
+        row = self.conn.execute("SELECT max(indexed_at) FROM images").fetchone()  # older collections
+        return row[0] if row and row[0] is not None else None
+
+    def known_failures(self, roots: Sequence[str]) -> dict[str, tuple[int | None, int | None, str]]:
+        """Recorded failures under ``roots``: path -> (size, mtime_ns, error)."""
+        out: dict[str, tuple[int | None, int | None, str]] = {}
+        for root in roots:
+            under, params = _under("path", root)
+            for path, size, mtime_ns, error in self.conn.execute(
+                f"SELECT path, size, mtime_ns, error FROM failures WHERE {under}", params
+            ):
+                out[path] = (size, mtime_ns, error)
+        return out
+
     # -- writing -------------------------------------------------------------------------
 
     def write_embedded(self, items: Sequence, failed: Sequence) -> None:
@@ -329,6 +367,14 @@ class Collection:
             for i in removed:
                 self.conn.execute("DELETE FROM images WHERE id=?", (i,))
                 self.conn.execute("INSERT OR REPLACE INTO removed(id,seq) VALUES(?,?)", (i, seq))
+
+    def save_labels(self, labels: Iterable[tuple[int, str, float, str | None]]) -> int:
+        """Replace every saved label with ``(id, label, score, reason)`` rows; returns how many."""
+        rows = list(labels)
+        with self.transaction():
+            self.conn.execute("DELETE FROM labels")
+            self.conn.executemany("INSERT INTO labels(id,label,score,reason) VALUES(?,?,?,?)", rows)
+        return len(rows)
 
     def prune_removed(self, upto_seq: int) -> None:
         """Forget removals that the saved index has already applied."""
@@ -396,12 +442,20 @@ class Collection:
         if not labels:
             return []
         cur = self.conn.execute(
-            f"""SELECT DISTINCT images.id FROM images, json_each(images.tags) AS t
-                WHERE images.model=? AND lower(json_extract(t.value,'$[0]')) IN ({','.join('?' * len(labels))})
-                AND ({condition})""",
+            # EXISTS, not a join: json_each has a "path" column of its own that the condition would hit
+            f"""SELECT id FROM images WHERE model=? AND EXISTS (SELECT 1 FROM json_each(images.tags) AS t
+                WHERE lower(json_extract(t.value,'$[0]')) IN ({','.join('?' * len(labels))})) AND ({condition})""",
             [self.model_id, *labels, *params],
         )
         return [r[0] for r in cur]
+
+    def ids_at_paths(self, paths: Sequence[str]) -> list[tuple[int, str]]:
+        """(id, path) of the current model's rows at ``paths`` (at most 500 at a time)."""
+        if not paths:
+            return []
+        return list(self.conn.execute(
+            f"SELECT id, path FROM images WHERE model=? AND path IN ({','.join('?' * len(paths))})",
+            [self.model_id, *paths]))
 
     def sample_ids(self, n: int) -> list[int]:
         """Up to ``n`` ids of the current model's rows, chosen at random."""

@@ -32,6 +32,8 @@ class SyncReport:
     failed: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     embedded: int = 0
+    found: int = 0  # image files found under the paths
+    skipped_failures: int = 0  # failed before and unchanged since: listed in failed, not retried
 
     def to_dict(self) -> dict:
         return {
@@ -43,6 +45,9 @@ class SyncReport:
             "failed": self.failed,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.embedded / self.seconds, 2) if self.seconds > 0 else 0.0,
+            "embedded": self.embedded,
+            "found": self.found,
+            "failed_before_not_retried": self.skipped_failures,
         }
 
 
@@ -91,6 +96,7 @@ def sync(
             collection.bind_model(model.model_id, model_spec, model.dim)
         scan = scan_paths(paths)
         report.failed.extend(scan.failed)
+        report.found = len(scan.files)
         collection.remember_roots(scan.roots)
         plan = plan_changes(collection, scan, model.model_id)
         report.unchanged = plan.unchanged
@@ -99,8 +105,19 @@ def sync(
         report.removed = len(plan.gone)
         collection.forget_failures_under(scan.roots, scan.files)
 
+        # A file that failed to decode and has not changed since (same size and mtime)
+        # would fail again: it is listed, not retried, until it changes.
+        remembered = collection.known_failures(scan.roots)
+        skipped: list[dict] = []
+        retry: list[str] = []
+        for path in plan.changed + plan.added:
+            known_failure = remembered.get(path)
+            if known_failure is not None and _still_failing(known_failure, scan.files[path]):
+                skipped.append({"path": path, "error": known_failure[2], "retried": False})
+            else:
+                retry.append(path)
         known = set(plan.changed)
-        to_embed = sorted(plan.changed + plan.added)
+        to_embed = sorted(retry)
         if on_progress is not None:
             on_progress(0, len(to_embed))
         for batch in (embedder or embed_files)(
@@ -118,11 +135,14 @@ def sync(
             report.failed.extend({"path": r.path, "error": r.error} for r in bad)
             if on_progress is not None:
                 on_progress(report.embedded + len(report.failed) - len(scan.failed), len(to_embed))
+        report.failed.extend(skipped)
+        report.skipped_failures = len(skipped)
         # Files that fail now but were indexed before keep their old row: the photo is
         # still there on disk, even if we could not read it this time.
         # The index that searches will open (by size: in-memory graph or compressed on
         # disk), brought up to date now so that the first query does not pay for it.
         open_index(collection).save_if_changed()
+        collection.set_meta("last_indexed_at", repr(time.time()))
     report.seconds = time.perf_counter() - started
     return report
 
@@ -180,6 +200,18 @@ def plan_changes(collection: Collection, scan: Scan, model_id: str) -> Plan:
         plan.added.append(path)
     plan.gone = [row[0] for row in existing.values()]
     return plan
+
+
+def _still_failing(known: tuple[int | None, int | None, str], st: os.stat_result) -> bool:
+    """A recorded failure still holds for the file: same size and mtime, and not a failure
+    of the model (a batch that failed in the model may pass on the next run)."""
+    size, mtime_ns, error = known
+    return size == st.st_size and mtime_ns == st.st_mtime_ns and not error.startswith(_TRANSIENT_ERRORS)
+
+
+# Failures that say nothing about the file's bytes, always retried: the model failing on a
+# batch, and the file not readable now (permissions change without changing the mtime).
+_TRANSIENT_ERRORS = ("model failed on this batch", "unexpected error", "permission denied", "no such file", "cannot read file")
 
 
 def _same_digest(path: str, digest: str) -> bool:

@@ -36,6 +36,8 @@ def train(
     max_minutes: Annotated[Optional[float], typer.Option(min=0.01, help="Time budget; the schedule anneals to fit it.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, the augmentations and the weights.")] = 0,
     no_compare: Annotated[bool, typer.Option("--no-compare", help="Skip measuring the pretrained model on the split.")] = False,
+    model: Annotated[Optional[str], typer.Option("--model", help="The pretrained network to start from: "
+                                                 "efficientnet-lite0, -lite1 or -lite2 (default: the default model).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train a model on your own images; use it with 'imagespace index --model MODEL_DIR'."""
@@ -54,6 +56,7 @@ def train(
         data=str(data), out=str(out), mode=mode, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, head=head,
         dim=dim, image_size=image_size, width=width, views=views, val_fraction=val_fraction, seed=seed,
         patience=patience, max_minutes=max_minutes, compare=not no_compare, resume=resume, overwrite=overwrite,
+        base_model=model,
     )
     try:
         result = run_training(config, TrainProgress(enabled=sys.stderr.isatty() or not as_json))

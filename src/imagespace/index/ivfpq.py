@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..collection import Collection
+from .tuning import SampleTruth, Tuning, describe, measured_truth, sample_truth, tune_compressed
 
 LARGE_FILE = "vectors.ivfpq.faiss"
 LARGE_META = "vectors.ivfpq.json"
@@ -228,12 +229,35 @@ class LargeIndex:
     # The file is written when the index is built; later rows are replayed on opening and
     # never saved, so there is never anything unsaved (the same surface as VectorIndex).
     dirty: bool = False
+    # The self-check's measurement (index/tuning.py); `auto`: its knobs are searched with.
+    tuning: Tuning | None = None
+    auto: bool = True
 
     def save_if_changed(self) -> None:
-        """Nothing to do: see ``dirty``."""
+        """Only an index saved before the self-check existed is measured, once (its
+        description gets the result); otherwise nothing to do: see ``dirty``."""
+        if self.auto and self.tuning is None:
+            self.measure()
+            meta_path = self.collection.root / LARGE_META
+            meta = json.loads(meta_path.read_text())
+            meta["tuning"] = self.tuning.to_dict()
+            meta["settings"].update(self.tuning.knobs)
+            _write_json(meta_path, meta)
+
+    def measure(self, truth: SampleTruth | None = None) -> Tuning:
+        """Measure recall on the collection's own vectors; search with the cheapest knobs."""
+        self.tuning = _tune(self.core, truth or measured_truth(self.collection, len(self.core)))
+        return self.tuning
+
+    def describe(self) -> dict:
+        s = self.core.settings
+        knobs = {"nprobe": s.nprobe, "rerank": s.rerank, "nlist": int(self.core._ivf.nlist), "pq_m": s.pq_m,
+                 "pca_dim": s.pca_dim}
+        return describe("ivfpq", len(self), knobs, self.tuning)
 
     @classmethod
     def open(cls, collection: Collection, settings: LargeSettings | None = None) -> LargeIndex:
+        auto = settings is None
         settings = settings or LargeSettings()
         path, meta_path = collection.root / LARGE_FILE, collection.root / LARGE_META
         reason = "no compressed index yet"
@@ -244,19 +268,25 @@ class LargeIndex:
                     reason = "compressed index made for another model or format"
                 else:
                     saved = LargeSettings(**meta["settings"])
-                    saved.nprobe, saved.rerank = settings.nprobe, settings.rerank  # search-time knobs
+                    tuning = Tuning.from_dict(meta.get("tuning"))
+                    # search-time knobs: the self-check's, else the caller's (or the defaults)
+                    knobs = tuning.knobs if auto and tuning is not None else asdict(settings)
+                    saved.nprobe, saved.rerank = int(knobs["nprobe"]), int(knobs["rerank"])
                     core = CompressedIndex.load(path, collection_fetch(collection), saved)
-                    me = cls(collection, core, int(meta["seq"]), int(meta["seq"]))
+                    me = cls(collection, core, int(meta["seq"]), int(meta["seq"]), tuning=tuning, auto=auto)
                     if me._catch_up():
                         return me
                     reason = "too many rows changed since the compressed index was built"
             except (ValueError, OSError, RuntimeError, KeyError, TypeError) as e:
                 reason = f"compressed index unreadable ({e})"
         print(f"imagespace: building the compressed vector index: {reason}", file=sys.stderr)
-        return cls.build(collection, settings)
+        return cls.build(collection, None if auto else settings)
 
     @classmethod
     def build(cls, collection: Collection, settings: LargeSettings | None = None) -> LargeIndex:
+        """Without ``settings``, the new index also measures its recall on the rows and
+        searches with the cheapest nprobe and re-rank depth reaching the target (index/tuning.py)."""
+        auto = settings is None
         settings = settings or LargeSettings()
         seq = collection.seq
         n = collection.count(collection.model_id)
@@ -264,18 +294,29 @@ class LargeIndex:
             raise ValueError("the collection has no vectors yet: index some images first")
         sample_ids = collection.sample_ids(settings.train_size)
         _, sample = collection.vectors(sample_ids)
-        core = build_compressed(sample, collection.iter_vectors(), n, collection_fetch(collection), settings)
+        truth = sample_truth(collection, n) if auto else None
+
+        def chunks():  # the self-check's exact answers, from the rows read anyway
+            for ids, vecs in collection.iter_vectors():
+                if truth is not None:
+                    truth.update(ids, vecs)
+                yield ids, vecs
+
+        core = build_compressed(sample, chunks(), n, collection_fetch(collection), settings)
+        tuning = _tune(core, truth) if truth is not None else None
         root = collection.root
         tmp = root / f"{LARGE_FILE}.{os.getpid()}.tmp"
         try:
             core.save(tmp)
             meta = {"format": LARGE_FORMAT, "seq": seq, "model_id": collection.model_id, "dim": collection.dim,
-                    "count": len(core), "settings": asdict(settings)}
+                    "count": len(core), "settings": asdict(settings),
+                    "tuning": tuning.to_dict() if tuning is not None else None}
             os.replace(tmp, root / LARGE_FILE)
-            (root / LARGE_META).write_text(json.dumps(meta))
+            _write_json(root / LARGE_META, meta)
         finally:
             tmp.unlink(missing_ok=True)
-        me = cls(collection, CompressedIndex.load(root / LARGE_FILE, core.fetch, core.settings), seq, seq)
+        me = cls(collection, CompressedIndex.load(root / LARGE_FILE, core.fetch, core.settings), seq, seq,
+                 tuning=tuning, auto=auto)
         me._catch_up()
         return me
 
@@ -303,3 +344,17 @@ class LargeIndex:
         k = min(k, len(self))
         extra = (self.delta_ids, self.delta_vecs) if len(self.delta_ids) else None
         return self.core.search(queries, k, exclude=self.stale, extra=extra)
+
+
+def _tune(core: CompressedIndex, truth: SampleTruth) -> Tuning:
+    """Sweep ``core``'s nprobe and re-rank depth; it then searches with the chosen ones."""
+    tuning = tune_compressed(core, truth)
+    core.settings.nprobe, core.settings.rerank = int(tuning.knobs["nprobe"]), int(tuning.knobs["rerank"])
+    core._ivf.nprobe = core.settings.nprobe
+    return tuning
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)

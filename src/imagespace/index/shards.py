@@ -148,8 +148,13 @@ class ShardedIndex:
         return all([index.refresh() for index in self.indexes])
 
     def save_if_changed(self) -> None:
+        """Write each shard's index that changed."""
         for index in self.indexes:
             index.save_if_changed()
+
+    def describe(self) -> dict:
+        """Each shard's index, as it describes itself."""
+        return {"kind": "shards", "vectors": len(self), "shards": {n: i.describe() for n, i in zip(self.names, self.indexes)}}
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(keys, cosine similarities), (n_queries, <=k), best first, merged over shards."""

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
-from .core import Answer, Searcher
-from .filters import WHERE_HELP, compile_where, ids_passing
-from .results import Hit, QueryError
+from .core import Answer, Searcher, search_text
+from .filters import WHERE_FIELDS, WHERE_HELP, WHERE_SYNTAX, FilterError, compile_where, ids_passing
+from .results import MAX_K, WEAK_MATCH, Hit, QueryError
 
-__all__ = ["WHERE_HELP", "Answer", "Hit", "QueryError", "Searcher", "compile_where", "ids_passing"]
+__all__ = [
+    "MAX_K", "WEAK_MATCH", "WHERE_FIELDS", "WHERE_HELP", "WHERE_SYNTAX", "Answer", "FilterError", "Hit", "QueryError",
+    "Searcher", "compile_where", "ids_passing", "search_text",
+]

@@ -21,7 +21,8 @@ from ..models import create_model
 from .filters import ids_passing
 from .rerank import reranked
 from .results import Hit, QueryError, finish
-from .text import clip_scores, explain, tag_scores, understand, words_vector
+from ..concept_search import concept_classes, concept_scores
+from .text import classes_vector, clip_scores, explain, understand_words
 
 
 @dataclass
@@ -73,6 +74,13 @@ class Searcher:
         if self._index is None:
             self._index = open_index(self.collection, self.index_kind)
         return self._index
+
+    def answered_by(self) -> dict:
+        """The index that answered this searcher's queries: kind, search settings and the
+        recall it measured on the collection (``exact`` when none was opened)."""
+        if self._index is None:
+            return {"kind": "exact", "vectors": len(self.collection), "settings": {}, "recall_at_10": 1.0}
+        return self._index.describe()
 
     def refresh(self) -> None:
         """Catch up with rows written since the index was opened (e.g. by an indexing run)."""
@@ -207,18 +215,37 @@ class Searcher:
         if not text:
             raise QueryError("give some words to search for")
         coll = self.collection
-        page = dict(k=k, offset=offset, min_score=min_score, exclude=exclude)
+        allowed = ids_passing(coll, where) if where else None
         if text_model is not None:
-            allowed = ids_passing(coll, where) if where else coll.ids()
-            scored, extra = clip_scores(coll, text, Path(text_model), allowed, k + offset + len(exclude))
-            return Answer(finish(coll, scored, **page), extra)
-        concepts = understand(text)
-        vector = words_vector(coll, concepts)
-        if vector is None:
-            allowed = ids_passing(coll, where) if where else None
-            return Answer(finish(coll, tag_scores(coll, concepts, allowed), **page), explain(concepts))
-        hits = self.query(vector=vector, where=where, **page).hits
-        return Answer(hits, explain(concepts))
+            scored, extra = clip_scores(coll, text, Path(text_model), coll.ids() if allowed is None else allowed,
+                                        k + offset + len(exclude))
+            return Answer(finish(coll, scored, k=k, offset=offset, min_score=min_score, exclude=exclude), extra)
+        # Ranked by the concepts' summed stored probabilities (see concept_search); when fewer
+        # images carry them than asked for, the rest come from the concepts' classifier rows
+        # in vector space, scored 0 (no stored probability).
+        understanding, user = understand_words(coll, text)
+        want = k + offset
+        hits = finish(coll, concept_scores(coll, understanding, allowed=allowed, user=user),
+                      k=want, min_score=min_score, exclude=exclude)
+        vector = classes_vector(coll, concept_classes(understanding))
+        if len(hits) < want and vector is not None and (min_score is None or min_score <= 0):
+            more = self.query(vector=vector, k=want - len(hits), where=where, exclude=set(exclude) | {h.id for h in hits})
+            hits += [Hit(h.id, h.path, 0.0, h.tags, h.width, h.height, h.size) for h in more.hits]
+        return Answer(hits[offset:], explain(understanding))
+
+
+def search_text(searcher: Searcher, text: str, *, text_model=None, k: int = 10, where: str | None = None,
+                min_score: float | None = None) -> tuple[list[Hit], dict]:
+    """Images for ``text`` and how the words were understood: ``searcher.query(text=...)``
+    as a pair (hits, the JSON answer's extra fields).
+
+    Example:
+        >>> hits, extra = search_text(searcher, "a dog", k=5)  # doctest: +SKIP
+        >>> extra["understood_as"][0]["concept"]
+        'dog'
+    """
+    answer = searcher.query(text=text, text_model=text_model, k=k, where=where, min_score=min_score)
+    return answer.hits, answer.extra
 
 
 def _page(opts: dict) -> dict:

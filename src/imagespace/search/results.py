@@ -7,6 +7,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..collection import Collection, Row
+from ..concepts import hedged_tag
+
+# The most results one query returns, in the CLI and the API alike. Beyond a thousand,
+# ranks mean little and a page of results with thumbnails grows past what a browser
+# holds comfortably; all rows with their vectors: `imagespace export`.
+MAX_K = 1000
+# Below this cosine, a neighbour is shown as a weak match. EfficientNet-Lite0's pooled
+# features put unrelated photos at about 0.25-0.45 of each other (the demo's sample photos:
+# 0.27-0.43 between a cat, a coffee cup and a rocket); on the flowers12 test photos 93% of
+# the pairs of one kind score 0.5 or more (but so do 37% of pairs of two kinds of flower).
+WEAK_MATCH = 0.5
 
 
 class QueryError(Exception):
@@ -41,11 +52,15 @@ class Hit:
 
     def to_dict(self) -> dict:
         """The JSON form of ``search --json``: tags without their probabilities."""
+        tag = hedged_tag(self.tags)
         return {
             "id": self.id,
             "path": self.path,
             "score": round(float(self.score), 6),
             "tags": [t for t, _ in self.tags],
+            # the most specific concept the network is confident of ("flower" rather than a
+            # doubtful "daisy"), or None when it is unsure of anything
+            "tag": None if tag is None else {"name": tag[0], "confidence": tag[1]},
             "width": self.width,
             "height": self.height,
             "size": self.size,

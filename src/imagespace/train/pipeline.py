@@ -18,6 +18,7 @@ from torch import nn
 from ..models import DEFAULT_MODEL, create_model
 from ..models.base import EmbeddingModel
 from ..models.nets import build_embedding_net
+from ..models.networks import NETWORKS
 from . import adapter as adapter_mod
 from . import finetune as finetune_mod
 from . import scratch as scratch_mod
@@ -64,6 +65,15 @@ class TrainConfig:
     compare: bool = True  # measure the pretrained model on the validation split too
     resume: bool = False
     overwrite: bool = False
+    base_model: str | None = None  # the pretrained network to start from (default: DEFAULT_MODEL)
+
+    @property
+    def base(self) -> str:
+        name = self.base_model or DEFAULT_MODEL
+        if name not in NETWORKS:
+            raise DataError(f"training starts from a pretrained network: use one of {', '.join(NETWORKS)}, "
+                            f"not {name!r}")
+        return name
 
 
 @dataclass
@@ -90,6 +100,7 @@ def run_training(config: TrainConfig, progress: TrainProgress | None = None) -> 
     progress = progress or TrainProgress(False)
     if config.mode not in MODES:
         raise DataError(f"unknown mode {config.mode!r}: use one of {', '.join(MODES)}")
+    _ = config.base  # an unknown network is refused before any work
     started = time.perf_counter()
     out = prepare_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
     if config.resume:
@@ -134,7 +145,7 @@ def run_training(config: TrainConfig, progress: TrainProgress | None = None) -> 
 
 
 def _adapter(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, progress: TrainProgress) -> Trained:
-    base = create_model(DEFAULT_MODEL)
+    base = create_model(config.base)
     views = config.views or adapter_mod.DEFAULT_VIEWS
     feats, kept, failures = extract_features(ds, base, out / CACHE / "features.npz", views=views,
                                              augment=AugmentConfig.light(), seed=config.seed, progress=progress)
@@ -150,10 +161,10 @@ def _adapter(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
     head, state = adapter_mod.fit_head(x[tr], y[tr], x[va], y[va], settings, num_classes=len(ds.classes),
                                        state=state, on_epoch=lambda s: save_checkpoint(out, {"head_state": s}),
                                        progress=progress)
-    net = adapter_mod.HeadOnBackbone(build_embedding_net(_weights()), head)
+    net = adapter_mod.HeadOnBackbone(build_embedding_net(_weights(config.base), arch=config.base), head)
     return Trained(
         net=net, input_size=base.input_size, preprocessing=_preprocessing(base.input_size, "(x - 127) / 128"),
-        architecture={"backbone": DEFAULT_MODEL, "pooling": "gem3", "head": settings.head, "dim": settings.dim,
+        architecture={"backbone": config.base, "pooling": "gem3", "head": settings.head, "dim": settings.dim,
                       "loss": settings.loss, "frozen_backbone": True},
         imagenet_tags=True,
         val_new=adapter_mod.embed_with_head(head, x[va]), val_pretrained=x[va, 0], val_labels=y[va],
@@ -164,7 +175,7 @@ def _adapter(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
 
 
 def _selfsup(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, progress: TrainProgress) -> Trained:
-    base = create_model(DEFAULT_MODEL)
+    base = create_model(config.base)
     defaults = selfsup_mod.SelfSupSettings()
     settings = selfsup_mod.SelfSupSettings(
         head=config.head, dim=config.dim or defaults.dim, views=max(3, config.views or defaults.views),
@@ -180,11 +191,11 @@ def _selfsup(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
     head, state = selfsup_mod.fit_selfsup_head(x[tr], x[va], settings, state=state,
                                                on_epoch=lambda s: save_checkpoint(out, {"head_state": s}),
                                                progress=progress)
-    net = adapter_mod.HeadOnBackbone(build_embedding_net(_weights()), head)
+    net = adapter_mod.HeadOnBackbone(build_embedding_net(_weights(config.base), arch=config.base), head)
     base_views = view_retrieval(x[va, 0], x[va, 2]) if settings.views >= 3 else {}
     return Trained(
         net=net, input_size=base.input_size, preprocessing=_preprocessing(base.input_size, "(x - 127) / 128"),
-        architecture={"backbone": DEFAULT_MODEL, "pooling": "gem3", "head": settings.head, "dim": settings.dim,
+        architecture={"backbone": config.base, "pooling": "gem3", "head": settings.head, "dim": settings.dim,
                       "loss": "nt-xent", "frozen_backbone": True},
         imagenet_tags=True,
         val_new=adapter_mod.embed_with_head(head, x[va]), val_pretrained=x[va, 0], val_labels=y[va],
@@ -196,7 +207,7 @@ def _selfsup(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
 
 
 def _finetune(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, progress: TrainProgress) -> Trained:
-    size = config.image_size or 224
+    size = config.image_size or NETWORKS[config.base].input_size
     loss = config.loss or "proxy-anchor"
     settings = LoopSettings(epochs=config.epochs or 10, batch_size=config.batch_size or 16, lr=config.lr or 1e-4,
                             weight_decay=1e-4, optimizer="adamw",
@@ -204,7 +215,7 @@ def _finetune(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, 
                             max_minutes=config.max_minutes, max_steps=config.max_steps, seed=config.seed)
     pixels, y, tr, va, failures = _decode_split(ds, train_idx, val_idx, size, progress)
     _require_trainable(y[tr], y[va], failures)
-    parts = finetune_mod.build_finetune(len(ds.classes), loss, settings.lr)
+    parts = finetune_mod.build_finetune(len(ds.classes), loss, settings.lr, arch=config.base)
     parts.train_view.to(_device())
     parts.loss.to(_device())
     settings.batch_size = min(settings.batch_size, len(tr))
@@ -216,7 +227,7 @@ def _finetune(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, 
     net = finetune_mod.WithClassTags(_features_only(parts.net), proxies)
     return Trained(
         net=net, input_size=size, preprocessing=_preprocessing(size, "(x - 127) / 128"),
-        architecture={"backbone": DEFAULT_MODEL, "pooling": "gem3", "loss": loss, "frozen_backbone": False},
+        architecture={"backbone": config.base, "pooling": "gem3", "loss": loss, "frozen_backbone": False},
         tag_labels=list(ds.classes),
         info={**_loop_info(result, settings), "skipped": failures},
     )
@@ -329,10 +340,8 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _weights():
-    from ..models.efficientnet import default_weights_path
-
-    return default_weights_path()
+def _weights(arch: str):
+    return NETWORKS[arch].weights_path()
 
 
 class _FeaturesOnly(nn.Module):
@@ -367,7 +376,7 @@ def _compare(out: Path, ds: ImageSet, train_idx, val_idx, trained: Trained, conf
         db = trained.train_vectors  # {"new", "pretrained", "labels"} or None
     else:
         new_model = create_model(str(out))
-        pre_model = create_model(DEFAULT_MODEL) if config.compare else None
+        pre_model = create_model(config.base) if config.compare else None
         new, pre, labels = _embed_both(ds, _at_most(val_idx, config.seed), new_model, pre_model, progress, "validation")
         db = None
         if retrieval_metrics(new, labels)["queries"] == 0:  # tiny data: see split_metrics
