@@ -124,8 +124,7 @@ class SampleTruth:
 
 def sample_truth(collection, count: int, n: int = SAMPLE_QUERIES, seed: int = 0) -> SampleTruth:
     """An empty :class:`SampleTruth` for ``n`` random stored rows (fill it with ``update``)."""
-    rows = [r[0] for r in collection.conn.execute("SELECT id FROM images WHERE model=? ORDER BY id",
-                                                  (collection.model_id,))] if count else []
+    rows = collection.ids() if count else []
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(len(rows), size=min(n, len(rows)), replace=False).tolist()) if rows else []
     ids, vecs = collection.vectors([rows[i] for i in picked])
