@@ -2,8 +2,8 @@
 
 A concept (concepts.py) is a set of ImageNet classes, or one of the collection's own labels
 (user_labels.py). An image's score is the sum of the stored probabilities of the concept's
-classes among its tags (the network's top classes), plus the classifier's probability for a
-user label: "dog" scores a photo tagged 0.5 beagle, 0.2 basset and 0.1 bathtub at 0.7. The
+classes among its tags (the network's top classes; a trained model's own classes), plus
+the ``classify --train`` probability for a user label: "dog" scores a photo tagged 0.5 beagle, 0.2 basset and 0.1 bathtub at 0.7. The
 stored tags are enough, so an existing collection answers without being embedded again.
 """
 
@@ -28,7 +28,9 @@ def search_concepts(
     """Images with a non-zero probability for any of the concepts, most probable first."""
     coll = searcher.collection
     net = wordnet()
-    names = sorted({net.labels[c].lower() for con in understanding.concepts for c in con.classes})
+    names = sorted({net.labels[c].lower() for con in understanding.concepts for c in con.classes}
+                   # a model trained on the user's folders tags images with the folder names
+                   | {con.name.lower() for con in understanding.concepts if con.how == "user"})
     sql, params = compile_where(where) if where else ("1", [])
     scores: dict[int, float] = {}
     if names:
