@@ -70,8 +70,10 @@ def _ray_worker_pids() -> list[int]:
 
 @pytest.mark.slow
 def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
-    data = make_classes(tmp_path / "data", n_classes=3, per_class=8, size=(32, 32))
-    unbroken = run_training(_config(data, tmp_path / "unbroken", epochs=3, checkpoint_every=2))["metrics"]
+    # Long enough (8 epochs of 6 steps) that the kill lands while the workers train.
+    data = make_classes(tmp_path / "data", n_classes=3, per_class=10, size=(48, 48))
+    config = dict(epochs=8, checkpoint_every=2, image_size=32, width=8)
+    unbroken = run_training(_config(data, tmp_path / "unbroken", **config))["metrics"]
     out = tmp_path / "killed"
     killed: list[int] = []
 
@@ -79,6 +81,9 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed:
             if any((out / "ray").rglob("checkpoint.pt")):
+                # A checkpoint counts once Ray Train's controller has registered it, a moment
+                # after its files are written: kill a little later, still in the first epochs.
+                time.sleep(2)
                 pids = _ray_worker_pids()
                 if pids:
                     os.kill(pids[-1], signal.SIGKILL)
@@ -87,11 +92,11 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path
 
     killer = threading.Thread(target=kill_one_worker_after_the_first_checkpoint, daemon=True)
     killer.start()
-    m = run_training(_config(data, out, epochs=3, checkpoint_every=2))["metrics"]
+    m = run_training(_config(data, out, **config))["metrics"]
     killer.join(5)
     assert killed, "no Ray Train worker was found to kill"
     assert m["engine"]["restored_at"], "the run did not restore from a checkpoint"
-    assert [h["epoch"] for h in m["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in m["history"]] == list(range(1, 9))
     # Order and augmentations are functions of (seed, epoch, step): the restored run ends
     # with the very weights of the unbroken one.
     assert m["model_id"] == unbroken["model_id"]
