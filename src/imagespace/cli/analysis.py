@@ -7,7 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_collection
+from ..search import MAX_K
+from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_collection, print_results
+
+DIVERSIFIED_NOTE = (
+    "Order: diversified, not by score alone. Each pick balances its score (mean cosine to the liked "
+    "images, minus half its cosine to the nearest disliked one) against its likeness to the picks above it, "
+    "so near-copies of one picture do not fill the list."
+)
 
 
 def _ids_of(coll, paths: list[Path], option: str) -> list[int]:
@@ -114,7 +121,7 @@ def clusters(
 def recommend(
     like: Annotated[list[Path], typer.Option("--like", help="An image of the collection you like (repeat the option).")],
     unlike: Annotated[Optional[list[Path]], typer.Option("--unlike", help="An image of the collection you do not like (repeatable).")] = None,
-    k: Annotated[int, typer.Option("-k", "--k", min=1, max=10_000, help="Number of results.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=MAX_K, help=f"Number of results (at most {MAX_K}).")] = 10,
     dba: Annotated[bool, typer.Option("--dba/--no-dba", help="Database-side augmentation: raises search mAP, but on flowers12 recommendations it did not win (9.25 vs 9.33 of 10), so it is off.")] = False,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
@@ -127,14 +134,13 @@ def recommend(
         like_ids = _ids_of(coll, like, "--like")
         unlike_ids = _ids_of(coll, unlike or [], "--unlike")
         hits = run(coll, like_ids, unlike_ids, k=k, dba=dba)
-    payload = {"results": [{"path": h.path, "score": round(h.score, 6), "tags": [t for t, _ in h.tags]} for h in hits]}
+    payload = {
+        "results": [{"path": h.path, "score": round(h.score, 6), "tags": [t for t, _ in h.tags]} for h in hits],
+        "order": "diversified",
+    }
 
     def human(p: dict) -> None:
-        c = console()
-        for n, r in enumerate(p["results"], 1):
-            c.print(f"{n:>3} {r['score']:.3f} {r['path']}", highlight=False, markup=False)
-        if not p["results"]:
-            c.print("no results")
+        print_results(p["results"], note=DIVERSIFIED_NOTE if p["results"] else None)
 
     emit(as_json, payload, human)
 
@@ -142,17 +148,23 @@ def recommend(
 @app.command()
 def classify(
     train: Annotated[Path, typer.Option("--train", help="A folder with one sub-folder of example images per class.")],
-    min_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Below this top probability an image is 'unknown'.")] = 0.15,
+    min_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Below this top probability an image is 'unknown'. An image is 'unknown' too when it is farther from every example than your examples of one class are from each other; each 'unknown' says which rule applied.")] = 0.15,
+    save: Annotated[bool, typer.Option("--save/--no-save", help="Keep the labels in the collection: for --where \"label = NAME\", and as words for search --text.")] = True,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
 ) -> None:
     """Learn your classes from labelled folders and label every image of the collection."""
-    from ..analysis.classify import classify_collection, train_classifier
+    from ..analysis.classify import classify_collection, save_predictions, train_classifier
+    from ..user_labels import save_user_labels
 
     with open_collection(db) as coll:
         _require_images(coll)
         clf = train_classifier(coll, train, min_probability=min_probability)
         predictions = classify_collection(coll, clf)
+        if save:
+            save_predictions(coll, predictions)  # for --where "label = NAME"
+            # the folder names become words that search --text understands for this collection
+            save_user_labels(coll.root, clf.classes, [p for p in predictions if p.label in clf.classes])
     counts: dict[str, int] = {}
     for p in predictions:
         counts[p.label] = counts.get(p.label, 0) + 1
@@ -162,15 +174,19 @@ def classify(
         "examples": clf.n_examples,
         "cv_accuracy": None if clf.cv_accuracy is None else round(clf.cv_accuracy, 4),
         "counts": counts,
+        "saved": save,
     }
 
     def human(p: dict) -> None:
         c = console()
         for r in p["predictions"]:
-            c.print(f"{r['label']:<20} {r['score']:.2f}  {r['path']}", highlight=False, markup=False)
+            why = f"  ({r['reason']})" if r.get("reason") else ""
+            c.print(f"{r['label']:<20} {r['score']:.2f}  {r['path']}{why}", highlight=False, markup=False)
         cv = "n/a" if p["cv_accuracy"] is None else f"{p['cv_accuracy']:.3f}"
         c.print(f"{len(p['classes'])} classes from {p['examples']} examples, cross-validated accuracy {cv}; "
-                + ", ".join(f"{k}: {v}" for k, v in sorted(p["counts"].items())))
+                + ", ".join(f"{k}: {v}" for k, v in sorted(p["counts"].items())), highlight=False, markup=False)
+        if p["saved"]:
+            c.print("labels saved in the collection: search with --where \"label = NAME\"", highlight=False, markup=False)
 
     emit(as_json, payload, human)
 

@@ -46,6 +46,8 @@ def train(
     workers: Annotated[Optional[int], typer.Option(min=1, help="ray: data-parallel workers (default 2); --batch-size "
                                                               "is the global batch, shared among them.")] = None,
     worker_cpus: Annotated[Optional[float], typer.Option(min=0.1, help="ray: CPUs per worker (default 1).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="The pretrained network to start from: "
+                                                 "efficientnet-lite0, -lite1 or -lite2 (default: the default model).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train a model on your own images; use it with 'imagespace index --model MODEL_DIR'."""
@@ -67,6 +69,7 @@ def train(
         dim=dim, image_size=image_size, width=width, views=views, val_fraction=val_fraction, seed=seed,
         patience=patience, max_minutes=max_minutes, compare=not no_compare, resume=resume, overwrite=overwrite,
         checkpoint_every=checkpoint_every, engine=engine, address=address, workers=workers, worker_cpus=worker_cpus,
+        base_model=model,
     )
     try:
         result = run_training(config, TrainProgress(enabled=sys.stderr.isatty() or not as_json))

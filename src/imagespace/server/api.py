@@ -9,14 +9,14 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, field_validator
 
 from ..collection import Row
+from ..concepts import hedged_tag
 from ..names import readable_path
-from ..search import Hit
+from ..search import MAX_K, Hit
 from .engine import Engine
 from .files import CONTENT_TYPES, DEFAULT_THUMB, THUMB_SIZES, ThumbnailCache, original_bytes
 from .security import COOKIE, token_matches
 
-MAX_K = 200
-MAX_IDS = 1000
+MAX_IDS = 1000  # MAX_K, the most results a query returns, is the library's: the same in the CLI
 
 
 # -- response shapes ---------------------------------------------------------------------
@@ -27,6 +27,7 @@ class Item(BaseModel):
     path: str
     score: float | None = None
     tags: list[str] = []
+    tag: dict | None = Field(default=None, description="The most specific concept the network is confident of: {name, confidence}")
     width: int
     height: int
     size: int
@@ -132,13 +133,18 @@ def items(engine: Engine, hits: list[Hit]) -> list[Item]:
     ]
 
 
+def _tag(tags) -> dict | None:
+    tag = hedged_tag(tags)
+    return None if tag is None else {"name": tag[0], "confidence": tag[1]}
+
+
 def row_items(rows: dict[int, Row], ids) -> list[Item]:
     out = []
     for i in ids:
         r = rows.get(int(i))
         if r is not None:
             out.append(
-                Item(id=r.id, path=r.path, tags=[t for t, _ in r.tags], width=r.width, height=r.height, size=r.size, thumb=thumb_url(r))
+                Item(id=r.id, path=r.path, tags=[t for t, _ in r.tags], tag=_tag(r.tags), width=r.width, height=r.height, size=r.size, thumb=thumb_url(r))
             )
     return out
 

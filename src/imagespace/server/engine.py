@@ -157,10 +157,10 @@ class Engine:
             if self._text_ready:
                 return
             search_text = _optional("imagespace.text", "search_text", "search by words")
-            understand = getattr(sys.modules["imagespace.text"], "understand", None)
+            warm_words = getattr(sys.modules["imagespace.text"], "warm", None)
             try:
-                if understand is not None:
-                    understand("daisy")  # the sentence model: the slow part, outside the search lock
+                if warm_words is not None:
+                    warm_words()  # WordNet's words, outside the search lock (the sentence model waits for its first use)
                 torch = sys.modules.get("torch")
                 if torch is not None:  # the words side runs in PyTorch: one sentence, one thread
                     torch.set_num_threads(QUERY_THREADS)

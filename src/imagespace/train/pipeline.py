@@ -8,16 +8,16 @@ the retrieval metrics of the new model against the pretrained one on that split.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..models import DEFAULT_MODEL, create_model
+from ..models import create_model
 from ..models.base import EmbeddingModel
 from ..models.nets import build_embedding_net
+from ..models.networks import NETWORKS
 from . import adapter as adapter_mod
 from . import pixels as pixels_mod
 from . import ray_engine
@@ -58,6 +58,7 @@ def run_training(config: TrainConfig, progress: TrainProgress | None = None) -> 
     if config.engine == "ray" and config.mode not in pixels_mod.PIXEL_MODES:
         raise DataError(f"--engine ray trains the CNN itself: use it with --mode {' or '.join(pixels_mod.PIXEL_MODES)} "
                         f"(--mode {config.mode} trains a small head on cached features, which one machine does fast)")
+    _ = config.base  # an unknown network is refused before any work
     started = time.perf_counter()
     out = prepare_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
     if config.resume:
@@ -102,7 +103,7 @@ def run_training(config: TrainConfig, progress: TrainProgress | None = None) -> 
 
 
 def _adapter(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, progress: TrainProgress) -> Trained:
-    base = create_model(DEFAULT_MODEL)
+    base = create_model(config.base)
     views = config.views or adapter_mod.DEFAULT_VIEWS
     feats, kept, failures = extract_features(ds, base, out / CACHE / "features.npz", views=views,
                                              augment=AugmentConfig.light(), seed=config.seed, progress=progress)
@@ -118,10 +119,10 @@ def _adapter(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
     head, state = adapter_mod.fit_head(x[tr], y[tr], x[va], y[va], settings, num_classes=len(ds.classes),
                                        state=state, on_epoch=lambda s: save_checkpoint(out, {"head_state": s}),
                                        progress=progress)
-    net = adapter_mod.HeadOnBackbone(build_embedding_net(_weights()), head)
+    net = adapter_mod.HeadOnBackbone(build_embedding_net(_weights(config.base), arch=config.base), head)
     return Trained(
         net=net, input_size=base.input_size, preprocessing=_preprocessing(base.input_size, "(x - 127) / 128"),
-        architecture={"backbone": DEFAULT_MODEL, "pooling": "gem3", "head": settings.head, "dim": settings.dim,
+        architecture={"backbone": config.base, "pooling": "gem3", "head": settings.head, "dim": settings.dim,
                       "loss": settings.loss, "frozen_backbone": True},
         imagenet_tags=True,
         val_new=adapter_mod.embed_with_head(head, x[va]), val_pretrained=x[va, 0], val_labels=y[va],
@@ -132,7 +133,7 @@ def _adapter(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
 
 
 def _selfsup(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, progress: TrainProgress) -> Trained:
-    base = create_model(DEFAULT_MODEL)
+    base = create_model(config.base)
     defaults = selfsup_mod.SelfSupSettings()
     settings = selfsup_mod.SelfSupSettings(
         head=config.head, dim=config.dim or defaults.dim, views=max(3, config.views or defaults.views),
@@ -148,11 +149,11 @@ def _selfsup(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
     head, state = selfsup_mod.fit_selfsup_head(x[tr], x[va], settings, state=state,
                                                on_epoch=lambda s: save_checkpoint(out, {"head_state": s}),
                                                progress=progress)
-    net = adapter_mod.HeadOnBackbone(build_embedding_net(_weights()), head)
+    net = adapter_mod.HeadOnBackbone(build_embedding_net(_weights(config.base), arch=config.base), head)
     base_views = view_retrieval(x[va, 0], x[va, 2]) if settings.views >= 3 else {}
     return Trained(
         net=net, input_size=base.input_size, preprocessing=_preprocessing(base.input_size, "(x - 127) / 128"),
-        architecture={"backbone": DEFAULT_MODEL, "pooling": "gem3", "head": settings.head, "dim": settings.dim,
+        architecture={"backbone": config.base, "pooling": "gem3", "head": settings.head, "dim": settings.dim,
                       "loss": "nt-xent", "frozen_backbone": True},
         imagenet_tags=True,
         val_new=adapter_mod.embed_with_head(head, x[va]), val_pretrained=x[va, 0], val_labels=y[va],
@@ -241,10 +242,8 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _weights():
-    from ..models.efficientnet import default_weights_path
-
-    return default_weights_path()
+def _weights(arch: str):
+    return NETWORKS[arch].weights_path()
 
 
 def _compare(out: Path, ds: ImageSet, train_idx, val_idx, trained: Trained, config: TrainConfig,
@@ -255,7 +254,7 @@ def _compare(out: Path, ds: ImageSet, train_idx, val_idx, trained: Trained, conf
         db = trained.train_vectors  # {"new", "pretrained", "labels"} or None
     else:
         new_model = create_model(str(out))
-        pre_model = create_model(DEFAULT_MODEL) if config.compare else None
+        pre_model = create_model(config.base) if config.compare else None
         new, pre, labels = _embed_both(ds, _at_most(val_idx, config.seed), new_model, pre_model, progress, "validation")
         db = None
         if retrieval_metrics(new, labels)["queries"] == 0:  # tiny data: see split_metrics

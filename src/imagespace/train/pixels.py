@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import DEFAULT_MODEL
+from ..models.networks import NETWORKS
 from . import finetune as finetune_mod
 from . import scratch as scratch_mod
 from .data import DataError, ImageSet, decode_all
@@ -31,13 +31,13 @@ from .stream import BatchPlan, StreamBatches
 from .trainer import LoopResult, LoopSettings
 
 PIXEL_MODES = ("finetune", "scratch")
-# mode: (epochs, global batch, lr at that batch, input size, optimizer, weight decay, warm-up, check-set cap)
+# mode: (epochs, global batch, lr at that batch, input size (finetune: the network's), optimizer, weight decay, warm-up, check-set cap)
 _DEFAULTS = {
     # Batch 128 rather than the GPU-usual 512: on a CPU the cost per image is the same,
     # and a short, time-boxed run gains from taking more steps.
     "scratch": dict(epochs=30, batch=128, lr=0.1, size=32, optimizer="sgd", weight_decay=5e-4, warmup=0.15,
                     check=5000),
-    "finetune": dict(epochs=10, batch=16, lr=1e-4, size=224, optimizer="adamw", weight_decay=1e-4, warmup=0.05,
+    "finetune": dict(epochs=10, batch=16, lr=1e-4, size=None, optimizer="adamw", weight_decay=1e-4, warmup=0.05,
                      check=2000),
 }
 PROBE = 2000  # training images searched when every class has one validation image (tiny data)
@@ -52,6 +52,7 @@ class Recipe:
     loss: str  # finetune: the metric loss; scratch: cosine-softmax
     width: int
     check_cap: int
+    arch: str  # finetune: the pretrained network
 
 
 def scaled_lr(mode: str, batch_size: int) -> float:
@@ -69,7 +70,8 @@ def recipe_for(config: TrainConfig, num_classes: int, train_images: int) -> Reci
                             max_minutes=config.max_minutes, max_steps=config.max_steps, seed=config.seed,
                             checkpoint_every=config.checkpoint_every)
     loss = (config.loss or "proxy-anchor") if config.mode == "finetune" else "cosine-softmax"
-    return Recipe(config.mode, num_classes, config.image_size or d["size"], settings, loss, config.width, d["check"])
+    size = config.image_size or (NETWORKS[config.base].input_size if config.mode == "finetune" else d["size"])
+    return Recipe(config.mode, num_classes, size, settings, loss, config.width, d["check"], config.base)
 
 
 @dataclass
@@ -83,7 +85,7 @@ class Parts:
 def build_parts(recipe: Recipe) -> Parts:
     torch.manual_seed(recipe.settings.seed)
     if recipe.mode == "finetune":
-        p = finetune_mod.build_finetune(recipe.num_classes, recipe.loss, recipe.settings.lr)
+        p = finetune_mod.build_finetune(recipe.num_classes, recipe.loss, recipe.settings.lr, arch=recipe.arch)
         return Parts(p.net, p.train_view, p.loss, p.param_groups)
     net = scratch_mod.CompactCNN(recipe.num_classes, width=recipe.width)
     return Parts(net, scratch_mod.ScratchTrain(net), scratch_mod.CosineSoftmaxLoss(net),
@@ -152,7 +154,7 @@ def finish(recipe: Recipe, parts: Parts, ds: ImageSet, train_idx: np.ndarray, re
                                              recipe.num_classes)
         net = finetune_mod.WithClassTags(_FeaturesOnly(parts.net), proxies)
         return Trained(net=net, input_size=recipe.size, preprocessing=preprocessing(recipe.size, "(x - 127) / 128"),
-                       architecture={"backbone": DEFAULT_MODEL, "pooling": "gem3", "loss": recipe.loss,
+                       architecture={"backbone": recipe.arch, "pooling": "gem3", "loss": recipe.loss,
                                      "frozen_backbone": False},
                        tag_labels=list(ds.classes), info=info)
     net = parts.net

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
+from ..models import DEFAULT_MODEL
+from ..models.networks import NETWORKS
 from . import adapter as adapter_mod
 from .data import DataError
 
@@ -42,6 +44,15 @@ class TrainConfig:
     workers: int | None = None  # ray: data-parallel workers (default 2)
     worker_cpus: float | None = None  # ray: CPUs per worker (default 1)
     max_failures: int = 3  # ray: worker-group restarts from the last checkpoint before giving up
+    base_model: str | None = None  # the pretrained network to start from (default: DEFAULT_MODEL)
+
+    @property
+    def base(self) -> str:
+        name = self.base_model or DEFAULT_MODEL
+        if name not in NETWORKS:
+            raise DataError(f"training starts from a pretrained network: use one of {', '.join(NETWORKS)}, "
+                            f"not {name!r}")
+        return name
 
 
 @dataclass

@@ -64,7 +64,8 @@ function card(item) {
   const open = el("a", { href: `#/image/${item.id}`, class: "thumb", title: item.path }, img);
   const meta = el("div", { class: "meta" },
     item.score !== null && item.score !== undefined ? el("span", { class: "score", text: item.score.toFixed(3) }) : null,
-    el("span", { class: "tags", text: (item.tags || []).slice(0, 3).join(" · ") }));
+    // the hedged tag ("flower 62%") when the network is confident of a concept, else its guesses
+    el("span", { class: "tags", text: item.tag ? `${item.tag.name} ${(item.tag.confidence * 100).toFixed(0)}%` : (item.tags || []).slice(0, 3).join(" · ") }));
   const actions = el("div", { class: "actions" },
     el("button", { type: "button", class: "like", title: "More like this", text: "+ more like this", onclick: () => addTo("like", item) }),
     el("button", { type: "button", class: "unlike", title: "Less like this", text: "− less", onclick: () => addTo("unlike", item) }));
