@@ -218,10 +218,31 @@ def test_a_trained_models_own_classes_are_words_too(tagged, tmp_path):
         old = coll.conn.execute("SELECT tags FROM images WHERE path LIKE '%p3.jpg'").fetchone()[0]
         with coll.conn:
             coll.conn.execute("UPDATE images SET tags=? WHERE path LIKE '%p3.jpg'", (json.dumps([["Sunflower", 0.7]]),))
+            coll.set_meta("seq", str(coll.seq + 1))  # a write, as the collection's own would record it
         try:
             u = C.understand("sunflowers", user_labels=["Sunflower", "tulip"])
             hits = search_concepts(Searcher(coll), u, k=3)
         finally:
             with coll.conn:
                 coll.conn.execute("UPDATE images SET tags=? WHERE path LIKE '%p3.jpg'", (old,))
+                coll.set_meta("seq", str(coll.seq + 1))
     assert [Path(h.path).name for h in hits] == ["p3.jpg"] and hits[0].score == pytest.approx(0.7)
+
+
+def test_tag_postings_follow_the_rows(tagged, tmp_path):
+    import shutil
+
+    from imagespace.tag_postings import FILE, tag_postings
+
+    db = tmp_path / "db"
+    shutil.copytree(tagged["db"], db)
+    with Collection(db, create=False) as coll:
+        first = tag_postings(coll)
+        ids, sums = first.summed(["beagle", "basset hound"])
+        assert len(ids) == 2 and sorted(sums.tolist()) == pytest.approx([0.2, 0.8])
+        assert (db / FILE).is_file()
+        with coll.conn:
+            coll.conn.execute("UPDATE images SET tags=? WHERE path LIKE '%p4.jpg'", (json.dumps([["Beagle", 0.9]]),))
+            coll.set_meta("seq", str(coll.seq + 1))
+        ids, _ = tag_postings(coll).summed(["beagle"])
+        assert len(ids) == 3  # rebuilt: the rows changed since
