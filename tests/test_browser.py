@@ -254,7 +254,7 @@ def test_a_slow_view_clears_the_old_one_and_shows_progress(page):
     page.click("nav a[href='#/duplicates']")
     page.wait_for_selector("#view[data-view='duplicates'] .loading")
     assert page.locator("#view .card").count() == 0  # the old view's results are gone at once
-    assert "near-duplicates" in page.locator("#view .loading").inner_text()
+    assert "copies and retakes" in page.locator("#view .loading").inner_text()
     page.wait_for_function("() => /\\d+ s/.test(document.querySelector('#view .loading .elapsed').textContent)")
     # the user goes elsewhere before the answer comes: the late answer does not replace that view
     page.click("nav a[href='#/']")

@@ -42,45 +42,70 @@ def duplicates(
         typer.Option(
             min=-1.0,
             max=1.0,
-            help="Cosine similarity from which two images are candidates. Default 0.70 with verification "
-            "(candidates are then confirmed by matching local features with a geometric check, mirrored "
-            "too: on a flowers12 test set this found every edited copy while rejecting other photos of the "
-            "same flower); 0.95 with --no-verify, where it alone decides (fast, but misses cropped, rotated "
-            "or mirrored copies).",
+            help="Lowest cosine similarity of the nearest neighbours that are checked. Default 0.50 with "
+            "verification (each image's 10 nearest neighbours above it are compared by local features, the "
+            "shape of the transform between them, their aligned pixels and EXIF capture times); 0.95 with "
+            "--no-verify, where the cosine alone decides (fast, but misses cropped, rotated or mirrored "
+            "copies and cannot tell a copy from a retake).",
         ),
     ] = None,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Confirm candidates by local features and geometry.")] = True,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check candidates by local features, geometry, pixels and EXIF.")] = True,
+    tier: Annotated[
+        str,
+        typer.Option("--tier", help="copy: files made from one picture (safe to delete all but the kept one); "
+                     "retake: the same scene shot again (pick the best yourself); all: both."),
+    ] = "all",
     list_out: Annotated[
         Optional[Path],
-        typer.Option("--list-out", help="Write the extra copies (all but the first, largest, image of each group) to this file, one path a line; nothing is deleted."),
+        typer.Option("--list-out", help="Write the copies that are not kept to this file, one a line: the path, a tab, "
+                     "the kept file it copies, a tab, why. Only copies: never a kept file, a retake or a look-alike. "
+                     "Nothing is deleted."),
     ] = None,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
 ) -> None:
-    """Groups of near-duplicate images (resized, recompressed, cropped, edited, mirrored copies)."""
-    from ..analysis.duplicates import find_duplicates
+    """Copies (safe to delete one) and retakes (pick the best), each explained; look-alikes are never grouped."""
+    from ..analysis.duplicates import TIERS, duplicate_report, explained_groups
 
+    if tier not in TIERS:
+        raise Failure(f"--tier must be one of {', '.join(TIERS)}, not {tier!r}")
     with open_collection(db) as coll:
         _require_images(coll)
-        groups = find_duplicates(coll, threshold=threshold, verify=verify)
-        rows = coll.rows(i for g in groups for i in g)
-        paths = [[rows[i].path for i in g if i in rows] for g in groups]
-    payload: dict = {"groups": paths}
+        report = duplicate_report(coll, threshold=threshold, verify=verify)
+        explained = explained_groups(report, tier)
+        rows = coll.rows(m["id"] for g in explained for m in g["members"])
+    path = {i: r.path for i, r in rows.items()}
+    for g in explained:
+        for m in g["members"]:
+            m["path"] = path.get(m.pop("id"), "")
+        g.pop("ids")
+    payload: dict = {
+        "groups": [[m["path"] for m in g["members"]] for g in explained if g["tier"] == "copy"],
+        "retakes": [[m["path"] for m in g["members"]] for g in explained if g["tier"] == "retake"],
+        "details": explained,
+        "stats": report.stats,
+    }
     if list_out is not None:
-        extra = [p for g in paths for p in g[1:]]
-        list_out.write_text("".join(p + "\n" for p in extra), encoding="utf-8")
+        listed = [(m["path"], g["members"][0]["path"], m["reason"]) for g in explained if g["tier"] == "copy" for m in g["members"][1:]]
+        list_out.write_text("".join(f"{p}\t{kept}\t{' '.join(why.split())}\n" for p, kept, why in listed), encoding="utf-8")
         payload["list_out"] = str(list_out)
-        payload["extra_copies"] = len(extra)
+        payload["extra_copies"] = len(listed)
 
     def human(p: dict) -> None:
         c = console()
-        for n, g in enumerate(p["groups"], 1):
-            c.print(f"group {n} ({len(g)} images), keep the first:", highlight=False)
-            for path in g:
-                c.print(f"  {path}", highlight=False, markup=False)
-        c.print(f"{len(p['groups'])} groups of near-duplicates")
+        for n, g in enumerate(p["details"], 1):
+            kind = "copies" if g["tier"] == "copy" else "retakes"
+            head = "keep the first" if g["tier"] == "copy" else "the best shot first; pick yourself"
+            c.print(f"group {n}: {len(g['members'])} {kind}, {head}:", highlight=False)
+            for m in g["members"]:
+                mark = "keep" if m["kept"] else ("copy" if g["tier"] == "copy" else "shot")
+                sim = f" (similarity {m['similarity']:.2f})" if m.get("similarity") is not None else ""
+                c.print(f"  [{mark}] {m['path']}", highlight=False, markup=False)
+                if not m["kept"]:
+                    c.print(f"         {m['reason']}{sim}", highlight=False, markup=False)
+        c.print(f"{len(p['groups'])} groups of copies, {len(p['retakes'])} groups of retakes")
         if "list_out" in p:
-            c.print(f"wrote {p['extra_copies']} extra copies to {p['list_out']} (nothing was deleted)")
+            c.print(f"wrote {p['extra_copies']} copies that are not kept to {p['list_out']} (nothing was deleted)")
 
     emit(as_json, payload, human)
 

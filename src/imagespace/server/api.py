@@ -76,8 +76,24 @@ class Clusters(BaseModel):
     outliers: list[int]
 
 
+class DuplicateMember(BaseModel):
+    id: int
+    kept: bool
+    reason: str = ""
+    score: float | None = None
+    similarity: float | None = None
+
+
+class DuplicateGroup(BaseModel):
+    tier: str  # copy | retake
+    items: list[Item]  # the kept (or best) one first
+    members: list[DuplicateMember]
+
+
 class Duplicates(BaseModel):
-    groups: list[list[Item]]
+    groups: list[list[Item]]  # copy groups, the one to keep first
+    retakes: list[list[Item]] = []
+    details: list[DuplicateGroup] = []
 
 
 class MapPoint(BaseModel):
@@ -272,9 +288,16 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
 
     @r.get("/duplicates", response_model=Duplicates, summary="Groups of near-duplicate images")
     def duplicates(threshold: Annotated[float | None, Query(gt=0, le=1)] = None) -> Duplicates:
-        groups = engine.duplicates(threshold)
-        rows = engine.rows([i for g in groups for i in g])
-        return Duplicates(groups=[row_items(rows, g) for g in groups])
+        explained = engine.duplicate_groups(threshold)
+        if explained is None:  # a build whose duplicates module has groups only
+            groups = engine.duplicates(threshold)
+            rows = engine.rows([i for g in groups for i in g])
+            return Duplicates(groups=[row_items(rows, g) for g in groups])
+        rows = engine.rows([i for g in explained for i in g["ids"]])
+        details = [DuplicateGroup(tier=g["tier"], items=row_items(rows, g["ids"]), members=[DuplicateMember(**m) for m in g["members"]])
+                   for g in explained]
+        return Duplicates(groups=[d.items for d in details if d.tier == "copy"], retakes=[d.items for d in details if d.tier == "retake"],
+                          details=details)
 
     @r.get("/clusters", response_model=Clusters, summary="Clusters with readable labels")
     def clusters(k: Annotated[int | None, Query(ge=2, le=500)] = None) -> Clusters:

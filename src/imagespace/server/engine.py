@@ -248,6 +248,16 @@ class Engine:
         find_duplicates = _optional("imagespace.analysis.duplicates", "find_duplicates", "duplicate detection")
         return self._cached(("duplicates", threshold), lambda c: find_duplicates(c, threshold=threshold))
 
+    def duplicate_groups(self, threshold: float | None) -> list[dict] | None:
+        """Copy and retake groups with each member's reason; None where the duplicates module
+        offers groups only."""
+        try:
+            report = _optional("imagespace.analysis.duplicates", "duplicate_report", "duplicate detection")
+            explain = _optional("imagespace.analysis.duplicates", "explained_groups", "duplicate detection")
+        except Unavailable:
+            return None
+        return self._cached(("duplicate_groups", threshold), lambda c: explain(report(c, threshold=threshold)))
+
     def clusters(self, k: int | None):
         cluster_collection = _optional("imagespace.analysis.clusters", "cluster_collection", "clustering")
         return self._cached(("clusters", k), lambda c: cluster_collection(c, k=k))

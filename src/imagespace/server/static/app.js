@@ -255,16 +255,29 @@ async function clusterView(id) {
 
 async function duplicatesView() {
   const nav = state.nav;
-  loading("duplicates", "Looking for near-duplicates: every image against its nearest neighbours, candidates confirmed by matching local features. "
+  loading("duplicates", "Looking for copies and retakes: every image against its nearest neighbours, candidates confirmed by matching local features. "
     + "The first time takes a while on a large collection; the answer is kept until the collection changes");
   try {
     const r = await api("/duplicates");
     if (nav !== state.nav) return;
-    const groups = r.groups.map((g) => el("section", { class: "dup-group" }, g.map((item) =>
-      el("figure", { class: "dup" },
-        el("a", { href: `#/image/${item.id}`, title: item.path }, el("img", { src: item.thumb.replace("/thumb?", "/thumb?size=512&"), alt: basename(item.path), loading: "lazy" })),
-        el("figcaption", {}, el("div", { class: "path", text: item.path }), el("div", { class: "muted", text: `${item.width} × ${item.height} · ${fmtBytes(item.size)}` }))))));
-    show("duplicates", heading(plural(r.groups.length, "group", "groups") + " of near-duplicates"), groups.length ? el("div", { class: "dups" }, groups) : el("p", { class: "empty", text: "No near-duplicates found." }));
+    // details: each group with its tier and each member's reason; older servers send groups only.
+    const details = r.details && r.details.length ? r.details : r.groups.map((g) => ({ tier: "copy", items: g, members: g.map((it, n) => ({ id: it.id, kept: n === 0, reason: "", similarity: null })) }));
+    const groups = details.map((d) => el("section", { class: `dup-group dup-${d.tier}` },
+      el("h3", { class: "dup-tier", text: d.tier === "copy" ? "Copies of one picture: keep the first" : "Retakes of one scene: the best shot first, pick yourself" }),
+      ...d.items.map((item, n) => {
+        const m = d.members[n] || {};
+        const note = m.kept ? (d.tier === "copy" ? "keep" : "best shot") : (d.tier === "copy" ? "copy" : "retake");
+        const sim = m.similarity == null ? "" : ` · similarity ${m.similarity.toFixed(2)}`;
+        return el("figure", { class: "dup" + (m.kept ? " kept" : "") },
+          el("a", { href: `#/image/${item.id}`, title: item.path }, el("img", { src: item.thumb.replace("/thumb?", "/thumb?size=512&"), alt: basename(item.path), loading: "lazy" })),
+          el("figcaption", {},
+            el("div", { class: "dup-mark", text: note }),
+            el("div", { class: "path", text: item.path }),
+            el("div", { class: "muted", text: `${item.width} × ${item.height} · ${fmtBytes(item.size)}${sim}` }),
+            m.reason ? el("div", { class: "dup-reason muted", text: m.reason }) : null));
+      })));
+    const copies = details.filter((d) => d.tier === "copy").length;
+    show("duplicates", heading(plural(copies, "group", "groups") + " of copies, " + plural(details.length - copies, "group", "groups") + " of retakes"), groups.length ? el("div", { class: "dups" }, groups) : el("p", { class: "empty", text: "No copies or retakes found." }));
     status("");
   } catch (e) { fail(e); }
 }
