@@ -177,6 +177,7 @@ def _pixels(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, pr
     result = fit(parts.view, parts.loss, source, evaluate=pixels_mod.make_evaluate(parts.view, check),
                  settings=recipe.settings, param_groups=parts.param_groups,
                  checkpoints=FolderCheckpoints(out, config.resume), progress=progress)
+    source.close()
     parts.view.cpu()
     return pixels_mod.finish(recipe, parts, ds, train_idx, result, check.failures + source.failures)
 
