@@ -18,6 +18,7 @@ import ray  # noqa: E402
 from imagespace.collection import Collection  # noqa: E402
 from imagespace.models import create_model  # noqa: E402
 from imagespace.train.pipeline import TrainConfig, run_training  # noqa: E402
+from imagespace.train.workdir import RunError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -68,35 +69,59 @@ def _ray_worker_pids() -> list[int]:
     return sorted(pids)
 
 
-@pytest.mark.slow
-def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
-    # Long enough (8 epochs of 6 steps) that the kill lands while the workers train.
-    data = make_classes(tmp_path / "data", n_classes=3, per_class=10, size=(48, 48))
-    config = dict(epochs=8, checkpoint_every=2, image_size=32, width=8)
-    unbroken = run_training(_config(data, tmp_path / "unbroken", **config))["metrics"]
-    out = tmp_path / "killed"
+# Long enough (8 epochs of 6 steps) that a kill lands while the workers train.
+_LONGER = dict(epochs=8, checkpoint_every=2, image_size=32, width=8)
+
+
+@pytest.fixture(scope="module")
+def unbroken(ray_cluster, tmp_path_factory):
+    """Data and the metrics of an unbroken 2-worker run on it, for the fault tests."""
+    root = tmp_path_factory.mktemp("faults")
+    data = make_classes(root / "data", n_classes=3, per_class=10, size=(48, 48))
+    return data, run_training(_config(data, root / "unbroken", **_LONGER))["metrics"]
+
+
+def _kill_workers_after_the_first_checkpoint(out, how_many: int) -> list[int]:
     killed: list[int] = []
 
-    def kill_one_worker_after_the_first_checkpoint():
+    def run():
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed:
             if any((out / "ray").rglob("checkpoint.pt")):
                 # A checkpoint counts once Ray Train's controller has registered it, a moment
                 # after its files are written: kill a little later, still in the first epochs.
                 time.sleep(2)
-                pids = _ray_worker_pids()
-                if pids:
-                    os.kill(pids[-1], signal.SIGKILL)
-                    killed.append(pids[-1])
+                for pid in _ray_worker_pids()[-how_many:]:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
             time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_one_worker_after_the_first_checkpoint, daemon=True)
-    killer.start()
-    m = run_training(_config(data, out, **config))["metrics"]
-    killer.join(5)
+    threading.Thread(target=run, daemon=True).start()
+    return killed
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_from_the_last_checkpoint(unbroken, tmp_path):
+    data, whole = unbroken
+    out = tmp_path / "killed"
+    killed = _kill_workers_after_the_first_checkpoint(out, 1)
+    m = run_training(_config(data, out, **_LONGER))["metrics"]
     assert killed, "no Ray Train worker was found to kill"
     assert m["engine"]["restored_at"], "the run did not restore from a checkpoint"
     assert [h["epoch"] for h in m["history"]] == list(range(1, 9))
     # Order and augmentations are functions of (seed, epoch, step): the restored run ends
     # with the very weights of the unbroken one.
-    assert m["model_id"] == unbroken["model_id"]
+    assert m["model_id"] == whole["model_id"]
+
+
+@pytest.mark.slow
+def test_resume_continues_a_run_that_died(unbroken, tmp_path):
+    data, whole = unbroken
+    out = tmp_path / "died"
+    killed = _kill_workers_after_the_first_checkpoint(out, 2)
+    with pytest.raises(RunError, match="--resume"):
+        run_training(_config(data, out, max_failures=0, **_LONGER))
+    assert len(killed) == 2 and not (out / "model.onnx").exists()
+    m = run_training(_config(data, out, resume=True, **_LONGER))["metrics"]
+    assert m["engine"]["restored_at"] and [h["epoch"] for h in m["history"]] == list(range(1, 9))
+    assert m["model_id"] == whole["model_id"]

@@ -45,7 +45,7 @@ CACHE = "cache"
 # What a resumed run may change: how long it goes on and where, not what it learns from.
 # (The number of Ray workers may change: the global batch, and so the result, stays the same.)
 _RESUMABLE_OVERRIDES = ("epochs", "max_minutes", "patience", "max_steps", "checkpoint_every", "address", "workers",
-                        "worker_cpus")
+                        "worker_cpus", "max_failures")
 
 
 def run_training(config: TrainConfig, progress: TrainProgress | None = None) -> dict:
