@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -10,13 +9,13 @@ import time
 
 import pytest
 from test_train import make_classes
-from test_train_cli import run_cli
 
 pytest.importorskip("ray.train")
 import ray  # noqa: E402
 
 from imagespace.collection import Collection  # noqa: E402
 from imagespace.models import create_model  # noqa: E402
+from imagespace.train.data import DataError  # noqa: E402
 from imagespace.train.pipeline import TrainConfig, run_training  # noqa: E402
 from imagespace.train.workdir import RunError  # noqa: E402
 
@@ -46,11 +45,11 @@ def test_ray_train_two_workers_exports_a_model_dir_that_indexes(ray_cluster, tmp
     model = create_model(str(out))
     assert model.input_size == 16 and model.labels == ["class_0", "class_1", "class_2"]
 
-    db = tmp_path / "db"
-    r = run_cli("index", data, "--db", db, "--model", out, "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["added"] == 15
-    with Collection(db) as coll:
+    # What `imagespace index DATA --model MODEL_DIR` does, without a second process start
+    # (test_train_cli covers the command itself on a local run's MODEL_DIR).
+    with Collection(tmp_path / "db") as coll:
+        report = coll.sync([str(data)], model, model_spec=str(out))
+        assert report.added == 15 and not report.failed
         assert coll.model_id == m["model_id"] and coll.dim == model.dim == 32
 
 
@@ -125,3 +124,10 @@ def test_resume_continues_a_run_that_died(unbroken, tmp_path):
     m = run_training(_config(data, out, resume=True, **_LONGER))["metrics"]
     assert m["engine"]["restored_at"] and [h["epoch"] for h in m["history"]] == list(range(1, 9))
     assert m["model_id"] == whole["model_id"]
+
+
+def test_ray_engine_refuses_modes_that_train_a_head_on_cached_features(tmp_path):
+    data = make_classes(tmp_path / "data", n_classes=2, per_class=2, size=(32, 32))
+    with pytest.raises(DataError, match="--engine ray trains the CNN itself"):
+        run_training(_config(data, tmp_path / "m", mode="adapter"))
+    assert not (tmp_path / "m").exists()
