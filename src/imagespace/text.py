@@ -33,7 +33,7 @@ from . import concepts as wordnet_concepts
 from .concept_search import concept_classes, search_concepts
 from .search import Hit, QueryError, Searcher, compile_where, exact_search
 from .sentence_onnx import SentenceModelError, sentence_model
-from .user_labels import load_user_labels
+from .user_labels import load_user_labels, model_labels
 
 # A class name must be at least this similar to the words to count as what they mean:
 # on MiniLM, exact or near names score 0.65-1.0, while nonsense ("xqzv blorp") and
@@ -71,7 +71,8 @@ def search_text(
     if text_model is not None:
         return _search_clip(searcher, text, Path(text_model), k=k, where=where, min_score=min_score)
     user = load_user_labels(searcher.collection.root)
-    understanding = wordnet_concepts.understand(text, user_labels=user.classes if user else ())
+    own_words = [*(user.classes if user else ()), *model_labels(searcher.collection.model_spec)]
+    understanding = wordnet_concepts.understand(text, user_labels=own_words)
     if not understanding.concepts:
         # No WordNet noun in the words: the class names most like them, by the sentence
         # model; a QueryError ("no concept matched") when none is close enough.
