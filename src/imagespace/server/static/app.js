@@ -106,7 +106,7 @@ function heading(text, extra) { return el("h2", {}, text, extra || null); }
 function loading(name, message, container) {
   const started = performance.now();
   const clock = el("span", { class: "elapsed" });
-  const panel = el("p", { class: "loading" }, el("span", { class: "spinner", "aria-hidden": "true" }), `${message}… `, clock);
+  const panel = el("p", { class: "loading" }, el("span", { class: "spinner", "aria-hidden": "true" }), el("span", {}, `${message}… `, clock));
   if (container) container.replaceChildren(panel);
   show(name, container || panel);
   view().dataset.loading = "true";
