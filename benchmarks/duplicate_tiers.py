@@ -387,15 +387,23 @@ def main(argv: list[str] | None = None) -> int:
     coll = index_folder(folder / "photos", folder / "db")
     index_seconds = time.perf_counter() - t0
     t0 = time.process_time()
-    report = duplicate_report(coll, signals=tuple(x for x in args.signals.split(",") if x))
+    # Without the cache of earlier runs: the CPU figure is that of a first run.
+    report = duplicate_report(coll, signals=tuple(x for x in args.signals.split(",") if x), use_cache=False)
     cpu = time.process_time() - t0
     rows = coll.rows(i for g in report.groups + report.retakes for i in g)
     groups = [[rows[i].path for i in g] for g in report.groups]
     retakes = [[rows[i].path for i in g] for g in report.retakes]
     path = {r.id: r.path for r in coll.all_rows()}
     pair_tiers = {tuple(sorted((path[a], path[b]))): p.verdict.tier for (a, b), p in report.pairs.items()}
+    similarity = {tuple(sorted((path[a], path[b]))): p.similarity for (a, b), p in report.pairs.items()}
+    true_copy, true_retake = truth_pairs(items)
+    # Recall of the candidates: true pairs among the pairs looked at, and how many of them a
+    # fixed cosine cut-off of 0.70 (the earlier rule) would have looked at.
+    candidates = {"true_copies_checked": sum(k in similarity for k in true_copy) / max(1, len(true_copy)),
+                  "true_retakes_checked": sum(k in similarity for k in true_retake) / max(1, len(true_retake)),
+                  "true_copies_above_0.70": sum(similarity.get(k, 0) >= 0.70 for k in true_copy) / max(1, len(true_copy))}
     result = {"half": args.half, "exif": not args.no_exif, "signals": args.signals, "images": len(items),
-              "index_seconds": round(index_seconds, 1), "duplicates_cpu_ms_per_image": round(1000 * cpu / len(items), 2),
+              "index_seconds": round(index_seconds, 1), "duplicates_cpu_ms_per_image": round(1000 * cpu / len(items), 2), "candidates": candidates,
               **score(items, groups, retakes, args.half, pair_tiers), "stats": report.stats}
     for kind in ("flower", "scene"):
         sub = [i for i in items if Path(i.path).name.startswith(kind)]

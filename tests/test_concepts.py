@@ -201,3 +201,48 @@ def test_words_wordnet_does_not_know_fall_back_to_the_sentence_model_in_onnx(tag
     if heavy != "[]":
         out = subprocess.run([sys.executable, "-c", code, str(tagged["db"])], capture_output=True, text=True, timeout=900)
         assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_trained_models_own_classes_are_words_too(tagged, tmp_path):
+    from imagespace.concept_search import concept_scores
+    from imagespace.models.model_dir import write_model_card
+    from imagespace.user_labels import model_labels
+
+    write_model_card(tmp_path, name="mine", model_id="mine/1", labels=["sunflower", "tulip"])
+    assert model_labels(str(tmp_path)) == ["sunflower", "tulip"]
+    write_model_card(tmp_path, name="mine", model_id="mine/1", imagenet_labels=True)
+    assert model_labels(str(tmp_path)) == [] and model_labels("efficientnet-lite0") == []
+    # its tags carry the user's class names: the words rank by them
+    with Collection(tagged["db"], create=False) as coll:
+        old = coll.conn.execute("SELECT tags FROM images WHERE path LIKE '%p3.jpg'").fetchone()[0]
+        with coll.conn:
+            coll.conn.execute("UPDATE images SET tags=? WHERE path LIKE '%p3.jpg'", (json.dumps([["Sunflower", 0.7]]),))
+            coll.set_meta("seq", str(coll.seq + 1))  # a write, as the collection's own would record it
+        try:
+            u = C.understand("sunflowers", user_labels=["Sunflower", "tulip"])
+            scored = concept_scores(coll, u, k=3)
+            hits = coll.rows(i for i, _ in scored)
+        finally:
+            with coll.conn:
+                coll.conn.execute("UPDATE images SET tags=? WHERE path LIKE '%p3.jpg'", (old,))
+                coll.set_meta("seq", str(coll.seq + 1))
+    assert [Path(hits[i].path).name for i, _ in scored] == ["p3.jpg"] and scored[0][1] == pytest.approx(0.7)
+
+
+def test_tag_postings_follow_the_rows(tagged, tmp_path):
+    import shutil
+
+    from imagespace.tag_postings import FILE, tag_postings
+
+    db = tmp_path / "db"
+    shutil.copytree(tagged["db"], db)
+    with Collection(db, create=False) as coll:
+        first = tag_postings(coll)
+        ids, sums = first.summed(["beagle", "basset hound"])
+        assert len(ids) == 2 and sorted(sums.tolist()) == pytest.approx([0.2, 0.8])
+        assert (db / FILE).is_file()
+        with coll.conn:
+            coll.conn.execute("UPDATE images SET tags=? WHERE path LIKE '%p4.jpg'", (json.dumps([["Beagle", 0.9]]),))
+            coll.set_meta("seq", str(coll.seq + 1))
+        ids, _ = tag_postings(coll).summed(["beagle"])
+        assert len(ids) == 3  # rebuilt: the rows changed since

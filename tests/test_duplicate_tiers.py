@@ -174,6 +174,10 @@ def test_copies_grouped_original_kept_retake_apart(collection):
     details = {Path(m["path"]).name: m for g in doc["details"] for m in g["members"]}
     assert "border" in details["edit_border.jpg"]["reason"] and "crop" in details["edit_crop.jpg"]["reason"]
     assert details["edit_crop.jpg"]["similarity"] is not None and details["edit_crop.jpg"]["score"] > 0.8
+    # A second run reuses the verdicts kept beside the collection, with the same answer.
+    again = run_cli("duplicates", "--db", collection["db"], "--json")
+    assert again["stats"]["cached_pairs"] == doc["stats"]["verified_pairs"] > 0
+    assert again["stats"]["verified_pairs"] == 0 and again["groups"] == doc["groups"] and again["retakes"] == doc["retakes"]
 
 
 def test_tier_option_filters(collection):

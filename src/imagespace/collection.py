@@ -457,6 +457,15 @@ class Collection:
             f"SELECT id, path FROM images WHERE model=? AND path IN ({','.join('?' * len(paths))})",
             [self.model_id, *paths]))
 
+    def iter_tags(self, model_id: str | None = None) -> Iterator[tuple[int, list]]:
+        """(id, [[label, probability], ...]) of every row of ``model_id`` (default: the
+        current model); rows whose stored tags cannot be read are skipped."""
+        for row_id, tags in self.conn.execute("SELECT id, tags FROM images WHERE model=?", (model_id or self.model_id,)):
+            try:
+                yield row_id, json.loads(tags)
+            except ValueError:
+                continue
+
     def sample_ids(self, n: int) -> list[int]:
         """Up to ``n`` ids of the current model's rows, chosen at random."""
         return [r[0] for r in self.conn.execute(

@@ -2,15 +2,19 @@
 
 A concept (concepts.py) is a set of ImageNet classes, or one of the collection's own labels
 (user_labels.py). An image's score is the sum of the stored probabilities of the concept's
-classes among its tags (the network's top classes), plus the classifier's probability for a
-user label: "dog" scores a photo tagged 0.5 beagle, 0.2 basset and 0.1 bathtub at 0.7. The
-stored tags are enough, so an existing collection answers without being embedded again.
+classes among its tags (the network's top classes; a trained model's own classes), plus
+the ``classify --train`` probability for a user label: "dog" scores a photo tagged 0.5
+beagle, 0.2 basset and 0.1 bathtub at 0.7. The stored tags are enough, so an existing
+collection answers without being embedded again; tag_postings.py reads them as arrays.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from .collection import Collection
 from .concepts import Understanding, wordnet
+from .tag_postings import tag_postings
 from .user_labels import UserLabels
 
 _CHUNK = 500  # bound parameters per statement, well under SQLite's limit
@@ -20,24 +24,25 @@ def concept_scores(
     collection: Collection,
     understanding: Understanding,
     *,
+    k: int,
     allowed: list[int] | None = None,
+    min_score: float | None = None,
     user: UserLabels | None = None,
 ) -> list[tuple[int, float]]:
-    """(id, score) of the images with a non-zero probability for any of the concepts, most
-    probable first; only ids in ``allowed`` when it is given (a ``--where`` filter)."""
+    """(id, score) of the ``k`` images most probable for any of the concepts (non-zero, at
+    least ``min_score``), best first; only ids in ``allowed`` when it is given (``--where``)."""
     net = wordnet()
-    names = sorted({net.labels[c].lower() for con in understanding.concepts for c in con.classes})
-    keep = None if allowed is None else set(allowed)
+    names = sorted({net.labels[c].lower() for con in understanding.concepts for c in con.classes}
+                   # a model trained on the user's folders tags images with the folder names
+                   | {con.name.lower() for con in understanding.concepts if con.how == "user"})
+    keep_ids = None if allowed is None else set(allowed)
     scores: dict[int, float] = {}
     if names:
-        # Only rows whose tags name one of the classes (the stored tags, read in SQLite).
-        wanted = set(names)
-        for start in range(0, len(names), _CHUNK):
-            ids = collection.ids_tagged(names[start : start + _CHUNK])
-            if keep is not None:
-                ids = [i for i in ids if i in keep]
-            for i, row in collection.rows(ids).items():
-                scores[i] = sum(p for t, p in row.tags if t.lower() in wanted)
+        ids, sums = tag_postings(collection).summed(names)
+        if keep_ids is not None:
+            keep = np.fromiter((int(i) in keep_ids for i in ids), dtype=bool, count=len(ids))
+            ids, sums = ids[keep], sums[keep]
+        scores = dict(zip(ids.tolist(), sums.tolist()))
     if user is not None:
         for con in understanding.concepts:
             if con.how != "user":
@@ -46,9 +51,17 @@ def concept_scores(
             paths = list(by_path)
             for start in range(0, len(paths), _CHUNK):
                 for i, path in collection.ids_at_paths(paths[start : start + _CHUNK]):
-                    if keep is None or i in keep:
+                    if keep_ids is None or i in keep_ids:
                         scores[i] = scores.get(i, 0.0) + by_path[path]
-    return [(i, s) for s, i in sorted(((s, i) for i, s in scores.items() if s > 0), key=lambda x: (-x[0], x[1]))]
+    ids = np.fromiter(scores.keys(), dtype=np.int64, count=len(scores))
+    sums = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
+    keep = (sums > 0) if min_score is None else (sums > 0) & (sums >= min_score)
+    ids, sums = ids[keep], sums[keep]
+    if len(ids) > k:  # only the best k are sorted: a general word can match most of a large collection
+        top = np.argpartition(-sums, k - 1)[:k]
+        ids, sums = ids[top], sums[top]
+    order = np.lexsort((ids, -sums))
+    return [(int(ids[j]), float(sums[j])) for j in order]
 
 
 def concept_classes(understanding: Understanding) -> list[int]:

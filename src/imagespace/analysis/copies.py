@@ -161,25 +161,27 @@ class PairChecker:
             raise ValueError(f"unknown signals {sorted(unknown)}: use some of {', '.join(SIGNALS)}")
         self.signals = frozenset(signals)  # fewer only to measure what each one adds
 
-    def first_look(self, a: ImageFeatures, b: ImageFeatures) -> int:
-        """Ratio-test matches between the strongest points of each (direct or mirrored): a
-        sixteenth of the cost of the full match, and unrelated photos find almost none."""
-        best = 0
+    def first_look(self, a: ImageFeatures, b: ImageFeatures) -> tuple[int, bool]:
+        """Ratio-test matches between the strongest points of each, direct and mirrored (a
+        sixteenth of the cost of the full match; unrelated photos find almost none), and
+        whether the mirrored image matched better."""
+        counts = []
         for da in (a.descriptors, a.descriptors_mirrored):
             if da is None or b.descriptors is None or len(da) < 2 or len(b.descriptors) < 2:
+                counts.append(0)
                 continue
             found = self.matcher.knnMatch(da[:_FIRST_LOOK_POINTS], b.descriptors[:_FIRST_LOOK_POINTS], k=2)
-            best = max(best, sum(1 for m in found if len(m) == 2 and m[0].distance < _RATIO * m[1].distance))
-        return best
+            counts.append(sum(1 for m in found if len(m) == 2 and m[0].distance < _RATIO * m[1].distance))
+        return max(counts), counts[1] > counts[0]
 
     def compare(self, a: ImageFeatures, b: ImageFeatures, facts_a: CaptureFacts | None = None,
                 facts_b: CaptureFacts | None = None) -> PairVerdict:
-        look = self.first_look(a, b)
+        look, mirrored_first = self.first_look(a, b)
         if look < FIRST_LOOK_MATCHES:
             v = PairVerdict("similar", 0.0, f"alike, but no shared details at a first look ({look} matches)")
             v.first_look = look
             return v
-        h, src, dst, inliers, mirrored = self._fit(a, b)
+        h, src, dst, inliers, mirrored = self._fit(a, b, mirrored_first)
         if h is None or inliers < self.min_inliers:
             v = PairVerdict("similar", 0.0, f"alike, but only {inliers} matching points: not the same scene", inliers)
             v.first_look = look
@@ -213,15 +215,15 @@ class PairChecker:
 
     # -- the three measurements -------------------------------------------------------------
 
-    def _fit(self, a: ImageFeatures, b: ImageFeatures):
+    def _fit(self, a: ImageFeatures, b: ImageFeatures, mirrored_first: bool = False):
         best = (None, None, None, 0, False)
-        for mirrored in (False, True):
+        for mirrored in ((True, False) if mirrored_first else (False, True)):
             pa, da = (a.points_mirrored, a.descriptors_mirrored) if mirrored else (a.points, a.descriptors)
             found = self._match(pa, da, b.points, b.descriptors)
             if found[0] is not None and found[3] > best[3]:
                 best = (*found[:4], mirrored)
             if best[3] >= 3 * self.min_inliers:
-                break  # clearly the direct match: the mirrored one cannot win
+                break  # clearly this orientation: the other cannot win
         return best
 
     def _match(self, pa, da, pb, db):
@@ -327,9 +329,12 @@ def _camera(a: CaptureFacts | None, b: CaptureFacts | None) -> str:
 # -- which one to keep ----------------------------------------------------------------------
 
 
-def original_of(a: ImageFeatures, b: ImageFeatures, facts_a: CaptureFacts, facts_b: CaptureFacts,
+def original_of(a, b, facts_a: CaptureFacts, facts_b: CaptureFacts,
                 verdict: PairVerdict, mtime_a: int, mtime_b: int, bytes_a: int, bytes_b: int) -> tuple[str, str]:
     """Of two copies, which is more likely the original: ("a" or "b", why the other is not).
+
+    ``a`` and ``b`` are anything with a ``border`` flag (:class:`ImageFeatures`, or the
+    summary the cache keeps).
 
     In order: no added border; more of the picture (the other is a crop); EXIF
     capture facts (an export often drops them); more pixels of the same content; less

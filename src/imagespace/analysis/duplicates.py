@@ -35,6 +35,7 @@ from ..images import CaptureFacts, ImageError, capture_facts, load_pil
 from ..index import open_index
 from ._threads import worker_threads
 from .copies import SIGNALS, VERIFY_SIDE, FeatureMaker, ImageFeatures, PairChecker, PairVerdict, original_of
+from .pair_cache import ImageSummary, PairCache
 
 # Candidates: up to NEIGHBOURS nearest neighbours of each image with cosine at least
 # CANDIDATE_SIMILARITY. TODO tuned
@@ -85,10 +86,13 @@ def duplicate_report(
     neighbours: int = NEIGHBOURS,
     progress: bool = False,
     signals: tuple[str, ...] = SIGNALS,
+    use_cache: bool = True,
 ) -> DuplicateReport:
     """Copies and retakes, every pair with its tier, score and reason, and what it cost.
 
-    ``signals`` (some of shape, pixels, exif) are there to measure what each one adds."""
+    ``signals`` (some of shape, pixels, exif) are there to measure what each one adds.
+    Verdicts and image facts are kept in a cache file beside the collection
+    (:mod:`.pair_cache`) unless ``use_cache`` is off."""
     if threshold is None:
         threshold = CANDIDATE_SIMILARITY if verify else UNVERIFIED_SIMILARITY
     stats: dict = {"images": len(collection), "threshold": threshold, "verify": verify}
@@ -116,9 +120,12 @@ def duplicate_report(
         for key in identical
     }
     rows = collection.rows({i for key in list(candidates) + list(identical) for i in key})
-    verifier = _Verifier(signals)
+    # Verdicts of earlier runs are reused only with every signal on (the default).
+    cache = PairCache(collection.root if (verify and tuple(signals) == SIGNALS and use_cache) else None)
+    verifier = _Verifier(signals, cache)
     if verify:
         _verify(candidates, rows, pairs, verifier, progress)
+        stats["cached_pairs"] = verifier.cached
         stats["images_with_features"] = verifier.extracted
         stats["feature_cpu_seconds"] = round(verifier.feature_seconds, 3)
         stats["match_cpu_seconds"] = round(verifier.match_seconds, 3)
@@ -130,6 +137,8 @@ def duplicate_report(
     t0 = time.process_time()
     groups, why = _copy_groups(pairs, rows, verifier, verify)
     retakes = _retake_groups(pairs, rows, verifier, groups)
+    verifier.flush()
+    cache.close()
     stats["group_cpu_seconds"] = round(time.process_time() - t0, 3)
     tiers = [p.verdict.tier for p in pairs.values()]
     stats.update({f"{t}_pairs": tiers.count(t) for t in ("copy", "retake", "similar")})
@@ -170,11 +179,18 @@ def _verify(candidates: dict[tuple[int, int], float], rows: dict[int, Row], pair
     todo = sorted((key, sim) for key, sim in candidates.items() if key[0] in rows and key[1] in rows)
     with ThreadPoolExecutor(worker_threads()) as pool:
         for start in range(0, len(todo), _BLOCK):
-            block = todo[start : start + _BLOCK]
+            block = []
+            for (a, b), sim in todo[start : start + _BLOCK]:
+                known = verifier.known(rows[a], rows[b])
+                if known is not None:
+                    pairs[(a, b)] = Pair(a, b, sim, known)
+                else:
+                    block.append(((a, b), sim))
             verifier.prefetch([rows[i] for i in sorted({i for (key, _) in block for i in key})], pool)
             found = pool.map(lambda item: verifier.compare(rows[item[0][0]], rows[item[0][1]]), block)
             for ((a, b), sim), verdict in zip(block, found):
                 pairs[(a, b)] = Pair(a, b, sim, verdict)
+            verifier.flush()
             if progress:
                 print(f"imagespace: duplicates: verified {min(len(todo), start + _BLOCK)}/{len(todo)} candidate pairs",
                       file=sys.stderr)
@@ -187,10 +203,15 @@ class _Verifier:
     and the counters are shared under a lock.
     """
 
-    def __init__(self, signals: tuple[str, ...] = SIGNALS):
+    def __init__(self, signals: tuple[str, ...] = SIGNALS, cache: PairCache | None = None):
         import cv2
 
         self.signals = signals
+        self.store = cache or PairCache(None)
+        self.summaries: dict[int, ImageSummary | None] = {}
+        self._new_pairs: list[tuple[str, str, PairVerdict]] = []
+        self._new_images: list[tuple[str, ImageSummary]] = []
+        self.cached = 0
         cv2.setNumThreads(1)  # many tiny calls: threads inside OpenCV cost more than they give
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -227,6 +248,9 @@ class _Verifier:
             self.extracted += feats is not None
             self.feature_seconds += time.thread_time() - t0
             self.cache[row.id] = (feats, facts)
+            if feats is not None and row.id not in self.summaries:
+                self.summaries[row.id] = summary = ImageSummary(feats.border, feats.sharpness, feats.clipped, facts)
+                self._new_images.append((row.digest, summary))
             if len(self.cache) > _CACHE_IMAGES:
                 self.cache.popitem(last=False)
         return feats, facts
@@ -240,7 +264,36 @@ class _Verifier:
         with self._lock:
             self.pairs += 1
             self.match_seconds += time.thread_time() - t0
+            self._new_pairs.append((a.digest, b.digest, verdict))
         return verdict
+
+    def known(self, a: Row, b: Row) -> PairVerdict | None:
+        """The verdict of an earlier run on these two files' contents, if kept."""
+        v = self.store.pair(a.digest, b.digest)
+        if v is not None:
+            self.cached += 1
+        return v
+
+    def summary(self, row: Row) -> ImageSummary | None:
+        """Border, sharpness and capture facts: from this run, the cache, or the file."""
+        with self._lock:
+            if row.id in self.summaries:
+                return self.summaries[row.id]
+        found = self.store.image(row.digest)
+        if found is None:
+            self.features(row)  # records the summary
+            with self._lock:
+                return self.summaries.get(row.id)
+        with self._lock:
+            self.summaries[row.id] = found
+        return found
+
+    def flush(self) -> None:
+        with self._lock:
+            pairs, images = self._new_pairs, self._new_images
+            self._new_pairs, self._new_images = [], []
+        self.store.put_pairs(pairs)
+        self.store.put_images(images)
 
 
 # -- groups -----------------------------------------------------------------------------
@@ -306,12 +359,11 @@ def _most_original(ids: list[int], pairs: dict, rows: dict[int, Row], verifier: 
     for (a, b), p in pairs.items():
         if a not in members or b not in members or p.verdict.tier != "copy":
             continue
+        sa = sb = None
         if verified and a in rows and b in rows:
-            (fa, xa), (fb, xb) = verifier.features(rows[a]), verifier.features(rows[b])
-        else:
-            fa = fb = None
-        if fa is not None and fb is not None:
-            winner, reason = original_of(fa, fb, xa, xb, p.verdict, rows[a].mtime_ns, rows[b].mtime_ns, rows[a].size, rows[b].size)
+            sa, sb = verifier.summary(rows[a]), verifier.summary(rows[b])
+        if sa is not None and sb is not None:
+            winner, reason = original_of(sa, sb, sa.facts, sb.facts, p.verdict, rows[a].mtime_ns, rows[b].mtime_ns, rows[a].size, rows[b].size)
         else:
             big_a = (rows[a].width * rows[a].height, rows[a].size) >= (rows[b].width * rows[b].height, rows[b].size)
             winner, reason = ("a", "is smaller") if big_a else ("b", "is smaller")
@@ -358,11 +410,11 @@ def _retake_groups(pairs: dict[tuple[int, int], Pair], rows: dict[int, Row], ver
 def _shot_quality(row: Row | None, verifier: _Verifier) -> float:
     if row is None:
         return -1.0
-    feats, _ = verifier.features(row)
-    if feats is None:
+    summary = verifier.summary(row)
+    if summary is None:
         return -1.0
     # Sharper is better; blown-out or crushed pixels count against it.
-    return float(np.log1p(feats.sharpness) - 10.0 * feats.clipped)
+    return float(np.log1p(summary.sharpness) - 10.0 * summary.clipped)
 
 
 def explained_groups(report: DuplicateReport, tier: str = "all") -> list[dict]:

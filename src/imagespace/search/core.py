@@ -225,8 +225,8 @@ class Searcher:
         # in vector space, scored 0 (no stored probability).
         understanding, user = understand_words(coll, text)
         want = k + offset
-        hits = finish(coll, concept_scores(coll, understanding, allowed=allowed, user=user),
-                      k=want, min_score=min_score, exclude=exclude)
+        scored = concept_scores(coll, understanding, k=want + len(exclude), allowed=allowed, min_score=min_score, user=user)
+        hits = finish(coll, scored, k=want, min_score=min_score, exclude=exclude)
         vector = classes_vector(coll, concept_classes(understanding))
         if len(hits) < want and vector is not None and (min_score is None or min_score <= 0):
             more = self.query(vector=vector, k=want - len(hits), where=where, exclude=set(exclude) | {h.id for h in hits})

@@ -36,7 +36,7 @@ from ..index import exact_search
 from ..models.cache import cache_dir, file_digest, text_digest
 from ..models.labels import imagenet_labels
 from ..sentence_onnx import SentenceModelError, sentence_model
-from ..user_labels import UserLabels, load_user_labels
+from ..user_labels import UserLabels, load_user_labels, model_labels
 from .results import QueryError
 
 # A class name must be at least this similar to the words to count as what they mean:
@@ -60,11 +60,13 @@ class Concept:
 
 
 def understand_words(collection: Collection, text: str) -> tuple[wordnet_concepts.Understanding, UserLabels | None]:
-    """What ``text`` names: WordNet concepts and the collection's own labels, else (no WordNet
-    noun in the words) the class names most like them by the sentence model; QueryError
-    ("no concept matched") when none is close enough."""
+    """What ``text`` names: WordNet concepts and the collection's own words (``classify
+    --train`` labels, a trained model's classes), else (no WordNet noun in the words) the
+    class names most like them by the sentence model; QueryError ("no concept matched")
+    when none is close enough."""
     user = load_user_labels(collection.root)
-    understanding = wordnet_concepts.understand(text, user_labels=user.classes if user else ())
+    own_words = [*(user.classes if user else ()), *model_labels(collection.model_spec)]
+    understanding = wordnet_concepts.understand(text, user_labels=own_words)
     if not understanding.concepts:
         similar = understand(text)
         understanding = wordnet_concepts.Understanding(
