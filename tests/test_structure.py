@@ -17,8 +17,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "imagespace"
 # The only modules allowed to hold SQL: the collection (rows) and, should it ever be split
-# out, the schema's migrations.
-SQL_MODULES = {"imagespace.collection", "imagespace.migrations"}
+# out, the schema's migrations. The duplicate pass's cache is a database file of its own
+# (safe to delete, never the collection's), and that module owns all of its SQL.
+SQL_MODULES = {"imagespace.collection", "imagespace.migrations", "imagespace.analysis.pair_cache"}
 
 
 def module_files() -> dict[str, Path]:
