@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .models.networks import NETWORKS
 from .search import Hit, QueryError, Searcher, compile_where, exact_search
 
 # A class name must be at least this similar to the words to count as what they mean:
@@ -132,17 +133,18 @@ def _label_vectors() -> np.ndarray:
 def _classifier_rows(collection) -> np.ndarray | None:
     """The ImageNet classifier's rows (1000, dim), L2-normalised, if the collection's model has them.
 
-    Only the default EfficientNet-Lite0 is known to put its image vectors in the space of
-    these rows (GeM-pooled features of the same backbone); for any other model, None.
+    Only the pretrained EfficientNet-Lite networks are known to put their image vectors in
+    the space of these rows (GeM-pooled features of the same backbone); for any other model
+    (a trained head, int8), None.
     """
     model_id = collection.model_id or ""
-    if not model_id.startswith("efficientnet-lite0/"):
+    arch = model_id.split("/", 1)[0]
+    if arch not in NETWORKS or "/int8-" in model_id:
         return None
     try:
-        from .models.efficientnet import default_weights_path
+        weights = NETWORKS[arch].weights_path()
     except ImportError:
         return None
-    weights = default_weights_path()
     digest = model_id.rsplit("/", 1)[-1]
     return _load_classifier_rows(str(weights), digest, collection.dim)
 
