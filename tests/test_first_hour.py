@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from imagespace.collection import Collection
 from imagespace.embed import embed_files
 from imagespace.models import DEFAULT_MODEL, create_model
-from imagespace.search import MAX_K, FilterError, compile_where
+from imagespace.search import compile_where
 
 
 def run_cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -269,6 +269,8 @@ def test_weak_matches_are_marked(capsys, monkeypatch):
 
 
 def test_filter_errors_say_what_is_missing_and_where():
+    from imagespace.search import FilterError
+
     with pytest.raises(FilterError, match="a condition is missing after 'or' at the end"):
         compile_where("tag == daisy or")
     with pytest.raises(FilterError, match="unexpected 'width' at character 14"):
@@ -294,6 +296,7 @@ def test_usage_errors_exit_2_in_one_line(indexed, tmp_path):
 
 
 def test_one_limit_on_results_in_cli_and_api(indexed):
+    from imagespace.search import MAX_K
     from imagespace.server import create_app
 
     with Collection(indexed["db"], create=False) as coll:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -10,14 +9,15 @@ import time
 
 import pytest
 from test_train import make_classes
-from test_train_cli import run_cli
 
 pytest.importorskip("ray.train")
 import ray  # noqa: E402
 
 from imagespace.collection import Collection  # noqa: E402
 from imagespace.models import create_model  # noqa: E402
+from imagespace.train.data import DataError  # noqa: E402
 from imagespace.train.pipeline import TrainConfig, run_training  # noqa: E402
+from imagespace.train.workdir import RunError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,11 @@ def test_ray_train_two_workers_exports_a_model_dir_that_indexes(ray_cluster, tmp
     model = create_model(str(out))
     assert model.input_size == 16 and model.labels == ["class_0", "class_1", "class_2"]
 
-    db = tmp_path / "db"
-    r = run_cli("index", data, "--db", db, "--model", out, "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["added"] == 15
-    with Collection(db) as coll:
+    # What `imagespace index DATA --model MODEL_DIR` does, without a second process start
+    # (test_train_cli covers the command itself on a local run's MODEL_DIR).
+    with Collection(tmp_path / "db") as coll:
+        report = coll.sync([str(data)], model, model_spec=str(out))
+        assert report.added == 15 and not report.failed
         assert coll.model_id == m["model_id"] and coll.dim == model.dim == 32
 
 
@@ -68,35 +68,66 @@ def _ray_worker_pids() -> list[int]:
     return sorted(pids)
 
 
-@pytest.mark.slow
-def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
-    # Long enough (8 epochs of 6 steps) that the kill lands while the workers train.
-    data = make_classes(tmp_path / "data", n_classes=3, per_class=10, size=(48, 48))
-    config = dict(epochs=8, checkpoint_every=2, image_size=32, width=8)
-    unbroken = run_training(_config(data, tmp_path / "unbroken", **config))["metrics"]
-    out = tmp_path / "killed"
+# Long enough (8 epochs of 6 steps) that a kill lands while the workers train.
+_LONGER = dict(epochs=8, checkpoint_every=2, image_size=32, width=8)
+
+
+@pytest.fixture(scope="module")
+def unbroken(ray_cluster, tmp_path_factory):
+    """Data and the metrics of an unbroken 2-worker run on it, for the fault tests."""
+    root = tmp_path_factory.mktemp("faults")
+    data = make_classes(root / "data", n_classes=3, per_class=10, size=(48, 48))
+    return data, run_training(_config(data, root / "unbroken", **_LONGER))["metrics"]
+
+
+def _kill_workers_after_the_first_checkpoint(out, how_many: int) -> list[int]:
     killed: list[int] = []
 
-    def kill_one_worker_after_the_first_checkpoint():
+    def run():
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed:
             if any((out / "ray").rglob("checkpoint.pt")):
                 # A checkpoint counts once Ray Train's controller has registered it, a moment
                 # after its files are written: kill a little later, still in the first epochs.
                 time.sleep(2)
-                pids = _ray_worker_pids()
-                if pids:
-                    os.kill(pids[-1], signal.SIGKILL)
-                    killed.append(pids[-1])
+                for pid in _ray_worker_pids()[-how_many:]:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
             time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_one_worker_after_the_first_checkpoint, daemon=True)
-    killer.start()
-    m = run_training(_config(data, out, **config))["metrics"]
-    killer.join(5)
+    threading.Thread(target=run, daemon=True).start()
+    return killed
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_from_the_last_checkpoint(unbroken, tmp_path):
+    data, whole = unbroken
+    out = tmp_path / "killed"
+    killed = _kill_workers_after_the_first_checkpoint(out, 1)
+    m = run_training(_config(data, out, **_LONGER))["metrics"]
     assert killed, "no Ray Train worker was found to kill"
     assert m["engine"]["restored_at"], "the run did not restore from a checkpoint"
     assert [h["epoch"] for h in m["history"]] == list(range(1, 9))
     # Order and augmentations are functions of (seed, epoch, step): the restored run ends
     # with the very weights of the unbroken one.
-    assert m["model_id"] == unbroken["model_id"]
+    assert m["model_id"] == whole["model_id"]
+
+
+@pytest.mark.slow
+def test_resume_continues_a_run_that_died(unbroken, tmp_path):
+    data, whole = unbroken
+    out = tmp_path / "died"
+    killed = _kill_workers_after_the_first_checkpoint(out, 2)
+    with pytest.raises(RunError, match="--resume"):
+        run_training(_config(data, out, max_failures=0, **_LONGER))
+    assert len(killed) == 2 and not (out / "model.onnx").exists()
+    m = run_training(_config(data, out, resume=True, **_LONGER))["metrics"]
+    assert m["engine"]["restored_at"] and [h["epoch"] for h in m["history"]] == list(range(1, 9))
+    assert m["model_id"] == whole["model_id"]
+
+
+def test_ray_engine_refuses_modes_that_train_a_head_on_cached_features(tmp_path):
+    data = make_classes(tmp_path / "data", n_classes=2, per_class=2, size=(32, 32))
+    with pytest.raises(DataError, match="--engine ray trains the CNN itself"):
+        run_training(_config(data, tmp_path / "m", mode="adapter"))
+    assert not (tmp_path / "m").exists()

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.map_grid import map_grid
 from ..collection import Collection, CollectionError, Row
 from ..search import Hit, QueryError, Searcher
 
@@ -264,6 +265,19 @@ class Engine:
     def layout(self, max_points: int) -> tuple[np.ndarray, np.ndarray]:
         layout = _optional("imagespace.analysis.maps", "layout", "the map")
         return self._cached(("map", max_points), lambda c: layout(c, max_points=max_points))
+
+    def map_grid(self, max_points: int, aspect: float, ids: list[int], xy: np.ndarray, tags: list):
+        """The layout as a grid of the window's shape, with labelled regions (cached like the layout)."""
+        key = ("map-grid", max_points, aspect, len(ids))
+        seq = self.seq()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == seq:
+                return hit[1]
+        value = map_grid(xy, tags, aspect=aspect)
+        with self._cache_lock:
+            self._cache[key] = (seq, value)
+        return value
 
     def _with_reader(self, fn: Callable[[Collection], Any]) -> Any:
         with Collection(self.root, create=False, readonly=True) as c:

@@ -45,7 +45,7 @@ CACHE = "cache"
 # What a resumed run may change: how long it goes on and where, not what it learns from.
 # (The number of Ray workers may change: the global batch, and so the result, stays the same.)
 _RESUMABLE_OVERRIDES = ("epochs", "max_minutes", "patience", "max_steps", "checkpoint_every", "address", "workers",
-                        "worker_cpus")
+                        "worker_cpus", "max_failures")
 
 
 def run_training(config: TrainConfig, progress: TrainProgress | None = None) -> dict:
@@ -177,6 +177,7 @@ def _pixels(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, pr
     result = fit(parts.view, parts.loss, source, evaluate=pixels_mod.make_evaluate(parts.view, check),
                  settings=recipe.settings, param_groups=parts.param_groups,
                  checkpoints=FolderCheckpoints(out, config.resume), progress=progress)
+    source.close()
     parts.view.cpu()
     return pixels_mod.finish(recipe, parts, ds, train_idx, result, check.failures + source.failures)
 

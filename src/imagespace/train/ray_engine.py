@@ -127,6 +127,7 @@ def _worker(loop_config: dict) -> None:
     fit(parts.view, parts.loss, source, evaluate=evaluate, settings=recipe.settings,
         param_groups=parts.param_groups, checkpoints=checkpoints, progress=progress,
         wrap=ray.train.torch.prepare_model, team=_Team(rank, world))
+    source.close()
 
 
 class _Team:

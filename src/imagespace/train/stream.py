@@ -110,6 +110,8 @@ class StreamBatches:
         self.prefetch = max(1, prefetch)
         self.failures: list[dict] = []
         self._failed: set[str] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._reader: ItemReader | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -118,7 +120,12 @@ class StreamBatches:
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         p = self.plan
         order = epoch_order(p.n, p.seed, epoch)
-        reader = ItemReader(self.ds)
+        # The pool and the reader live as long as the source: opening a zip reads its whole
+        # directory (about a second for cifar10's 60,000 members), once per thread.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="imagespace-stream")
+            self._reader = ItemReader(self.ds)
+        pool, reader = self._pool, self._reader
         pending: collections.deque[tuple[np.ndarray, list[Future]]] = collections.deque()
         steps = iter(range(start_step, p.steps_per_epoch))
 
@@ -130,7 +137,7 @@ class StreamBatches:
                 return None
             return augment_one(self.augment, img, p.seed, epoch, step, slot)
 
-        def submit(pool: ThreadPoolExecutor) -> bool:
+        def submit() -> bool:
             step = next(steps, None)
             if step is None:
                 return False
@@ -140,22 +147,26 @@ class StreamBatches:
             return True
 
         try:
-            with ThreadPoolExecutor(self.threads) as pool:
-                while len(pending) < self.prefetch and submit(pool):
-                    pass
-                while pending:
-                    labels, futures = pending.popleft()
-                    images = [f.result() for f in futures]
-                    submit(pool)  # keep ``prefetch`` batches decoding while this one trains
-                    keep = [k for k, im in enumerate(images) if im is not None]
-                    if not keep:
-                        continue
-                    yield np.stack([images[k] for k in keep]), np.asarray(labels[keep], dtype=np.int64)
+            while len(pending) < self.prefetch and submit():
+                pass
+            while pending:
+                labels, futures = pending.popleft()
+                images = [f.result() for f in futures]
+                submit()  # keep ``prefetch`` batches decoding while this one trains
+                keep = [k for k, im in enumerate(images) if im is not None]
+                if not keep:
+                    continue
+                yield np.stack([images[k] for k in keep]), np.asarray(labels[keep], dtype=np.int64)
         finally:
             for _, futures in pending:  # an abandoned epoch (early stop, time limit)
                 for f in futures:
                     f.cancel()
-            reader.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._reader.close()
+            self._pool = self._reader = None
 
     def _fail(self, path: str, error: str) -> None:
         if path not in self._failed:
