@@ -8,6 +8,16 @@ per-channel weight scales, and the first convolution, the last one and the class
 
 The default calibration photos are the sample images that scikit-image ships (no data set
 needed); pass your own folder with ``calibration=`` for a closer fit to your photos.
+
+Both activations and weights are unsigned 8-bit (U8U8), so the model gives the same answers
+on every x86 CPU. The usual U8S8 format (uint8 activations, int8 weights) runs through
+``vpmaddubsw`` on x86 CPUs without VNNI (AVX2, AVX-512 without VNNI), which adds pairs of
+products into a saturating 16-bit sum: on an AVX2-only CPU (checked under QEMU's AVX2 model)
+U8S8 embeddings fell to cosine 0.95-0.97 with the float model, against 0.990-0.997 on an
+AVX-512 VNNI CPU. S8S8 saturates the same way (ONNX Runtime shifts it to U8S8 on x86). 7-bit
+weights (``reduce_range``) avoid the overflow but lose precision (cosine 0.973-0.985). U8U8
+widens to 16 bits before multiplying, never saturates, and gave cosine 0.990-0.995 on both
+CPUs, with identical vectors. ``benchmarks/bench_model.py`` measures its speed against U8S8.
 """
 
 from __future__ import annotations
@@ -23,6 +33,10 @@ from .cache import cache_dir, text_digest
 from .registry import register_model
 
 DEFAULT_OP_TYPES = ("Conv", "Gemm", "Add", "Clip")
+
+# (activation type, weight type) names understood by ``quantize_onnx``'s ``weights=``.
+PORTABLE_FORMAT = "u8u8"  # same answers on every CPU: the library's default
+FORMATS = ("u8u8", "u8s8")  # u8s8: faster where VNNI exists, wrong where it does not
 
 
 def default_calibration_paths() -> list[str]:
@@ -86,8 +100,14 @@ def quantize_onnx(
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES,
     method: str = "minmax",
     batch_size: int = 16,
+    fmt: str = PORTABLE_FORMAT,
 ) -> Path:
-    """Write an int8 QDQ copy of ``fp32_path`` calibrated on ``calibration`` (uint8 NHWC)."""
+    """Write an int8 QDQ copy of ``fp32_path`` calibrated on ``calibration`` (uint8 NHWC).
+
+    ``fmt`` is ``"u8u8"`` (unsigned activations and weights: the same answers on every CPU) or
+    ``"u8s8"`` (signed weights: faster on VNNI CPUs, saturating on CPUs without it)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown int8 format {fmt!r}: expected one of {', '.join(FORMATS)}")
     from onnxruntime.quantization import (
         CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
     )
@@ -115,7 +135,7 @@ def quantize_onnx(
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8 if fmt == "u8u8" else QuantType.QInt8,
             op_types_to_quantize=list(op_types),
             nodes_to_exclude=edge_nodes(pre) if keep_edges_fp32 else [],
             calibrate_method=methods[method],
@@ -139,14 +159,14 @@ def int8_model(fp32: EmbeddingModel, calibration: str | os.PathLike[str] | list[
     else:
         paths = [str(calibration)] if isinstance(calibration, (str, os.PathLike)) else [str(p) for p in calibration]
         calib_name = text_digest(*sorted(os.path.abspath(p) for p in paths))
-    digest = text_digest(fp32.onnx_path.name, calib_name, Path(__file__).read_text())
-    out = cache_dir() / f"{fp32.name}-int8-{digest}.onnx"
+    digest = text_digest(fp32.onnx_path.name, calib_name, PORTABLE_FORMAT, Path(__file__).read_text())
+    out = cache_dir() / f"{fp32.name}-int8-{PORTABLE_FORMAT}-{digest}.onnx"
     if not out.is_file():
         print(f"imagespace: quantising {fp32.name} to int8 (once), calibrated on {calib_name}...", file=sys.stderr)
         quantize_onnx(fp32.onnx_path, out, calibration_pixels(paths, size=fp32.input_size))
     return EmbeddingModel(
         name=f"{fp32.name}-int8",
-        model_id=f"{fp32.model_id}/int8-{digest[:12]}",
+        model_id=f"{fp32.model_id}/int8-{PORTABLE_FORMAT}-{digest[:12]}",
         onnx_path=out,
         input_size=fp32.input_size,
         labels=fp32.labels,
