@@ -29,42 +29,45 @@ from ._common import (
 PHOTO_DIR = Path(tempfile.gettempdir()) / "imagespace-bench-12mp"
 
 
-def baseline_rate(paths: list[str]) -> float:
-    """images/s of Pillow full decode + resize + PyTorch eager, batch of 1, one process."""
+def baseline_rate(paths: list[str], arch: str = "efficientnet-lite0") -> float:
+    """images/s of Pillow full decode + resize + PyTorch eager, batch of 1, one process,
+    with the network ``arch`` at its own input size."""
     import torch
     from PIL import Image
 
-    net = _torch_net()
+    from imagespace.models.networks import network
+
+    net = _torch_net(arch)
+    size = network(arch).input_size
     with torch.no_grad():
-        net(torch.zeros((1, 224, 224, 3), dtype=torch.uint8))  # warm-up, not timed
+        net(torch.zeros((1, size, size, 3), dtype=torch.uint8))  # warm-up, not timed
         t = time.perf_counter()
         for p in paths:
             im = Image.open(p).convert("RGB")  # full-size decode
-            im = im.resize((224, 224), Image.Resampling.BILINEAR)
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
             x = torch.from_numpy(np.asarray(im).copy()).unsqueeze(0)
             feats, _ = net(x)
             _ = (feats / feats.norm(dim=1, keepdim=True)).numpy()[0]
         return len(paths) / (time.perf_counter() - t)
 
 
-_NET = None
+_NETS: dict = {}
 
 
-def _torch_net():
-    global _NET
-    if _NET is None:
-        from imagespace.models.efficientnet import default_weights_path
+def _torch_net(arch: str):
+    if arch not in _NETS:
         from imagespace.models.nets import build_embedding_net
+        from imagespace.models.networks import network
 
-        _NET = build_embedding_net(default_weights_path())
-    return _NET
+        _NETS[arch] = build_embedding_net(network(arch).weights_path(), arch=arch)
+    return _NETS[arch]
 
 
-def imagespace_rate(folder: str, n: int) -> tuple[float, float]:
+def imagespace_rate(folder: str, n: int, model: str | None = None) -> tuple[float, float]:
     """(images/s over the whole process, images/s the run reports) of ``imagespace index``."""
     db = tempfile.mkdtemp(prefix="imagespace-bench-db-")
     try:
-        wall, out = run_cli(["index", folder, "--db", db, "--json"])
+        wall, out = run_cli(["index", folder, "--db", db, "--json", *(["--model", model] if model else [])])
         report = json.loads(out)
         assert report["added"] == n and not report["failed"], report
         return n / wall, float(report["images_per_second"])

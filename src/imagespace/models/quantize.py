@@ -187,7 +187,7 @@ def int8_model(fp32: EmbeddingModel, calibration: str | os.PathLike[str] | list[
     )
 
 
-@register_model("efficientnet-lite0-int8")
+@register_model("efficientnet-lite0-int8", input_size=224, dim=1280)
 def efficientnet_lite0_int8(weights: str | os.PathLike[str] | None = None,
                             calibration: str | os.PathLike[str] | None = None, **kwargs) -> EmbeddingModel:
     """EfficientNet-Lite0 quantised to int8 (static, QDQ), calibrated on ``calibration`` photos

@@ -15,12 +15,17 @@ from .base import EmbeddingModel
 DEFAULT_MODEL = "efficientnet-lite0"
 
 _model_entrypoints: dict[str, Callable[..., EmbeddingModel]] = {}
+_model_info: dict[str, dict] = {}
 _builtin_modules = ("imagespace.models.efficientnet", "imagespace.models.quantize")
 
 
-def register_model(name: str) -> Callable[[Callable[..., EmbeddingModel]], Callable[..., EmbeddingModel]]:
+def register_model(name: str, **info) -> Callable[[Callable[..., EmbeddingModel]], Callable[..., EmbeddingModel]]:
+    """Register a factory under ``name``; ``info`` (input size, dimension, measured figures)
+    is what :func:`model_info` and ``imagespace models`` show without loading the model."""
+
     def wrap(fn: Callable[..., EmbeddingModel]) -> Callable[..., EmbeddingModel]:
         _model_entrypoints[name] = fn
+        _model_info[name] = dict(info)
         return fn
 
     return wrap
@@ -36,6 +41,14 @@ def _import_builtins() -> None:
 def list_models() -> list[str]:
     _import_builtins()
     return sorted(_model_entrypoints)
+
+
+def model_info(name: str) -> dict:
+    """What was registered about ``name`` (empty when nothing was)."""
+    _import_builtins()
+    if name not in _model_entrypoints:
+        raise ValueError(f"unknown model {name!r}: use one of {', '.join(sorted(_model_entrypoints))}")
+    return dict(_model_info.get(name, {}))
 
 
 def is_model_dir(spec: str | os.PathLike[str]) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.map_grid import map_grid
 from ..collection import Collection, CollectionError, Row
 from ..search import Hit, QueryError, Searcher
 
@@ -157,10 +158,10 @@ class Engine:
             if self._text_ready:
                 return
             search_text = _optional("imagespace.text", "search_text", "search by words")
-            understand = getattr(sys.modules["imagespace.text"], "understand", None)
+            warm_words = getattr(sys.modules["imagespace.text"], "warm", None)
             try:
-                if understand is not None:
-                    understand("daisy")  # the sentence model: the slow part, outside the search lock
+                if warm_words is not None:
+                    warm_words()  # WordNet's words, outside the search lock (the sentence model waits for its first use)
                 torch = sys.modules.get("torch")
                 if torch is not None:  # the words side runs in PyTorch: one sentence, one thread
                     torch.set_num_threads(QUERY_THREADS)
@@ -247,6 +248,16 @@ class Engine:
         find_duplicates = _optional("imagespace.analysis.duplicates", "find_duplicates", "duplicate detection")
         return self._cached(("duplicates", threshold), lambda c: find_duplicates(c, threshold=threshold))
 
+    def duplicate_groups(self, threshold: float | None) -> list[dict] | None:
+        """Copy and retake groups with each member's reason; None where the duplicates module
+        offers groups only."""
+        try:
+            report = _optional("imagespace.analysis.duplicates", "duplicate_report", "duplicate detection")
+            explain = _optional("imagespace.analysis.duplicates", "explained_groups", "duplicate detection")
+        except Unavailable:
+            return None
+        return self._cached(("duplicate_groups", threshold), lambda c: explain(report(c, threshold=threshold)))
+
     def clusters(self, k: int | None):
         cluster_collection = _optional("imagespace.analysis.clusters", "cluster_collection", "clustering")
         return self._cached(("clusters", k), lambda c: cluster_collection(c, k=k))
@@ -254,6 +265,19 @@ class Engine:
     def layout(self, max_points: int) -> tuple[np.ndarray, np.ndarray]:
         layout = _optional("imagespace.analysis.maps", "layout", "the map")
         return self._cached(("map", max_points), lambda c: layout(c, max_points=max_points))
+
+    def map_grid(self, max_points: int, aspect: float, ids: list[int], xy: np.ndarray, tags: list):
+        """The layout as a grid of the window's shape, with labelled regions (cached like the layout)."""
+        key = ("map-grid", max_points, aspect, len(ids))
+        seq = self.seq()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == seq:
+                return hit[1]
+        value = map_grid(xy, tags, aspect=aspect)
+        with self._cache_lock:
+            self._cache[key] = (seq, value)
+        return value
 
     def _with_reader(self, fn: Callable[[Collection], Any]) -> Any:
         with Collection(self.root, create=False, readonly=True) as c:

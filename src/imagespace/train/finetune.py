@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.efficientnet import default_weights_path
 from ..models.nets import EmbeddingNet, build_backbone
+from ..models.networks import BASE_ARCH, network
 from .augment import AugmentConfig, augment_batch
 from .losses import make_loss
 from .metrics import retrieval_metrics, split_metrics
@@ -60,8 +60,8 @@ class FinetuneParts:
     param_groups: list[dict]
 
 
-def build_finetune(num_classes: int, loss: str, lr: float) -> FinetuneParts:
-    net = EmbeddingNet(build_backbone(default_weights_path()))
+def build_finetune(num_classes: int, loss: str, lr: float, arch: str = BASE_ARCH) -> FinetuneParts:
+    net = EmbeddingNet(build_backbone(network(arch).weights_path(), arch=arch))
     # The ImageNet classifier is not trained here (its logits are not exported): freeze it
     # so the optimizer does not decay it for nothing.
     for p in net.backbone._fc.parameters():
