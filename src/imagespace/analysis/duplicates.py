@@ -343,10 +343,15 @@ def _copy_groups(pairs: dict[tuple[int, int], Pair], rows: dict[int, Row], verif
     groups: list[list[int]] = []
     why: dict[int, tuple[int, str]] = {}
     copy_edges = [k for k, p in pairs.items() if p.verdict.tier == "copy"]
+    touching: dict[int, list[tuple[int, int]]] = {}  # each image's copy pairs: work per group, not per collection
+    for key in copy_edges:
+        touching.setdefault(key[0], []).append(key)
+        touching.setdefault(key[1], []).append(key)
     for component in _components(copy_edges):
         left = list(component)
         while len(left) > 1:
-            kept, wins = _most_original(left, pairs, rows, verifier, verified)
+            own = {k: pairs[k] for i in left for k in touching.get(i, ())}
+            kept, wins = _most_original(left, own, rows, verifier, verified)
             members = []
             for m in left:
                 if m == kept:
@@ -372,7 +377,8 @@ def _copy_groups(pairs: dict[tuple[int, int], Pair], rows: dict[int, Row], verif
 def _most_original(ids: list[int], pairs: dict, rows: dict[int, Row], verifier: _Verifier,
                    verified: bool) -> tuple[int, dict[int, str]]:
     """The member that wins most pairwise "which is the original" comparisons among its
-    verified copy pairs; and for each member it beat directly, why."""
+    verified copy pairs (``pairs`` holds at least those of ``ids``); and for each member it
+    beat directly, why."""
     score = {i: 0 for i in ids}
     lost: dict[int, dict[int, str]] = {i: {} for i in ids}
     members = set(ids)
