@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .base import EmbeddingModel
 from .cache import cache_dir, file_digest, text_digest
+from .figures import MEASURED
 from .networks import BASE_ARCH, NETWORKS, network
 from .registry import register_model
 
@@ -24,13 +25,6 @@ INPUT_SIZE = NETWORKS[ARCH].input_size
 EMBEDDING_VERSION = "gem3-tf-v1"
 # Files whose text decides the exported graph: a change to any of them exports again.
 _GRAPH_SOURCES = ("efficientnet.py", "networks.py", "nets.py")
-
-# What `imagespace models` shows, measured with `python -m benchmarks.bench_networks` on a
-# 2-core CPU shared with other work (figures in the README): retrieval on flowers12 (test
-# photos against train photos), kNN accuracy on cifar10 (5,000 train / 1,000 test, never
-# tuned on), and the model's own rate at batch 32 relative to Lite0 in the same run.
-MEASURED: dict[str, dict] = {}
-
 
 def default_weights_path(arch: str = ARCH) -> Path:
     return network(arch).weights_path()

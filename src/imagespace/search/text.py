@@ -35,6 +35,7 @@ from ..images import ImageError, load_pil
 from ..index import exact_search
 from ..models.cache import cache_dir, file_digest, text_digest
 from ..models.labels import imagenet_labels
+from ..models.networks import NETWORKS
 from ..sentence_onnx import SentenceModelError, sentence_model
 from ..user_labels import UserLabels, load_user_labels, model_labels
 from .results import QueryError
@@ -157,17 +158,18 @@ def _label_vectors() -> np.ndarray:
 def _classifier_rows(collection) -> np.ndarray | None:
     """The ImageNet classifier's rows (1000, dim), L2-normalised, if the collection's model has them.
 
-    Only the default EfficientNet-Lite0 is known to put its image vectors in the space of
-    these rows (GeM-pooled features of the same backbone); for any other model, None.
+    Only the pretrained EfficientNet-Lite networks are known to put their image vectors in
+    the space of these rows (GeM-pooled features of the same backbone); for any other model
+    (a trained head, int8), None.
     """
     model_id = collection.model_id or ""
-    if not model_id.startswith("efficientnet-lite0/"):
+    arch = model_id.split("/", 1)[0]
+    if arch not in NETWORKS or "/int8-" in model_id:
         return None
     try:
-        from ..models.efficientnet import default_weights_path
+        weights = NETWORKS[arch].weights_path()
     except ImportError:
         return None
-    weights = default_weights_path()
     digest = model_id.rsplit("/", 1)[-1]
     return _load_classifier_rows(str(weights), digest, collection.dim)
 
