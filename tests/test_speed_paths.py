@@ -136,26 +136,6 @@ def test_projection_keeps_inner_products_of_low_rank_data():
 # -- int8 model -----------------------------------------------------------------------------
 
 
-def test_int8_model_is_close_to_the_float_model(photo_folder):
-    pytest.importorskip("skimage")  # the default calibration photos
-    from imagespace.images import load_image
-    from imagespace.models import create_model, list_models
-
-    assert "efficientnet-lite0-int8" in list_models()
-    fp32 = create_model()
-    int8 = create_model("efficientnet-lite0-int8")  # quantised once, then cached
-    assert int8.model_id != fp32.model_id and int8.dim == fp32.dim
-    import skimage.data
-
-    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
-    pixels = np.stack([load_image(f"{skimage.data.data_dir}/{n}").pixels for n in names])
-    a, b = fp32.embed(pixels), int8.embed(pixels)
-    cos = (a.vectors * b.vectors).sum(1)
-    assert cos.min() >= 0.98, cos
-    np.testing.assert_allclose(np.linalg.norm(b.vectors, axis=1), 1.0, atol=1e-5)
-    assert [t[0][0] for t in a.tags][:2] == [t[0][0] for t in b.tags][:2] or cos.mean() >= 0.99
-
-
 def test_calibration_reads_a_folder_and_skips_what_it_cannot_read(photo_folder, tmp_path):
     from imagespace.models.quantize import calibration_pixels
 

@@ -65,6 +65,8 @@ class SyncReport:
     failed: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     embedded: int = 0
+    found: int = 0  # image files found under the paths
+    skipped_failures: int = 0  # failed before and unchanged since: listed in failed, not retried
 
     def to_dict(self) -> dict:
         return {
@@ -76,6 +78,9 @@ class SyncReport:
             "failed": self.failed,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.embedded / self.seconds, 2) if self.seconds > 0 else 0.0,
+            "embedded": self.embedded,
+            "found": self.found,
+            "failed_before_not_retried": self.skipped_failures,
         }
 
 
@@ -99,6 +104,8 @@ CREATE TABLE IF NOT EXISTS images (
 CREATE INDEX IF NOT EXISTS images_digest ON images(digest);
 CREATE INDEX IF NOT EXISTS images_seq ON images(seq);
 CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+-- The label the last `classify` run gave each image ("unknown" included), for --where "label = ...".
+CREATE TABLE IF NOT EXISTS labels (id INTEGER PRIMARY KEY, label TEXT NOT NULL, score REAL NOT NULL, reason TEXT);
 CREATE TABLE IF NOT EXISTS failures (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, error TEXT NOT NULL, seen_at REAL NOT NULL
 );
@@ -111,6 +118,11 @@ class Collection:
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True, readonly: bool = False):
         self.root = Path(root).resolve()
         db_path = self.root / DB_FILE
+        if self.root.exists() and not self.root.is_dir():
+            raise CollectionError(
+                f"{root} is a file, not a collection folder: --db names the folder that holds "
+                f"{DB_FILE} (default .imagespace)"
+            )
         if not db_path.exists():
             if not create:
                 raise CollectionError(
@@ -294,6 +306,37 @@ class Collection:
     def failures(self) -> list[dict]:
         return [{"path": p, "error": e} for p, e in self.conn.execute("SELECT path, error FROM failures ORDER BY path")]
 
+    def size_on_disk(self) -> dict[str, int]:
+        """Bytes used in the collection folder: the database (with its WAL), and everything."""
+        database = sum(p.stat().st_size for p in self.root.glob(DB_FILE + "*") if p.is_file())
+        total = 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(folder, name)).st_size
+                except OSError:  # removed while we walked
+                    pass
+        return {"database": database, "total": total}
+
+    def last_indexed_at(self) -> float | None:
+        """When an indexing run last finished (seconds since the epoch), if one ever did."""
+        value = self.get_meta("last_indexed_at")
+        if value is not None:
+            return float(value)
+        row = self.conn.execute("SELECT max(indexed_at) FROM images").fetchone()  # older collections
+        return row[0] if row and row[0] is not None else None
+
+    def _known_failures(self, roots: Sequence[str]) -> dict[str, tuple[int | None, int | None, str]]:
+        """Recorded failures under ``roots``: path -> (size, mtime_ns, error)."""
+        out: dict[str, tuple[int | None, int | None, str]] = {}
+        for root in roots:
+            under, params = _under("path", root)
+            for path, size, mtime_ns, error in self.conn.execute(
+                f"SELECT path, size, mtime_ns, error FROM failures WHERE {under}", params
+            ):
+                out[path] = (size, mtime_ns, error)
+        return out
+
     # -- writing -------------------------------------------------------------------------
 
     def write_embedded(self, items: Sequence, failed: Sequence) -> None:
@@ -324,6 +367,14 @@ class Collection:
                          error=excluded.error, seen_at=excluded.seen_at""",
                     (_sql_path(f.path), f.size, f.mtime_ns, f.error, now),
                 )
+
+    def save_labels(self, labels: Iterable[tuple[int, str, float, str | None]]) -> int:
+        """Replace every saved label with ``(id, label, score, reason)`` rows; returns how many."""
+        rows = list(labels)
+        with self.transaction():
+            self.conn.execute("DELETE FROM labels")
+            self.conn.executemany("INSERT INTO labels(id,label,score,reason) VALUES(?,?,?,?)", rows)
+        return len(rows)
 
     def _remove_ids(self, ids: Sequence[int], seq: int) -> None:
         for i in ids:
@@ -369,6 +420,7 @@ class Collection:
                 self.bind_model(model.model_id, model_spec, model.dim)
             scan = _scan(paths)
             report.failed.extend(scan.failed)
+            report.found = len(scan.files)
             self._remember_roots(scan.roots)
             existing = self._rows_under(scan.roots)
             # A folder we could not list is unreadable, not empty: its rows stay.
@@ -425,8 +477,20 @@ class Collection:
             report.removed = len(gone)
             self._forget_failures(scan)
 
+            # A file that failed to decode and has not changed since (same size and mtime)
+            # would fail again: it is listed, not retried, until it changes.
+            remembered = self._known_failures(scan.roots)
+            skipped: list[dict] = []
+            retry: list[str] = []
+            for path in changed + added:
+                known_failure = remembered.get(path)
+                st = scan.files[path]
+                if known_failure is not None and _still_failing(known_failure, st):
+                    skipped.append({"path": path, "error": known_failure[2], "retried": False})
+                else:
+                    retry.append(path)
             known = set(changed)
-            to_embed = sorted(changed + added)
+            to_embed = sorted(retry)
             if on_progress is not None:
                 on_progress(0, len(to_embed))
             for batch in (embedder or embed_files)(
@@ -444,6 +508,8 @@ class Collection:
                 report.failed.extend({"path": r.path, "error": r.error} for r in bad)
                 if on_progress is not None:
                     on_progress(report.embedded + len(report.failed) - len(scan.failed), len(to_embed))
+            report.failed.extend(skipped)
+            report.skipped_failures = len(skipped)
             # Files that fail now but were indexed before keep their old row: the photo is
             # still there on disk, even if we could not read it this time.
             # The index that searches will open (by size: in-memory graph or compressed on
@@ -451,6 +517,7 @@ class Collection:
             from .large_index import open_index
 
             open_index(self).save_if_changed()
+            self.set_meta("last_indexed_at", repr(time.time()))
         report.seconds = time.perf_counter() - started
         return report
 
@@ -494,6 +561,18 @@ class Collection:
             for r in self.conn.execute(f"SELECT path, id, size, mtime_ns, digest, model FROM images WHERE {under}", params):
                 out[r[0]] = (r[1], r[2], r[3], r[4], r[5])
         return out
+
+
+def _still_failing(known: tuple[int | None, int | None, str], st: os.stat_result) -> bool:
+    """A recorded failure still holds for the file: same size and mtime, and not a failure
+    of the model (a batch that failed in the model may pass on the next run)."""
+    size, mtime_ns, error = known
+    return size == st.st_size and mtime_ns == st.st_mtime_ns and not error.startswith(_TRANSIENT_ERRORS)
+
+
+# Failures that say nothing about the file's bytes, always retried: the model failing on a
+# batch, and the file not readable now (permissions change without changing the mtime).
+_TRANSIENT_ERRORS = ("model failed on this batch", "unexpected error", "permission denied", "no such file", "cannot read file")
 
 
 def _same_digest(path: str, digest: str, file_digest) -> bool:

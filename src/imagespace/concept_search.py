@@ -2,15 +2,19 @@
 
 A concept (concepts.py) is a set of ImageNet classes, or one of the collection's own labels
 (user_labels.py). An image's score is the sum of the stored probabilities of the concept's
-classes among its tags (the network's top classes), plus the classifier's probability for a
-user label: "dog" scores a photo tagged 0.5 beagle, 0.2 basset and 0.1 bathtub at 0.7. The
-stored tags are enough, so an existing collection answers without being embedded again.
+classes among its tags (the network's top classes; a trained model's own classes), plus
+the ``classify --train`` probability for a user label: "dog" scores a photo tagged 0.5
+beagle, 0.2 basset and 0.1 bathtub at 0.7. The stored tags are enough, so an existing
+collection answers without being embedded again; tag_postings.py reads them as arrays.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from .concepts import Understanding, wordnet
 from .search import Hit, Searcher, compile_where
+from .tag_postings import tag_postings
 from .user_labels import UserLabels
 
 _CHUNK = 500  # bound parameters per statement, well under SQLite's limit
@@ -28,23 +32,18 @@ def search_concepts(
     """Images with a non-zero probability for any of the concepts, most probable first."""
     coll = searcher.collection
     net = wordnet()
-    names = sorted({net.labels[c].lower() for con in understanding.concepts for c in con.classes})
+    names = sorted({net.labels[c].lower() for con in understanding.concepts for c in con.classes}
+                   # a model trained on the user's folders tags images with the folder names
+                   | {con.name.lower() for con in understanding.concepts if con.how == "user"})
     sql, params = compile_where(where) if where else ("1", [])
     scores: dict[int, float] = {}
     if names:
-        # Only rows whose tags name one of the classes: json_each reads the stored tags in SQLite.
-        for start in range(0, len(names), _CHUNK):
-            chunk = names[start : start + _CHUNK]
-            cur = coll.conn.execute(
-                # EXISTS, not a join: json_each has a "path" column of its own that the filter would hit
-                f"""SELECT id FROM images WHERE model=? AND EXISTS (SELECT 1 FROM json_each(images.tags) AS t
-                    WHERE lower(json_extract(t.value,'$[0]')) IN ({','.join('?' * len(chunk))})) AND ({sql})""",
-                [coll.model_id, *chunk, *params],
-            )
-            ids = [r[0] for r in cur]
-            wanted = set(names)
-            for i, row in coll.rows(ids).items():
-                scores[i] = sum(p for t, p in row.tags if t.lower() in wanted)
+        ids, sums = tag_postings(coll).summed(names)
+        if where:
+            allowed = {r[0] for r in coll.conn.execute(f"SELECT id FROM images WHERE model=? AND ({sql})", [coll.model_id, *params])}
+            keep = np.fromiter((int(i) in allowed for i in ids), dtype=bool, count=len(ids))
+            ids, sums = ids[keep], sums[keep]
+        scores = dict(zip(ids.tolist(), sums.tolist()))
     if user is not None:
         for con in understanding.concepts:
             if con.how != "user":
@@ -59,8 +58,15 @@ def search_concepts(
                 )
                 for i, path in cur:
                     scores[i] = scores.get(i, 0.0) + by_path[path]
-    ranked = sorted(((s, i) for i, s in scores.items() if s > 0 and (min_score is None or s >= min_score)), key=lambda x: (-x[0], x[1]))
-    ranked = ranked[:k]
+    ids = np.fromiter(scores.keys(), dtype=np.int64, count=len(scores))
+    sums = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
+    keep = (sums > 0) if min_score is None else (sums > 0) & (sums >= min_score)
+    ids, sums = ids[keep], sums[keep]
+    if len(ids) > k:  # only the best k are sorted: a general word can match most of a large collection
+        top = np.argpartition(-sums, k - 1)[:k]
+        ids, sums = ids[top], sums[top]
+    order = np.lexsort((ids, -sums))
+    ranked = [(float(sums[j]), int(ids[j])) for j in order]
     rows = coll.rows(i for _, i in ranked)
     return [Hit(i, rows[i].path, float(s), rows[i].tags, rows[i].width, rows[i].height, rows[i].size) for s, i in ranked if i in rows]
 

@@ -293,7 +293,7 @@ def _labels_under(part: str, user_labels, net: WordNet) -> tuple[list[str], set[
     wanted = {s for s, _ in net.senses(lemma)}
     out, matched = [], set()
     for label in user_labels:
-        own = net.lemma(_normal(label))
+        own = net.lemma(" ".join(re.findall(r"[a-z0-9]+", label.lower().replace("_", " ").replace("-", " "))))
         if own is None:
             continue
         for synset, near in net.senses(own)[:1]:  # the label's most frequent sense
@@ -305,7 +305,10 @@ def _labels_under(part: str, user_labels, net: WordNet) -> tuple[list[str], set[
 
 
 def _normal(label: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", label.lower().replace("'", "").replace("_", " ").replace("-", " ")))
+    """A label's key: its words without articles or spaces, so that a folder named "tigerlily"
+    or "lily-valley" answers "tiger lily" and "lily of the valley"."""
+    words = re.findall(r"[a-z0-9]+", label.lower().replace("'", "").replace("_", " ").replace("-", " "))
+    return "".join(w for w in words if w not in _STOP) or "".join(words)
 
 
 def _singular(word: str, known: dict[str, str]) -> str:

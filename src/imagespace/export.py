@@ -1,14 +1,106 @@
-"""Every row of a collection with its vector, as a Parquet file for pandas, DuckDB & co."""
+"""Every row of a collection with its vector, in the format the file name says.
+
+``.parquet`` (pandas, DuckDB, Spark: every field, the vector as a fixed-size list), ``.csv``
+(every field, the vector as a JSON list in one cell), ``.jsonl`` (one JSON object a row),
+``.npz`` (NumPy: ``embedding`` (n, dim) float32 with ``id`` and ``path`` beside). Each file
+is written to a temporary name and renamed, so a reader never sees half of one.
+"""
 
 from __future__ import annotations
 
 import os
+import csv
+import json
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from .collection import Collection
 from .names import readable_path
 
 _CHUNK = 5_000
+
+EXPORT_FORMATS = {".parquet": "Parquet", ".csv": "CSV", ".jsonl": "JSON lines", ".npz": "NumPy .npz"}
+
+
+class ExportError(ValueError):
+    """An export that cannot be written as asked (a file name of no known format)."""
+
+
+def export_format(out: str | os.PathLike[str]) -> str:
+    """The suffix of ``out`` if it names a format we write, else :class:`ExportError`."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in EXPORT_FORMATS:
+        known = ", ".join(f"{s} ({n})" for s, n in EXPORT_FORMATS.items())
+        why = " (a .npy file holds one array: use .npz for the vectors with their ids and paths)" if suffix == ".npy" else ""
+        raise ExportError(f"cannot tell the format of {Path(out).name!r}{why}; the name must end in {known}")
+    return suffix
+
+
+def export_collection(collection: Collection, out: str | os.PathLike[str]) -> int:
+    """Write the collection to ``out`` in the format its suffix names; returns rows written."""
+    writer = {".parquet": export_parquet, ".csv": export_csv, ".jsonl": export_jsonl, ".npz": export_npz}
+    return writer[export_format(out)](collection, out)
+
+
+def _chunks(collection: Collection) -> Iterator[tuple[np.ndarray, np.ndarray, list]]:
+    """(ids, vectors, rows in id order) a chunk at a time."""
+    for ids, vecs in collection.iter_vectors(_CHUNK):
+        rows = collection.rows(ids.tolist())
+        yield ids, vecs, [rows[int(i)] for i in ids]
+
+
+def _fields(r) -> dict:
+    return {
+        "path": readable_path(r.path), "size": r.size, "width": r.width, "height": r.height, "format": r.format,
+        "tags": [t for t, _ in r.tags], "tag_scores": [round(s, 6) for _, s in r.tags], "model": r.model,
+    }
+
+
+def export_csv(collection: Collection, out: str | os.PathLike[str]) -> int:
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    written = 0
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "size", "width", "height", "format", "tags", "tag_scores", "model", "embedding"])
+        for ids, vecs, rows in _chunks(collection):
+            for i, v, r in zip(ids.tolist(), vecs, rows):
+                d = _fields(r)
+                w.writerow([i, d["path"], d["size"], d["width"], d["height"], d["format"], json.dumps(d["tags"]),
+                            json.dumps(d["tag_scores"]), d["model"], json.dumps([float(x) for x in v])])
+                written += 1
+    os.replace(tmp, out)
+    return written
+
+
+def export_jsonl(collection: Collection, out: str | os.PathLike[str]) -> int:
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    written = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for ids, vecs, rows in _chunks(collection):
+            for i, v, r in zip(ids.tolist(), vecs, rows):
+                f.write(json.dumps({"id": i, **_fields(r), "embedding": [float(x) for x in v]}) + "\n")
+                written += 1
+    os.replace(tmp, out)
+    return written
+
+
+def export_npz(collection: Collection, out: str | os.PathLike[str]) -> int:
+    """The vectors as one (n, dim) float32 array, with ids and paths in the same order.
+
+    An array in memory: 1,280 floats a row is 5 KB, 5 GB for a million rows.
+    """
+    ids, vecs = collection.vectors()
+    rows = collection.rows(ids.tolist())
+    paths = np.array([readable_path(rows[int(i)].path) for i in ids], dtype=str)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp.npz")  # np.savez adds .npz to a name without it
+    np.savez(tmp, id=ids, path=paths, embedding=vecs)
+    os.replace(tmp, out)
+    return len(ids)
 
 
 def export_parquet(collection: Collection, out: str | os.PathLike[str]) -> int:

@@ -150,7 +150,10 @@ def load_pil(path: str | os.PathLike[str], max_side: int | None = None) -> Image
         if getattr(im, "n_frames", 1) > 1:
             im.seek(0)
         if max_side and im.format == "JPEG":
-            im.draft("RGB", (max_side, max_side))
+            # Ask for the box the result fits in, not a square: a 4000x3000 photo for 500 px
+            # then decodes at 1/8 (500x375) instead of 1/4, about 10 ms instead of 17.
+            box = (max_side, max(1, max_side * h // w)) if w >= h else (max(1, max_side * w // h), max_side)
+            im.draft("RGB", box)
         im.load()
         im = ImageOps.exif_transpose(im) or im
         im = _to_rgb(im)
@@ -201,3 +204,74 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         return im.convert("L").convert("RGB")
     return im.convert("RGB")
 
+
+
+# -- capture facts: what the file says about where it came from --------------------------
+
+# The IJG (libjpeg) luminance table at quality 50: a file's own table divided by it gives the
+# scale its encoder used, hence the quality it was saved at.
+_IJG_LUMINANCE_Q50 = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.float64)
+_EXIF_IFD = 0x8769
+_MAKE, _MODEL = 0x010F, 0x0110
+_DATETIME_ORIGINAL, _SUBSEC_ORIGINAL, _LENS_MODEL = 0x9003, 0x9291, 0xA434
+
+
+@dataclass(frozen=True)
+class CaptureFacts:
+    """Header facts of one file that tell an original from an edit, and one shot from another.
+
+    ``taken`` is the EXIF capture time in seconds (DateTimeOriginal with SubsecTimeOriginal,
+    read as UTC: only differences between files matter); ``camera`` is make, model and lens;
+    ``jpeg_quality`` is the IJG quality the luminance table corresponds to (None when the
+    file is not a JPEG).
+    """
+
+    taken: float | None = None
+    camera: str | None = None
+    jpeg_quality: int | None = None
+
+
+def capture_facts(path: str | os.PathLike[str]) -> CaptureFacts:
+    """EXIF capture time, camera and JPEG quality, from the header only (no pixel decode).
+
+    Never raises: a file whose header cannot be read has no facts.
+    """
+    import calendar
+    import time as _time
+
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            quality = _jpeg_quality(im) if im.format == "JPEG" else None
+            sub = exif.get_ifd(_EXIF_IFD) if exif else {}
+            make, model = str(exif.get(_MAKE, "") or "").strip(), str(exif.get(_MODEL, "") or "").strip()
+            lens = str(sub.get(_LENS_MODEL, "") or "").strip()
+            camera = " ".join(p for p in (make, model, lens) if p) or None
+            taken = None
+            stamp = str(sub.get(_DATETIME_ORIGINAL, "") or "").strip().strip("\x00")
+            if stamp:
+                try:
+                    taken = float(calendar.timegm(_time.strptime(stamp[:19], "%Y:%m:%d %H:%M:%S")))
+                except ValueError:
+                    taken = None
+                digits = "".join(ch for ch in str(sub.get(_SUBSEC_ORIGINAL, "") or "") if ch.isdigit())
+                if taken is not None and digits:
+                    taken += int(digits) / 10 ** len(digits)
+            return CaptureFacts(taken=taken, camera=camera, jpeg_quality=quality)
+    except Exception:  # noqa: BLE001 - facts are optional: a bad header means none
+        return CaptureFacts()
+
+
+def _jpeg_quality(im: Image.Image) -> int | None:
+    tables = getattr(im, "quantization", None) or {}
+    lum = tables.get(0)
+    if lum is None or len(lum) != 64:
+        return None
+    # Tables are stored in zigzag or natural order depending on the Pillow version; the
+    # mean ratio does not depend on the order.
+    scale = float(np.mean(np.asarray(lum, dtype=np.float64)) / np.mean(_IJG_LUMINANCE_Q50)) * 100.0
+    quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
+    return int(round(min(100.0, max(1.0, quality))))

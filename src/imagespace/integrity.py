@@ -28,7 +28,8 @@ MAX_EXAMPLES = 10
 # An index entry whose vector is further than this from its row's vector is wrong.
 MIN_COSINE = 0.999
 MIN_COSINE_INT8 = 0.99
-_TMP_NAME = re.compile(r"^vectors\.(?:usearch|json|projection\.npy|rescore\.f32)\.(\d+)\.tmp(?:\.npy)?$")
+# also search by words' files beside the index: tag-postings.npz and user-labels.json
+_TMP_NAME = re.compile(r"^(?:vectors\.(?:usearch|json|projection\.npy|rescore\.f32)|tag-postings\.npz|user-labels\.json)\.(\d+)\.tmp(?:\.npy|\.npz)?$")
 
 
 @dataclass

@@ -17,8 +17,23 @@ from .concepts import HEDGE_CONFIDENCE, hedged_tag, tag_concept_labels
 from .index import EXACT_LIMIT, VectorIndex
 
 
+# The most results one query returns, in the CLI and the API alike. Beyond a thousand,
+# ranks mean little and a page of results with thumbnails grows past what a browser
+# holds comfortably; all rows with their vectors: `imagespace export`.
+MAX_K = 1000
+# Below this cosine, a neighbour is shown as a weak match. EfficientNet-Lite0's pooled
+# features put unrelated photos at about 0.25-0.45 of each other (the demo's sample photos:
+# 0.27-0.43 between a cat, a coffee cup and a rocket); on the flowers12 test photos 93% of
+# the pairs of one kind score 0.5 or more (but so do 37% of pairs of two kinds of flower).
+WEAK_MATCH = 0.5
+
+
 class QueryError(Exception):
     """A query that cannot be answered as asked (unreadable image, bad filter...)."""
+
+
+class FilterError(QueryError):
+    """A ``where`` filter that cannot be read: a usage error."""
 
 
 @dataclass
@@ -188,18 +203,24 @@ def _hit(row: Row, score: float) -> Hit:
 
 # -- filters -----------------------------------------------------------------------------
 
-_FIELDS = {"path": "path", "size": "size", "width": "width", "height": "height", "format": "format"}
+# The label a `classify` run gave the image (see Collection.save_labels); NULL if never classified.
+_LABEL = "(SELECT label FROM labels WHERE labels.id = images.id)"
+_FIELDS = {"path": "path", "size": "size", "width": "width", "height": "height", "format": "format", "label": _LABEL}
+WHERE_FIELDS = (*_FIELDS, "tag")
 _OPS = {"=": "=", "==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "like": "LIKE", "glob": "GLOB", "~": "~"}
 _TOKEN = re.compile(
     r"""\s*(?:(?P<op>==|!=|<=|>=|=|<|>|~)|(?P<paren>[()])|(?P<str>'(?:[^']|'')*'|"(?:[^"]|"")*")"""
     r"""|(?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.]))|(?P<word>[^\s()=<>!~'"]+))"""
 )
 
+WHERE_SYNTAX = (
+    "A filter is FIELD OP VALUE, joined by and/or/not and parentheses; fields: path, size (bytes), "
+    "width, height (pixels), format (jpeg, png...), tag (one of the image's top ImageNet labels; a "
+    "general concept such as 'flower' or 'dog' matches images whose classes under it sum to a confident "
+    "probability), label (given by 'imagespace classify'); ops: = != < <= > >= like glob ~ (contains)"
+)
 WHERE_HELP = (
-    "FIELD OP VALUE joined by and/or/not and parentheses. Fields: path, size (bytes), width, "
-    "height, format, tag (one of the image's top ImageNet labels; a general concept such as "
-    "'flower' or 'dog' matches images whose classes under it sum to a confident probability). Ops: = != < <= > >= like glob "
-    "~ (contains). Examples: \"tag = daisy\", \"path like '/photos/2020/%'\", \"width >= 1000 and not tag ~ dog\"."
+    WHERE_SYNTAX + ". Examples: \"tag = daisy and width >= 1000\", \"path like '%/2020/%' and not tag ~ dog\"."
 )
 
 
@@ -207,19 +228,32 @@ def compile_where(expr: str) -> tuple[str, list]:
     """Turn a filter expression into a parameterised SQL condition over ``images``.
 
     Only the fields and operators above are accepted; values are always bound
-    parameters, never pasted into SQL.
+    parameters, never pasted into SQL. A filter that cannot be read raises
+    :class:`FilterError` saying what is missing and where.
     """
     tokens = _tokenize(expr)
     pos = 0
+    fields = ", ".join(WHERE_FIELDS)
 
     def peek():
-        return tokens[pos] if pos < len(tokens) else (None, None)
+        return tokens[pos][:2] if pos < len(tokens) else (None, None)
 
     def take():
         nonlocal pos
         tok = peek()
         pos += 1
         return tok
+
+    def where_now() -> str:
+        """Where the parser stands, for messages: after the last token read."""
+        if pos - 1 < len(tokens) and pos >= 1:
+            kind, value, at = tokens[pos - 1]
+            if kind is not None:
+                return f"at character {at + 1}"
+        return "at the end"
+
+    def fail(what: str) -> FilterError:
+        return FilterError(f"filter {expr!r}: {what}. {WHERE_SYNTAX}")
 
     def parse_or():
         sql, params = parse_and()
@@ -245,27 +279,32 @@ def compile_where(expr: str) -> tuple[str, list]:
         return parse_atom()
 
     def parse_atom():
+        before = tokens[pos - 1][1] if 0 < pos <= len(tokens) else None
         kind, value = take()
         if kind == "paren" and value == "(":
             sql, params = parse_or()
             if take() != ("paren", ")"):
-                raise QueryError(f"filter {expr!r}: missing ')'")
+                raise fail("a '(' is never closed: add ')'")
             return sql, params
-        if kind != "word" or value not in (*_FIELDS, "tag"):
-            raise QueryError(f"filter {expr!r}: expected a field ({', '.join([*_FIELDS, 'tag'])}), got {value!r}")
+        if kind is None:
+            raise fail(f"a condition is missing after {before!r} at the end" if before else "a condition is missing")
+        if kind != "word" or value not in WHERE_FIELDS:
+            raise fail(f"expected a field ({fields}) {where_now()}, got {value!r}")
         field = value
         op_kind, op = take()
         op = (op or "").lower()
         if op_kind not in ("op", "word") or op not in _OPS:
-            raise QueryError(f"filter {expr!r}: expected an operator after {field!r}, got {op!r}")
+            got = "nothing" if op_kind is None else repr(op)
+            raise fail(f"expected an operator ({' '.join(_OPS)}) after {field!r}, got {got}")
         val_kind, val = take()
         if val_kind not in ("str", "num", "word"):
-            raise QueryError(f"filter {expr!r}: expected a value after {field} {op}")
+            got = "nothing" if val_kind is None else repr(val)
+            raise fail(f"expected a value after {field!r} {op}, got {got}")
         if field in ("size", "width", "height") and _OPS[op] not in ("LIKE", "GLOB", "~"):
             try:  # SQLite would compare a number with text without complaint, matching nothing
                 val = float(val)
             except ValueError:
-                raise QueryError(f"filter {expr!r}: {field} is a number, got {val!r}") from None
+                raise fail(f"{field} is a number, got {val!r}") from None
         sql_op = _OPS[op]
         if field == "tag":
             inner = "json_extract(t.value,'$[0]')"
@@ -287,31 +326,37 @@ def compile_where(expr: str) -> tuple[str, list]:
             exists = f"EXISTS (SELECT 1 FROM json_each(images.tags) AS t WHERE {cond})"
             return (f"(NOT {exists})" if sql_op == "!=" else exists), [param]
         column = _FIELDS[field]
+        text_like = field in ("format", "label")  # format as Pillow names it ("JPEG"); labels as typed
         if sql_op == "~":
             return f"instr(lower({column}), lower(?)) > 0", [str(val)]
-        if field == "format" and sql_op in ("=", "!="):  # stored as Pillow names it: "JPEG"
+        if text_like and sql_op in ("=", "!="):
+            if field == "label" and sql_op == "!=":  # images never classified are "not daisy" too
+                return f"coalesce(lower({column}), '') != lower(?)", [str(val)]
             return f"lower({column}) {sql_op} lower(?)", [str(val)]
         return f"{column} {sql_op} ?", [val]
 
     if not tokens:
-        raise QueryError("empty filter")
+        raise FilterError(f"empty filter. {WHERE_SYNTAX}")
     try:
         sql, params = parse_or()
     except RecursionError:
-        raise QueryError(f"filter is nested too deeply ({expr[:40]!r}...)") from None
-    if pos != len(tokens):
-        raise QueryError(f"filter {expr!r}: unexpected {tokens[pos][1]!r}")
+        raise FilterError(f"filter is nested too deeply ({expr[:40]!r}...)") from None
+    if pos < len(tokens):
+        kind, value, at = tokens[pos]
+        hint = " (join conditions with 'and' or 'or')" if kind == "word" and value in WHERE_FIELDS else ""
+        raise fail(f"unexpected {value!r} at character {at + 1}{hint}")
     return sql, params
 
 
-def _tokenize(expr: str) -> list[tuple[str, str]]:
-    tokens: list[tuple[str, str]] = []
+def _tokenize(expr: str) -> list[tuple[str, str, int]]:
+    """(kind, value, start) per token; start is the character where the token begins."""
+    tokens: list[tuple[str, str, int]] = []
     pos = 0
     expr = expr.strip()
     while pos < len(expr):
         m = _TOKEN.match(expr, pos)
         if not m or m.end() == pos:
-            raise QueryError(f"filter {expr!r}: cannot read it from {expr[pos:]!r}")
+            raise FilterError(f"filter {expr!r}: cannot read it from character {pos + 1} ({expr[pos:]!r}). {WHERE_SYNTAX}")
         pos = m.end()
         kind = m.lastgroup
         value = m.group(kind)
@@ -320,5 +365,5 @@ def _tokenize(expr: str) -> list[tuple[str, str]]:
             value = value[1:-1].replace(quote * 2, quote)
         elif kind == "word" and value.lower() in ("and", "or", "not", "like", "glob"):
             value = value.lower()
-        tokens.append((kind, value))
+        tokens.append((kind, value, m.start(kind)))
     return tokens

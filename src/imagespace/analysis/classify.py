@@ -32,6 +32,15 @@ _C = 1.0  # logistic regression's inverse regularisation: C=1 beat 10 and 100 on
 
 
 @dataclass
+class Verdict:
+    label: str  # a class, or UNKNOWN
+    score: float  # the classifier's top probability
+    guess: str  # the most probable class, even when the label is UNKNOWN
+    nearest: float  # cosine to the nearest example
+    reason: str | None  # why UNKNOWN; None for a class
+
+
+@dataclass
 class Classifier:
     classes: list[str]
     model: object  # a fitted sklearn LogisticRegression
@@ -43,6 +52,10 @@ class Classifier:
 
     def predict(self, vectors: np.ndarray) -> list[tuple[str, float]]:
         """(label, probability) per vector; ``unknown`` where nothing fits."""
+        return [(v.label, v.score) for v in self.verdicts(vectors)]
+
+    def verdicts(self, vectors: np.ndarray) -> list[Verdict]:
+        """A label per vector, with the best guess and, for ``unknown``, which rule said so."""
         if not len(vectors):
             return []
         with single_threaded():
@@ -54,10 +67,16 @@ class Classifier:
         out = []
         for i, j in enumerate(best):
             p = float(probs[i, j])
-            if p < self.min_probability or nearest[i] < self.min_similarity:
-                out.append((UNKNOWN, p))
+            guess = str(self.model.classes_[j])
+            if p < self.min_probability:
+                reason = f"top probability {p:.2f} ({guess}) is below --min-probability {self.min_probability:.2f}"
+            elif nearest[i] < self.min_similarity:
+                reason = (f"unlike every example: cosine {nearest[i]:.2f} to the nearest one, below "
+                          f"{self.min_similarity:.2f} (how close your examples of one class are to each other)")
             else:
-                out.append((self.model.classes_[j], p))
+                out.append(Verdict(guess, p, guess, float(nearest[i]), None))
+                continue
+            out.append(Verdict(UNKNOWN, p, guess, float(nearest[i]), reason))
         return out
 
 
@@ -67,9 +86,15 @@ class Prediction:
     path: str
     label: str
     score: float
+    reason: str | None = None  # why "unknown"
+    guess: str | None = None  # the most probable class
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "label": self.label, "score": round(self.score, 4)}
+        out = {"path": self.path, "label": self.label, "score": round(self.score, 4)}
+        if self.reason is not None:
+            out["reason"] = self.reason
+            out["guess"] = self.guess
+        return out
 
 
 def train_classifier(
@@ -113,11 +138,16 @@ def classify_collection(collection: Collection, classifier: Classifier, ids: lis
     chunks = [collection.vectors(ids)] if ids is not None else collection.iter_vectors()
     for chunk_ids, vecs in chunks:
         rows = collection.rows(chunk_ids.tolist())
-        for i, (label, p) in zip(chunk_ids.tolist(), classifier.predict(vecs)):
+        for i, v in zip(chunk_ids.tolist(), classifier.verdicts(vecs)):
             if i in rows:
-                predictions.append(Prediction(i, rows[i].path, label, p))
+                predictions.append(Prediction(i, rows[i].path, v.label, v.score, v.reason, v.guess))
     predictions.sort(key=lambda p: p.path)
     return predictions
+
+
+def save_predictions(collection: Collection, predictions: list[Prediction]) -> int:
+    """Keep the labels in the collection, so that ``--where "label = daisy"`` can use them."""
+    return collection.save_labels((p.id, p.label, p.score, p.reason) for p in predictions)
 
 
 def _cross_validated_accuracy(vectors: np.ndarray, labels: np.ndarray, smallest: int) -> float | None:

@@ -1,20 +1,22 @@
-"""Near-duplicate images: the same picture resized, recompressed, cropped, rotated a little,
-brightened, recoloured, mirrored, or with text or a border added.
+"""Duplicates a user can act on: copies (safe to delete one), retakes (pick the best), and
+look-alikes (never grouped).
 
-Three stages, cheapest first:
+Four stages, cheapest first:
 
-1. identical bytes (the stored digest) are duplicates outright;
-2. candidates: each image's nearest neighbours in the ANN index above a cosine threshold,
-   so the work grows with the number of images, never with its square;
-3. verification: the two images' local features (ORB) are matched and a homography is
-   fitted with RANSAC, also against the mirrored image; enough geometric inliers means the
-   same picture. Two photos of the same kind of flower look alike to the network (one global
-   vector) but share no geometry, which is what tells them apart.
+1. identical bytes (the stored digest) are copies outright;
+2. candidates: each image's nearest neighbours in the ANN index, a fixed number of them
+   above a low cosine floor, so that heavily edited copies (a border, a caption, a crop, a
+   rotation move the global vector far) are still looked at, while the work grows with the
+   number of images, never with its square;
+3. each candidate pair is placed in one tier by :mod:`.copies` (the shape of the fitted
+   transform, the agreement of the aligned pixels, EXIF capture times) with a reason;
+4. groups are made only of verified pairs of one tier, as stars around one member: every
+   member of a copy group was checked to be a copy of the kept one, so nothing joins a
+   group by chaining through pairs that were never compared.
 
-Measured on a flowers12 test set (960 photos plus 110 edited copies, with the photos of the
-same species as distractors; see benchmarks/quality_analysis.py): one cosine threshold alone
-gives recall 0.46 at precision 1.0 (at 0.95), while candidates at cosine 0.70 hold every true
-pair (recall 1.0) and verification brings precision from 0.0008 to 0.981.
+Which copy to keep is decided pair by pair (:func:`.copies.original_of`): the member that
+wins most comparisons in its group is kept; each other member is listed with the one it
+copies and why it is not the one kept.
 """
 
 from __future__ import annotations
@@ -23,44 +25,62 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..collection import Collection
+from ..collection import Collection, Row
+from ..images import CaptureFacts, ImageError, capture_facts, load_pil
 from ..large_index import open_index
 from ._threads import worker_threads
+from .copies import SIGNALS, VERIFY_SIDE, FeatureMaker, ImageFeatures, PairChecker, PairVerdict, original_of
+from .pair_cache import ImageSummary, PairCache
 
-# Candidates: nearest neighbours above this cosine go to verification. 0.70 kept every
-# edited copy of the test set (0.80 lost 1.6% of them: crops and rotations move the vector).
-CANDIDATE_SIMILARITY = 0.70
+# Candidates: up to NEIGHBOURS nearest neighbours of each image with cosine at least
+# CANDIDATE_SIMILARITY. TODO tuned
+CANDIDATE_SIMILARITY = 0.50
+NEIGHBOURS = 10
+# Images too plain or too small for local features (fewer than _PLAIN_POINTS points, e.g.
+# a 100x75 thumbnail of a smooth picture) are copies above this cosine when their capture
+# times do not differ: on flowers12 the same photo saved twice scores >= 0.998, two
+# different photos at most 0.97.
+CERTAIN_SIMILARITY = 0.99
+_PLAIN_POINTS = 60
 # Without verification the cosine alone decides; 0.95 kept precision above 0.9.
 UNVERIFIED_SIMILARITY = 0.95
-# Above this cosine two images are the same picture without looking: on flowers12 the
-# same photo saved twice scores >= 0.998, two different photos at most 0.97.
-CERTAIN_SIMILARITY = 0.99
-NEIGHBOURS = 10
-# RANSAC inliers of a homography for "same picture". On the flowers12 test set true pairs
-# scored 41-950 (most above 300) and different photos of one species at most 28.
-MIN_INLIERS = 30
-# Verification works on images of this size: enough keypoints, bounded cost per image.
-_VERIFY_SIDE = 512
-_MIN_SIDE = 320
-_FEATURES = 1000
-_RATIO = 0.8
-_RANSAC_PIXELS = 5.0
 _CACHE_IMAGES = 4096
 _BLOCK = 512  # candidate pairs per block: at most 1,024 images, well inside the cache
+TIERS = ("copy", "retake", "all")
+
+
+@dataclass
+class Pair:
+    a: int
+    b: int
+    similarity: float  # cosine of the two global vectors (1.0 for identical bytes)
+    verdict: PairVerdict
+
+    def to_dict(self, paths: dict[int, str]) -> dict:
+        v = self.verdict
+        return {"a": paths.get(self.a, str(self.a)), "b": paths.get(self.b, str(self.b)), "tier": v.tier,
+                "score": round(float(v.score), 4), "similarity": round(float(self.similarity), 4), "reason": v.reason}
 
 
 @dataclass
 class DuplicateReport:
-    groups: list[list[int]]
+    groups: list[list[int]]  # copy groups, the one to keep first
+    retakes: list[list[int]] = field(default_factory=list)  # retake groups, the best shot first
+    pairs: dict[tuple[int, int], Pair] = field(default_factory=dict)  # every verified pair, a < b
+    why: dict[int, tuple[int, str]] = field(default_factory=dict)  # listed copy -> (the kept one, reason)
     stats: dict = field(default_factory=dict)
+
+    def pair(self, a: int, b: int) -> Pair | None:
+        return self.pairs.get((a, b) if a < b else (b, a))
 
 
 def find_duplicates(collection: Collection, threshold: float | None = None, verify: bool = True) -> list[list[int]]:
-    """Groups of row ids that show the same picture; each group largest image first."""
+    """Groups of row ids that are copies of one picture; each group the one to keep first."""
     return duplicate_report(collection, threshold=threshold, verify=verify).groups
 
 
@@ -70,95 +90,74 @@ def duplicate_report(
     verify: bool = True,
     *,
     neighbours: int = NEIGHBOURS,
-    min_inliers: int = MIN_INLIERS,
     progress: bool = False,
+    signals: tuple[str, ...] = SIGNALS,
+    use_cache: bool = True,
 ) -> DuplicateReport:
-    """:func:`find_duplicates` with what each stage found and what it cost."""
+    """Copies and retakes, every pair with its tier, score and reason, and what it cost.
+
+    ``signals`` (some of shape, pixels, exif) are there to measure what each one adds.
+    Verdicts and image facts are kept in a cache file beside the collection
+    (:mod:`.pair_cache`) unless ``use_cache`` is off."""
     if threshold is None:
         threshold = CANDIDATE_SIMILARITY if verify else UNVERIFIED_SIMILARITY
     stats: dict = {"images": len(collection), "threshold": threshold, "verify": verify}
     started = time.perf_counter()
-    union = _UnionFind()
 
-    exact = 0
+    identical: dict[tuple[int, int], float] = {}
     for (ids_csv,) in collection.conn.execute(
         "SELECT group_concat(id) FROM images GROUP BY digest HAVING count(*) > 1"
     ):
-        ids = [int(i) for i in ids_csv.split(",")]
+        ids = sorted(int(i) for i in ids_csv.split(","))
         for other in ids[1:]:
-            union.join(ids[0], other)
-            exact += 1
-    stats["identical_pairs"] = exact
+            identical[(ids[0], other)] = 1.0
+    stats["identical_pairs"] = len(identical)
 
     # Stage costs are CPU seconds of this process: on a shared machine wall time says more
     # about the neighbours than about the work.
     t0 = time.process_time()
     candidates = _candidates(collection, threshold, neighbours)
+    for key in identical:
+        candidates.pop(key, None)
     stats["candidate_pairs"] = len(candidates)
     stats["candidate_cpu_seconds"] = round(time.process_time() - t0, 3)
 
     t0 = time.process_time()
-    accepted = 0
+    pairs: dict[tuple[int, int], Pair] = {
+        key: Pair(*key, 1.0, PairVerdict("copy", 1.0, "identical files (the same bytes)", agreement=1.0, covered_a=1.0, covered_b=1.0))
+        for key in identical
+    }
+    rows = collection.rows({i for key in list(candidates) + list(identical) for i in key})
+    # Verdicts of earlier runs are reused only with every signal on (the default).
+    cache = PairCache(collection.root if (verify and tuple(signals) == SIGNALS and use_cache) else None)
+    verifier = _Verifier(signals, cache)
     if verify:
-        verifier = _Verifier(min_inliers)
-        certain, accepted = _verify(candidates, collection, union, verifier, progress)
-        stats["certain_pairs"] = certain
-        stats["verified_pairs"] = verifier.pairs
+        _verify(candidates, rows, pairs, verifier, progress)
+        stats["cached_pairs"] = verifier.cached
         stats["images_with_features"] = verifier.extracted
         stats["feature_cpu_seconds"] = round(verifier.feature_seconds, 3)
         stats["match_cpu_seconds"] = round(verifier.match_seconds, 3)
     else:
-        for a, b in candidates:
-            union.join(a, b)
-            accepted += 1
-    stats["accepted_pairs"] = accepted
+        for (a, b), sim in candidates.items():
+            pairs[(a, b)] = Pair(a, b, sim, PairVerdict("copy", sim, f"global vectors at cosine {sim:.3f} (not verified)"))
     stats["verify_cpu_seconds"] = round(time.process_time() - t0, 3)
 
-    groups = [g for g in union.groups() if len(g) > 1]
-    info = collection.rows({i for g in groups for i in g})
-    # The largest (most pixels, then most bytes) first: the copy worth keeping.
-    for g in groups:
-        g.sort(key=lambda i: (-(info[i].width * info[i].height), -info[i].size, info[i].path) if i in info else (0, 0, ""))
-    groups.sort(key=lambda g: info[g[0]].path if g[0] in info else "")
+    t0 = time.process_time()
+    groups, why = _copy_groups(pairs, rows, verifier, verify)
+    retakes = _retake_groups(pairs, rows, verifier, groups)
+    verifier.flush()
+    cache.close()
+    stats["group_cpu_seconds"] = round(time.process_time() - t0, 3)
+    tiers = [p.verdict.tier for p in pairs.values()]
+    stats.update({f"{t}_pairs": tiers.count(t) for t in ("copy", "retake", "similar")})
+    stats["verified_pairs"] = verifier.pairs
     stats["groups"] = len(groups)
+    stats["retake_groups"] = len(retakes)
     stats["seconds"] = round(time.perf_counter() - started, 3)
-    return DuplicateReport(groups, stats)
+    return DuplicateReport(groups, retakes, pairs, why, stats)
 
 
-def _verify(candidates: dict[tuple[int, int], float], collection: Collection, union: _UnionFind,
-            verifier: _Verifier, progress: bool) -> tuple[int, int]:
-    """Join the candidate pairs that verification shows to be one picture: (certain, accepted).
-
-    Pairs go in blocks, in id order so that an image's features are reused while cached;
-    each block's features and matches run on a thread per core (OpenCV releases the GIL).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    todo = sorted(candidates.items())
-    certain = accepted = 0
-    with ThreadPoolExecutor(worker_threads()) as pool:
-        for start in range(0, len(todo), _BLOCK):
-            block: list[tuple[int, int]] = []
-            for (a, b), sim in todo[start : start + _BLOCK]:
-                if union.same(a, b):
-                    continue  # already one group (e.g. through a third copy): nothing to learn
-                if sim >= CERTAIN_SIMILARITY:
-                    union.join(a, b)
-                    certain += 1
-                    continue
-                block.append((a, b))
-            rows = collection.rows({i for pair in block for i in pair})
-            block = [(a, b) for a, b in block if a in rows and b in rows]
-            verifier.prefetch([rows[i].path for i in sorted({i for pair in block for i in pair})], pool)
-            found = pool.map(lambda pair: verifier.inliers(rows[pair[0]].path, rows[pair[1]].path), block)
-            for (a, b), inliers in zip(block, found):
-                if inliers >= verifier.min_inliers:
-                    union.join(a, b)
-                    accepted += 1
-            if progress:
-                print(f"imagespace: duplicates: verified {min(len(todo), start + _BLOCK)}/{len(todo)} candidate pairs",
-                      file=sys.stderr)
-    return certain, accepted
+# -- candidates -------------------------------------------------------------------------
 
 
 def _candidates(collection: Collection, threshold: float, neighbours: int) -> dict[tuple[int, int], float]:
@@ -177,123 +176,293 @@ def _candidates(collection: Collection, threshold: float, neighbours: int) -> di
     return pairs
 
 
-class _Verifier:
-    """Local features with a geometric check, features cached per image (bounded).
+# -- verification -----------------------------------------------------------------------
 
-    Safe to call from several threads: each thread has its own OpenCV detector and matcher,
-    and the cache and the counters are shared under a lock.
+
+def _verify(candidates: dict[tuple[int, int], float], rows: dict[int, Row], pairs: dict, verifier: _Verifier,
+            progress: bool) -> None:
+    """Every candidate pair gets a verdict. Pairs go in blocks, in id order, so an image's
+    features are reused while cached; each block runs on a thread per core (OpenCV releases
+    the GIL)."""
+    todo = sorted((key, sim) for key, sim in candidates.items() if key[0] in rows and key[1] in rows)
+    with ThreadPoolExecutor(worker_threads()) as pool:
+        for start in range(0, len(todo), _BLOCK):
+            block = []
+            for (a, b), sim in todo[start : start + _BLOCK]:
+                known = verifier.known(rows[a], rows[b])
+                if known is not None:
+                    pairs[(a, b)] = Pair(a, b, sim, known)
+                else:
+                    block.append(((a, b), sim))
+            verifier.prefetch([rows[i] for i in sorted({i for (key, _) in block for i in key})], pool)
+            found = pool.map(lambda item: verifier.compare(rows[item[0][0]], rows[item[0][1]]), block)
+            for ((a, b), sim), verdict in zip(block, found):
+                if verdict.tier == "similar" and sim >= CERTAIN_SIMILARITY and verifier.too_plain(rows[a], rows[b]):
+                    verdict = PairVerdict("copy", sim, f"too few details to compare, but the global vectors are at cosine {sim:.3f}",
+                                          agreement=sim, covered_a=1.0, covered_b=1.0)
+                pairs[(a, b)] = Pair(a, b, sim, verdict)
+            verifier.flush()
+            if progress:
+                print(f"imagespace: duplicates: verified {min(len(todo), start + _BLOCK)}/{len(todo)} candidate pairs",
+                      file=sys.stderr)
+
+
+class _Verifier:
+    """Features and capture facts per image (cached, bounded), and pair verdicts.
+
+    Safe to call from several threads: each thread has its own OpenCV tools, and the cache
+    and the counters are shared under a lock.
     """
 
-    def __init__(self, min_inliers: int = MIN_INLIERS):
+    def __init__(self, signals: tuple[str, ...] = SIGNALS, cache: PairCache | None = None):
         import cv2
 
+        self.signals = signals
+        self.store = cache or PairCache(None)
+        self.summaries: dict[int, ImageSummary | None] = {}
+        self._new_pairs: list[tuple[str, str, PairVerdict]] = []
+        self._new_images: list[tuple[str, ImageSummary]] = []
+        self.cached = 0
         cv2.setNumThreads(1)  # many tiny calls: threads inside OpenCV cost more than they give
-        self.cv2 = cv2
-        self.min_inliers = min_inliers
         self._local = threading.local()
         self._lock = threading.Lock()
-        self.cache: OrderedDict[str, tuple | None] = OrderedDict()
-        self.pairs = 0
-        self.extracted = 0
-        self.feature_seconds = 0.0
-        self.match_seconds = 0.0
+        self.cache: OrderedDict[int, tuple[ImageFeatures | None, CaptureFacts]] = OrderedDict()
+        self.pairs = self.extracted = 0
+        self.feature_seconds = self.match_seconds = 0.0
 
-    def _tools(self):
+    def _tools(self) -> tuple[FeatureMaker, PairChecker]:
         tools = getattr(self._local, "tools", None)
         if tools is None:
-            tools = self._local.tools = (self.cv2.ORB_create(nfeatures=_FEATURES), self.cv2.BFMatcher(self.cv2.NORM_HAMMING))
+            tools = self._local.tools = (FeatureMaker(), PairChecker(signals=self.signals))
         return tools
 
-    def prefetch(self, paths: list[str], pool) -> None:
-        """Features of every path not cached yet, computed on the pool's threads."""
+    def prefetch(self, rows: list[Row], pool) -> None:
         with self._lock:
-            missing = [p for p in dict.fromkeys(paths) if p not in self.cache]
-        for _ in pool.map(self._features, missing):
+            missing = [r for r in rows if r.id not in self.cache]
+        for _ in pool.map(self.features, missing):
             pass
 
-    def inliers(self, path_a: str, path_b: str) -> int:
-        fa, fb = self._features(path_a), self._features(path_b)
-        if fa is None or fb is None:
-            return 0
-        t0 = time.thread_time()
-        # b against a, and b against mirrored a: a mirrored copy has no direct match.
-        best = self._match(fa[0], fa[1], fb[0], fb[1])
-        if best < self.min_inliers:
-            best = max(best, self._match(fa[2], fa[3], fb[0], fb[1]))
+    def features(self, row: Row) -> tuple[ImageFeatures | None, CaptureFacts]:
         with self._lock:
-            self.pairs += 1
-            self.match_seconds += time.thread_time() - t0
-        return best
-
-    def _features(self, path: str):
-        with self._lock:
-            if path in self.cache:
-                self.cache.move_to_end(path)
-                return self.cache[path]
-        from ..images import ImageError, load_pil
-
+            if row.id in self.cache:
+                self.cache.move_to_end(row.id)
+                return self.cache[row.id]
         t0 = time.thread_time()
+        facts = capture_facts(row.path)
         try:
-            im = load_pil(path, max_side=_VERIFY_SIDE)
+            im = load_pil(row.path, max_side=VERIFY_SIDE)
         except ImageError:
             feats = None  # unreadable now: it cannot be shown to be a duplicate
         else:
-            if max(im.size) < _MIN_SIDE:
-                # Small images give too few keypoints at their own size.
-                scale = _MIN_SIDE / max(im.size)
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
-            grey = np.asarray(im.convert("L"))
-            feats = (*self._detect(grey), *self._detect(np.ascontiguousarray(grey[:, ::-1])))
+            feats = self._tools()[0](np.asarray(im.convert("L")), (row.width or im.width, row.height or im.height))
         with self._lock:
             self.extracted += feats is not None
             self.feature_seconds += time.thread_time() - t0
-            self.cache[path] = feats
+            self.cache[row.id] = (feats, facts)
+            if feats is not None and row.id not in self.summaries:
+                self.summaries[row.id] = summary = ImageSummary(feats.border, feats.sharpness, feats.clipped, facts)
+                self._new_images.append((row.digest, summary))
             if len(self.cache) > _CACHE_IMAGES:
                 self.cache.popitem(last=False)
-        return feats
+        return feats, facts
 
-    def _detect(self, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        kp, desc = self._tools()[0].detectAndCompute(grey, None)
-        pts = np.float32([k.pt for k in kp]) if kp else np.zeros((0, 2), np.float32)
-        return pts, desc
+    def compare(self, a: Row, b: Row) -> PairVerdict:
+        (fa, xa), (fb, xb) = self.features(a), self.features(b)
+        if fa is None or fb is None:
+            return PairVerdict("similar", 0.0, "one of the two files could not be read")
+        t0 = time.thread_time()
+        verdict = self._tools()[1].compare(fa, fb, xa, xb)
+        with self._lock:
+            self.pairs += 1
+            self.match_seconds += time.thread_time() - t0
+            self._new_pairs.append((a.digest, b.digest, verdict))
+        return verdict
 
-    def _match(self, pa, da, pb, db) -> int:
-        # Inliers are a subset of the matches that pass the ratio test: with fewer of those
-        # than the bar, RANSAC (which runs its full 2,000 rounds on unrelated photos) is skipped.
-        need = max(8, self.min_inliers)
-        if da is None or db is None or len(da) < need or len(db) < need:
-            return 0
-        matcher = self._tools()[1]
-        good = [m[0] for m in matcher.knnMatch(da, db, k=2) if len(m) == 2 and m[0].distance < _RATIO * m[1].distance]
-        if len(good) < need:
-            return 0
-        src = pa[[g.queryIdx for g in good]]
-        dst = pb[[g.trainIdx for g in good]]
-        _, mask = self.cv2.findHomography(src, dst, self.cv2.RANSAC, _RANSAC_PIXELS)
-        return 0 if mask is None else int(mask.sum())
+    def too_plain(self, a: Row, b: Row) -> bool:
+        """Either image has too few local features to verify, and no capture times differ."""
+        (fa, xa), (fb, xb) = self.features(a), self.features(b)
+        if fa is None or fb is None:
+            return False
+        if xa.taken is not None and xb.taken is not None and xa.taken != xb.taken:
+            return False
+        return min(len(fa.points), len(fb.points)) < _PLAIN_POINTS
+
+    def known(self, a: Row, b: Row) -> PairVerdict | None:
+        """The verdict of an earlier run on these two files' contents, if kept."""
+        v = self.store.pair(a.digest, b.digest)
+        if v is not None:
+            self.cached += 1
+        return v
+
+    def summary(self, row: Row) -> ImageSummary | None:
+        """Border, sharpness and capture facts: from this run, the cache, or the file."""
+        with self._lock:
+            if row.id in self.summaries:
+                return self.summaries[row.id]
+        found = self.store.image(row.digest)
+        if found is None:
+            self.features(row)  # records the summary
+            with self._lock:
+                return self.summaries.get(row.id)
+        with self._lock:
+            self.summaries[row.id] = found
+        return found
+
+    def flush(self) -> None:
+        with self._lock:
+            pairs, images = self._new_pairs, self._new_images
+            self._new_pairs, self._new_images = [], []
+        self.store.put_pairs(pairs)
+        self.store.put_images(images)
 
 
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict[int, int] = {}
+# -- groups -----------------------------------------------------------------------------
 
-    def find(self, a: int) -> int:
-        self.parent.setdefault(a, a)
-        root = a
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[a] != root:
-            self.parent[a], a = root, self.parent[a]
-        return root
 
-    def join(self, a: int, b: int) -> None:
-        self.parent[self.find(a)] = self.find(b)
+def _components(edges: list[tuple[int, int]]) -> list[list[int]]:
+    parent: dict[int, int] = {}
 
-    def same(self, a: int, b: int) -> bool:
-        return self.find(a) == self.find(b)
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
 
-    def groups(self) -> list[list[int]]:
-        out: dict[int, list[int]] = {}
-        for a in list(self.parent):
-            out.setdefault(self.find(a), []).append(a)
-        return list(out.values())
+    for a, b in edges:
+        parent[find(a)] = find(b)
+    out: dict[int, list[int]] = {}
+    for x in list(parent):
+        out.setdefault(find(x), []).append(x)
+    return [sorted(g) for g in out.values()]
+
+
+def _copy_groups(pairs: dict[tuple[int, int], Pair], rows: dict[int, Row], verifier: _Verifier,
+                 verified: bool) -> tuple[list[list[int]], dict[int, tuple[int, str]]]:
+    """Copy groups as stars: the kept one first, then every member verified as its copy."""
+    groups: list[list[int]] = []
+    why: dict[int, tuple[int, str]] = {}
+    copy_edges = [k for k, p in pairs.items() if p.verdict.tier == "copy"]
+    touching: dict[int, list[tuple[int, int]]] = {}  # each image's copy pairs: work per group, not per collection
+    for key in copy_edges:
+        touching.setdefault(key[0], []).append(key)
+        touching.setdefault(key[1], []).append(key)
+    for component in _components(copy_edges):
+        left = list(component)
+        while len(left) > 1:
+            own = {k: pairs[k] for i in left for k in touching.get(i, ())}
+            kept, wins = _most_original(left, own, rows, verifier, verified)
+            members = []
+            for m in left:
+                if m == kept:
+                    continue
+                p = pairs.get((min(kept, m), max(kept, m)))
+                if p is None and verified and m in rows and kept in rows:
+                    # In one component through other copies but never compared with the kept
+                    # one: compare now rather than trust the chain.
+                    p = Pair(min(kept, m), max(kept, m), float("nan"), verifier.compare(rows[min(kept, m)], rows[max(kept, m)]))
+                    pairs[(p.a, p.b)] = p
+                if p is not None and p.verdict.tier == "copy":
+                    members.append(m)
+                    why[m] = (kept, _listed_reason(p, m, wins.get(m)))
+            if not members:
+                left.remove(kept)  # a copy of others but of none of the kept: try the rest
+                continue
+            groups.append([kept, *sorted(members, key=lambda i: rows[i].path if i in rows else "")])
+            left = [m for m in left if m != kept and m not in members]
+    groups.sort(key=lambda g: rows[g[0]].path if g[0] in rows else "")
+    return groups, why
+
+
+def _most_original(ids: list[int], pairs: dict, rows: dict[int, Row], verifier: _Verifier,
+                   verified: bool) -> tuple[int, dict[int, str]]:
+    """The member that wins most pairwise "which is the original" comparisons among its
+    verified copy pairs (``pairs`` holds at least those of ``ids``); and for each member it
+    beat directly, why."""
+    score = {i: 0 for i in ids}
+    lost: dict[int, dict[int, str]] = {i: {} for i in ids}
+    members = set(ids)
+    for (a, b), p in pairs.items():
+        if a not in members or b not in members or p.verdict.tier != "copy":
+            continue
+        sa = sb = None
+        if verified and a in rows and b in rows:
+            sa, sb = verifier.summary(rows[a]), verifier.summary(rows[b])
+        if sa is not None and sb is not None:
+            winner, reason = original_of(sa, sb, sa.facts, sb.facts, p.verdict, rows[a].mtime_ns, rows[b].mtime_ns, rows[a].size, rows[b].size)
+        else:
+            big_a = (rows[a].width * rows[a].height, rows[a].size) >= (rows[b].width * rows[b].height, rows[b].size)
+            winner, reason = ("a", "is smaller") if big_a else ("b", "is smaller")
+        w, l = (a, b) if winner == "a" else (b, a)
+        score[w] += 1
+        score[l] -= 1
+        lost[w][l] = reason
+
+    def size(i: int) -> tuple:
+        r = rows.get(i)
+        return (r.width * r.height, r.size, r.path) if r else (0, 0, "")
+
+    kept = max(ids, key=lambda i: (score[i], size(i)))
+    return kept, lost[kept]
+
+
+def _listed_reason(p: Pair, member: int, lost_because: str | None) -> str:
+    why_not = f"not kept: it {lost_because}" if lost_because else "not kept: the other is the more original of the group"
+    return f"{p.verdict.reason}; {why_not}"
+
+
+def _retake_groups(pairs: dict[tuple[int, int], Pair], rows: dict[int, Row], verifier: _Verifier,
+                   copy_groups: list[list[int]]) -> list[list[int]]:
+    """Retake groups as stars around the best shot (sharpest, least clipped): every member
+    was verified as a retake of it. A listed copy stands for itself only through its kept one."""
+    listed = {m for g in copy_groups for m in g[1:]}
+    edges = [k for k, p in pairs.items() if p.verdict.tier == "retake" and not (set(k) & listed)]
+    out: list[list[int]] = []
+    for component in _components(edges):
+        left = list(component)
+        while len(left) > 1:
+            best = max(left, key=lambda i: _shot_quality(rows.get(i), verifier))
+            members = [m for m in left if m != best and (p := pairs.get((min(best, m), max(best, m)))) is not None
+                       and p.verdict.tier == "retake"]
+            if not members:
+                left.remove(best)
+                continue
+            out.append([best, *sorted(members, key=lambda i: -_shot_quality(rows.get(i), verifier))])
+            left = [m for m in left if m != best and m not in members]
+    out.sort(key=lambda g: rows[g[0]].path if g[0] in rows else "")
+    return out
+
+
+def _shot_quality(row: Row | None, verifier: _Verifier) -> float:
+    if row is None:
+        return -1.0
+    summary = verifier.summary(row)
+    if summary is None:
+        return -1.0
+    # Sharper is better; blown-out or crushed pixels count against it.
+    return float(np.log1p(summary.sharpness) - 10.0 * summary.clipped)
+
+
+def explained_groups(report: DuplicateReport, tier: str = "all") -> list[dict]:
+    """Each group of ``tier`` as {"tier", "ids", "members"}: the kept (or best) one first,
+    every member with why it is in the group, the pair's score and its cosine similarity."""
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
+    out = []
+    chosen = ([("copy", g) for g in report.groups] if tier in ("copy", "all") else []) + (
+        [("retake", g) for g in report.retakes] if tier in ("retake", "all") else [])
+    for kind, g in chosen:
+        head = g[0]
+        members = [{"id": head, "kept": True, "reason": "kept: the original of the group" if kind == "copy" else "the best shot: sharpest, least clipped",
+                    "score": None, "similarity": None}]
+        for m in g[1:]:
+            p = report.pair(head, m)
+            if kind == "copy" and m in report.why:
+                reason = report.why[m][1]
+            else:
+                reason = p.verdict.reason if p else ""
+            sim = None if p is None or p.similarity != p.similarity else round(float(p.similarity), 4)  # nan: compared at grouping
+            members.append({"id": m, "kept": False, "reason": reason, "score": round(float(p.verdict.score), 4) if p else None,
+                            "similarity": sim})
+        out.append({"tier": kind, "ids": list(g), "members": members})
+    return out

@@ -17,6 +17,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("imagespace")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            v = "unknown (not installed)"
+        print(f"imagespace {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Turn folders of images into a searchable space of vectors, offline."""
+
+
 DbOption = Annotated[Path, typer.Option("--db", help="Collection folder.", envvar="IMAGESPACE_DB")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on standard output.")]
 DEFAULT_DB = Path(".imagespace")
@@ -50,9 +73,60 @@ def json_text(payload: dict) -> str:
 
 
 def console():
+    """Rich output that never hard-wraps a line: a path or a command stays whole to paste."""
     from rich.console import Console
 
-    return Console()
+    return Console(soft_wrap=True)
+
+
+def tags_text(r: dict) -> str:
+    """The tags cell of a result: its hedged tag when search gave one, else its top guesses."""
+    if r.get("tag"):
+        return f"{r['tag']['name']} {r['tag']['confidence']:.0%}"
+    guesses = ", ".join(r.get("tags", [])[:3])
+    return f"unsure: {guesses}" if "tag" in r else guesses
+
+
+def print_results(results: list[dict], *, weak_below: float | None = None, note: str | None = None) -> None:
+    """Ranked results for people: a table on a terminal wide enough for every path whole;
+    otherwise (piped, or too narrow) one plain line per result: path, score, tags, tab-separated.
+
+    ``weak_below``: scores under it are marked as weak matches.
+    """
+    c = console()
+    weak = [r for r in results if weak_below is not None and r["score"] < weak_below]
+    if not results:
+        c.print("no results")
+        return
+    longest = max(len(r["path"]) for r in results)
+    if sys.stdout.isatty() and longest + 40 <= c.width:
+        from rich.table import Table
+
+        table = Table(show_edge=False)
+        table.add_column("#", justify="right")
+        table.add_column("score", justify="right", no_wrap=True)
+        table.add_column("path", no_wrap=True, min_width=longest)
+        table.add_column("tags", overflow="ellipsis", no_wrap=True)
+        for i, r in enumerate(results, 1):
+            mark = " weak" if r in weak else ""
+            table.add_row(str(i), f"{r['score']:.3f}{mark}", r["path"], tags_text(r))
+        c.print(table, highlight=False, markup=False)
+    else:
+        sys.stdout.write("path\tscore\ttags\n")
+        for r in results:
+            sys.stdout.write(f"{r['path']}\t{r['score']:.3f}\t{tags_text(r)}\n")
+        sys.stdout.flush()
+    if note:
+        say(note)
+    if weak:
+        say(f"{len(weak)} of {len(results)} results score below {weak_below:.2f}: weak matches, "
+              "probably not the same kind of thing (scores are cosine similarities, 1 = the same picture)")
+
+
+def say(message: str) -> None:
+    """A remark for people: beside a table on a terminal, on standard error when the output is
+    piped (where standard output holds only the plain result lines)."""
+    print(message, file=sys.stdout if sys.stdout.isatty() else sys.stderr, flush=True)
 
 
 def open_collection(db: Path, create: bool = False):

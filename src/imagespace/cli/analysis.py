@@ -7,7 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_collection
+from ..search import MAX_K
+from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_collection, print_results
+
+DIVERSIFIED_NOTE = (
+    "Order: diversified, not by score alone. Each pick balances its score (mean cosine to the liked "
+    "images, minus half its cosine to the nearest disliked one) against its likeness to the picks above it, "
+    "so near-copies of one picture do not fill the list."
+)
 
 
 def _ids_of(coll, paths: list[Path], option: str) -> list[int]:
@@ -35,45 +42,70 @@ def duplicates(
         typer.Option(
             min=-1.0,
             max=1.0,
-            help="Cosine similarity from which two images are candidates. Default 0.70 with verification "
-            "(candidates are then confirmed by matching local features with a geometric check, mirrored "
-            "too: on a flowers12 test set this found every edited copy while rejecting other photos of the "
-            "same flower); 0.95 with --no-verify, where it alone decides (fast, but misses cropped, rotated "
-            "or mirrored copies).",
+            help="Lowest cosine similarity of the nearest neighbours that are checked. Default 0.50 with "
+            "verification (each image's 10 nearest neighbours above it are compared by local features, the "
+            "shape of the transform between them, their aligned pixels and EXIF capture times); 0.95 with "
+            "--no-verify, where the cosine alone decides (fast, but misses cropped, rotated or mirrored "
+            "copies and cannot tell a copy from a retake).",
         ),
     ] = None,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Confirm candidates by local features and geometry.")] = True,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check candidates by local features, geometry, pixels and EXIF.")] = True,
+    tier: Annotated[
+        str,
+        typer.Option("--tier", help="copy: files made from one picture (safe to delete all but the kept one); "
+                     "retake: the same scene shot again (pick the best yourself); all: both."),
+    ] = "all",
     list_out: Annotated[
         Optional[Path],
-        typer.Option("--list-out", help="Write the extra copies (all but the first, largest, image of each group) to this file, one path a line; nothing is deleted."),
+        typer.Option("--list-out", help="Write the copies that are not kept to this file, one a line: the path, a tab, "
+                     "the kept file it copies, a tab, why. Only copies: never a kept file, a retake or a look-alike. "
+                     "Nothing is deleted."),
     ] = None,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
 ) -> None:
-    """Groups of near-duplicate images (resized, recompressed, cropped, edited, mirrored copies)."""
-    from ..analysis.duplicates import find_duplicates
+    """Copies (safe to delete one) and retakes (pick the best), each explained; look-alikes are never grouped."""
+    from ..analysis.duplicates import TIERS, duplicate_report, explained_groups
 
+    if tier not in TIERS:
+        raise Failure(f"--tier must be one of {', '.join(TIERS)}, not {tier!r}")
     with open_collection(db) as coll:
         _require_images(coll)
-        groups = find_duplicates(coll, threshold=threshold, verify=verify)
-        rows = coll.rows(i for g in groups for i in g)
-        paths = [[rows[i].path for i in g if i in rows] for g in groups]
-    payload: dict = {"groups": paths}
+        report = duplicate_report(coll, threshold=threshold, verify=verify)
+        explained = explained_groups(report, tier)
+        rows = coll.rows(m["id"] for g in explained for m in g["members"])
+    path = {i: r.path for i, r in rows.items()}
+    for g in explained:
+        for m in g["members"]:
+            m["path"] = path.get(m.pop("id"), "")
+        g.pop("ids")
+    payload: dict = {
+        "groups": [[m["path"] for m in g["members"]] for g in explained if g["tier"] == "copy"],
+        "retakes": [[m["path"] for m in g["members"]] for g in explained if g["tier"] == "retake"],
+        "details": explained,
+        "stats": report.stats,
+    }
     if list_out is not None:
-        extra = [p for g in paths for p in g[1:]]
-        list_out.write_text("".join(p + "\n" for p in extra), encoding="utf-8")
+        listed = [(m["path"], g["members"][0]["path"], m["reason"]) for g in explained if g["tier"] == "copy" for m in g["members"][1:]]
+        list_out.write_text("".join(f"{p}\t{kept}\t{' '.join(why.split())}\n" for p, kept, why in listed), encoding="utf-8")
         payload["list_out"] = str(list_out)
-        payload["extra_copies"] = len(extra)
+        payload["extra_copies"] = len(listed)
 
     def human(p: dict) -> None:
         c = console()
-        for n, g in enumerate(p["groups"], 1):
-            c.print(f"group {n} ({len(g)} images), keep the first:", highlight=False)
-            for path in g:
-                c.print(f"  {path}", highlight=False, markup=False)
-        c.print(f"{len(p['groups'])} groups of near-duplicates")
+        for n, g in enumerate(p["details"], 1):
+            kind = "copies" if g["tier"] == "copy" else "retakes"
+            head = "keep the first" if g["tier"] == "copy" else "the best shot first; pick yourself"
+            c.print(f"group {n}: {len(g['members'])} {kind}, {head}:", highlight=False)
+            for m in g["members"]:
+                mark = "keep" if m["kept"] else ("copy" if g["tier"] == "copy" else "shot")
+                sim = f" (similarity {m['similarity']:.2f})" if m.get("similarity") is not None else ""
+                c.print(f"  [{mark}] {m['path']}", highlight=False, markup=False)
+                if not m["kept"]:
+                    c.print(f"         {m['reason']}{sim}", highlight=False, markup=False)
+        c.print(f"{len(p['groups'])} groups of copies, {len(p['retakes'])} groups of retakes")
         if "list_out" in p:
-            c.print(f"wrote {p['extra_copies']} extra copies to {p['list_out']} (nothing was deleted)")
+            c.print(f"wrote {p['extra_copies']} copies that are not kept to {p['list_out']} (nothing was deleted)")
 
     emit(as_json, payload, human)
 
@@ -114,7 +146,7 @@ def clusters(
 def recommend(
     like: Annotated[list[Path], typer.Option("--like", help="An image of the collection you like (repeat the option).")],
     unlike: Annotated[Optional[list[Path]], typer.Option("--unlike", help="An image of the collection you do not like (repeatable).")] = None,
-    k: Annotated[int, typer.Option("-k", "--k", min=1, max=10_000, help="Number of results.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=MAX_K, help=f"Number of results (at most {MAX_K}).")] = 10,
     dba: Annotated[bool, typer.Option("--dba/--no-dba", help="Database-side augmentation: raises search mAP, but on flowers12 recommendations it did not win (9.25 vs 9.33 of 10), so it is off.")] = False,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
@@ -127,14 +159,13 @@ def recommend(
         like_ids = _ids_of(coll, like, "--like")
         unlike_ids = _ids_of(coll, unlike or [], "--unlike")
         hits = run(coll, like_ids, unlike_ids, k=k, dba=dba)
-    payload = {"results": [{"path": h.path, "score": round(h.score, 6), "tags": [t for t, _ in h.tags]} for h in hits]}
+    payload = {
+        "results": [{"path": h.path, "score": round(h.score, 6), "tags": [t for t, _ in h.tags]} for h in hits],
+        "order": "diversified",
+    }
 
     def human(p: dict) -> None:
-        c = console()
-        for n, r in enumerate(p["results"], 1):
-            c.print(f"{n:>3} {r['score']:.3f} {r['path']}", highlight=False, markup=False)
-        if not p["results"]:
-            c.print("no results")
+        print_results(p["results"], note=DIVERSIFIED_NOTE if p["results"] else None)
 
     emit(as_json, payload, human)
 
@@ -142,20 +173,23 @@ def recommend(
 @app.command()
 def classify(
     train: Annotated[Path, typer.Option("--train", help="A folder with one sub-folder of example images per class.")],
-    min_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Below this top probability an image is 'unknown'.")] = 0.15,
+    min_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Below this top probability an image is 'unknown'. An image is 'unknown' too when it is farther from every example than your examples of one class are from each other; each 'unknown' says which rule applied.")] = 0.15,
+    save: Annotated[bool, typer.Option("--save/--no-save", help="Keep the labels in the collection: for --where \"label = NAME\", and as words for search --text.")] = True,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
 ) -> None:
     """Learn your classes from labelled folders and label every image of the collection."""
-    from ..analysis.classify import classify_collection, train_classifier
+    from ..analysis.classify import classify_collection, save_predictions, train_classifier
     from ..user_labels import save_user_labels
 
     with open_collection(db) as coll:
         _require_images(coll)
         clf = train_classifier(coll, train, min_probability=min_probability)
         predictions = classify_collection(coll, clf)
-        # the folder names become words that search --text understands for this collection
-        save_user_labels(coll.root, clf.classes, [p for p in predictions if p.label in clf.classes])
+        if save:
+            save_predictions(coll, predictions)  # for --where "label = NAME"
+            # the folder names become words that search --text understands for this collection
+            save_user_labels(coll.root, clf.classes, [p for p in predictions if p.label in clf.classes])
     counts: dict[str, int] = {}
     for p in predictions:
         counts[p.label] = counts.get(p.label, 0) + 1
@@ -165,15 +199,19 @@ def classify(
         "examples": clf.n_examples,
         "cv_accuracy": None if clf.cv_accuracy is None else round(clf.cv_accuracy, 4),
         "counts": counts,
+        "saved": save,
     }
 
     def human(p: dict) -> None:
         c = console()
         for r in p["predictions"]:
-            c.print(f"{r['label']:<20} {r['score']:.2f}  {r['path']}", highlight=False, markup=False)
+            why = f"  ({r['reason']})" if r.get("reason") else ""
+            c.print(f"{r['label']:<20} {r['score']:.2f}  {r['path']}{why}", highlight=False, markup=False)
         cv = "n/a" if p["cv_accuracy"] is None else f"{p['cv_accuracy']:.3f}"
         c.print(f"{len(p['classes'])} classes from {p['examples']} examples, cross-validated accuracy {cv}; "
-                + ", ".join(f"{k}: {v}" for k, v in sorted(p["counts"].items())))
+                + ", ".join(f"{k}: {v}" for k, v in sorted(p["counts"].items())), highlight=False, markup=False)
+        if p["saved"]:
+            c.print("labels saved in the collection: search with --where \"label = NAME\"", highlight=False, markup=False)
 
     emit(as_json, payload, human)
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ._common import DEFAULT_DB, DbOption, JsonOption, app, console, emit, open_collection
+from ..search import MAX_K, WEAK_MATCH, WHERE_HELP
+from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_collection, print_results, say
 
 @app.command()
 def index(
@@ -24,7 +27,19 @@ def index(
     """Add new, changed and removed images to the collection, incrementally."""
     if engine not in ("local", "ray"):
         raise typer.BadParameter("--engine must be local or ray")
+    from ..collection import DB_FILE
+    from ..images import IMAGE_EXTENSIONS
     from ..models import DEFAULT_MODEL, create_model
+
+    # Checked before the collection is made: a mistyped folder must not leave an empty one.
+    missing = [p for p in paths if not os.path.lexists(p)]
+    first_run = not (Path(db) / DB_FILE).exists()
+    if missing and (first_run or len(missing) == len(paths)):
+        names = ", ".join(str(p) for p in missing)
+        if first_run:
+            raise Failure(f"no such file or folder: {names} (nothing was indexed and no collection was made)")
+        raise Failure(f"no such file or folder: {names}; the collection at {Path(db).resolve()} is unchanged "
+                      "(its rows under a missing folder are kept, in case the folder is on a drive not mounted now)")
 
     with open_collection(db, create=True) as coll:
         spec = model or coll.model_spec or DEFAULT_MODEL
@@ -42,13 +57,19 @@ def index(
 
     def human(r: dict) -> None:
         c = console()
+        rate = f" ({r['images_per_second']:.1f} images/s)" if r["embedded"] else ""
         c.print(
             f"added {r['added']}, updated {r['updated']}, moved {r['moved']}, removed {r['removed']}, "
-            f"unchanged {r['unchanged']}, failed {len(r['failed'])} in {r['seconds']:.1f}s "
-            f"({r['images_per_second']:.1f} images/s); the collection at {Path(db).resolve()} holds {total} images"
+            f"unchanged {r['unchanged']}, failed {len(r['failed'])} in {r['seconds']:.1f}s{rate}; "
+            f"the collection at {Path(db).resolve()} holds {total} images",
+            highlight=False, markup=False,
         )
+        if not r["found"]:
+            c.print(f"no image files found in {', '.join(map(str, paths))} (looked for {' '.join(sorted(IMAGE_EXTENSIONS))})",
+                    highlight=False, markup=False)
         for f in r["failed"]:
-            c.print(f"  [red]failed[/red] {f['path']}: {f['error']}", highlight=False, markup=True)
+            again = " (unchanged since it failed: not retried)" if f.get("retried") is False else ""
+            c.print(f"  failed {f['path']}: {f['error']}{again}", highlight=False, markup=False)
 
     emit(as_json, report.to_dict(), human)
 
@@ -58,9 +79,9 @@ def search(
     image: Annotated[Optional[Path], typer.Argument(help="A query image file (need not be in the collection).")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="Search by words.")] = None,
     like: Annotated[Optional[Path], typer.Option("--like", help="Search by an image already in the collection.")] = None,
-    k: Annotated[int, typer.Option("-k", "--k", min=1, max=10_000, help="Number of results.")] = 10,
-    where: Annotated[Optional[str], typer.Option(help="Filter on stored fields, e.g. \"tag = daisy and width > 500\".")] = None,
-    min_score: Annotated[Optional[float], typer.Option(help="Drop results with a cosine similarity below this.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=MAX_K, help=f"Number of results (at most {MAX_K}, as in the API).")] = 10,
+    where: Annotated[Optional[str], typer.Option(help="Filter on stored fields. " + WHERE_HELP)] = None,
+    min_score: Annotated[Optional[float], typer.Option(min=-1.0, max=1.0, help="Drop results with a cosine similarity below this (-1 to 1).")] = None,
     text_model: Annotated[Optional[Path], typer.Option(help="A local CLIP model folder for open-vocabulary --text.")] = None,
     index_kind: Annotated[str, typer.Option("--index", help="auto (by size), hnsw (in memory) or ivfpq (compressed, on disk, re-ranked).")] = "auto",
     qe: Annotated[bool, typer.Option("--qe/--no-qe", help="Query expansion for IMAGE/--like: the query averaged with its top 2 neighbours (flowers12 mAP 0.72 -> 0.76).")] = False,
@@ -72,7 +93,10 @@ def search(
     given = [x is not None for x in (image, text, like)]
     if sum(given) != 1:
         raise typer.BadParameter("give exactly one of IMAGE, --text WORDS or --like PATH")
-    from ..search import Searcher
+    from ..search import Searcher, compile_where
+
+    if where is not None:
+        compile_where(where)  # a filter that cannot be read is a usage error: before any work
 
     extra: dict = {}
     with open_collection(db) as coll:
@@ -96,64 +120,84 @@ def search(
     payload = {"results": [h.to_dict() for h in hits], **extra}
 
     def human(p: dict) -> None:
-        from rich.table import Table
-
         if p.get("understood_as"):
-            console().print("understood as: " + ", ".join(
+            say("understood as: " + ", ".join(
                 c["concept"] + (f" ({c['classes']} classes)" if c.get("classes") else "") for c in p["understood_as"]))
-        table = Table(show_edge=False)
-        table.add_column("#", justify="right")
-        table.add_column("score", justify="right")
-        table.add_column("path", overflow="fold")
-        table.add_column("tag")
-        for i, r in enumerate(p["results"], 1):
-            # the hedged tag when the network is confident of a concept, else its top guesses
-            tag = f"{r['tag']['name']} {r['tag']['confidence']:.0%}" if r.get("tag") else "unsure: " + ", ".join(r["tags"][:3])
-            table.add_row(str(i), f"{r['score']:.3f}", r["path"], tag)
-        console().print(table)
-        if not p["results"]:
-            console().print("no results")
+        print_results(p["results"], weak_below=WEAK_MATCH)
 
     emit(as_json, payload, human)
 
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
+    out: Annotated[Path, typer.Option("--out", help="File to write; its name says the format: .parquet, .csv (the vector as a JSON list), .jsonl, .npz (vectors with ids and paths).")],
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
 ) -> None:
-    """Write every row with its vector to a Parquet file."""
-    from ..export import export_parquet
+    """Write every row with its vector to a file: Parquet, CSV, JSON lines or NumPy .npz."""
+    from ..export import ExportError, export_collection, export_format
 
+    try:
+        export_format(out)
+    except ExportError as e:
+        raise typer.BadParameter(str(e), param_hint="--out") from None
     with open_collection(db) as coll:
-        n = export_parquet(coll, out)
+        n = export_collection(coll, out)
     emit(as_json, {"out": str(out), "rows": n}, lambda p: console().print(f"wrote {p['rows']} rows to {p['out']}"))
 
 
 @app.command()
 def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
-    """What the collection holds: images, model, failures, the index and its measured recall."""
+    """What the collection holds: folders, model, images, failures, size on disk, last run, the index and its measured recall."""
     from ..index_tuning import summary as index_line
     from ..large_index import describe_index
 
     with open_collection(db) as coll:
+        last = coll.last_indexed_at()
         payload = {
             "db": str(coll.root),
+            "folders": coll.roots(),
             "images": len(coll),
             "model_id": coll.model_id,
             "model": coll.model_spec,
             "dim": coll.dim,
             "failures": coll.failures(),
+            "bytes_on_disk": coll.size_on_disk(),
+            "last_indexed_at": None if last is None else datetime.fromtimestamp(last, timezone.utc).isoformat(timespec="seconds"),
             "index": describe_index(coll) if coll.dim is not None else None,
         }
 
     def human(p: dict) -> None:
         c = console()
-        c.print(f"collection {p['db']}: {p['images']} images, model {p['model']} ({p['model_id']}), {p['dim']} dimensions")
+        size = p["bytes_on_disk"]
+        lines = [
+            f"collection {p['db']}",
+            f"  folders:      {', '.join(p['folders']) or 'none yet'}",
+            f"  model:        {p['model']} ({p['model_id']}), {p['dim']} dimensions",
+            f"  images:       {p['images']}, failed files: {len(p['failures'])}",
+            f"  on disk:      {_size(size['total'])} (database {_size(size['database'])})",
+            f"  last indexed: {_when(p['last_indexed_at'])}",
+        ]
         if p["index"]:
-            c.print(f"index: {index_line(p['index'])}", highlight=False, markup=False)
+            lines.append(f"  index:        {index_line(p['index'])}")
+        for line in lines:
+            c.print(line, highlight=False, markup=False)
         for f in p["failures"]:
             c.print(f"  failed {f['path']}: {f['error']}", highlight=False, markup=False)
 
     emit(as_json, payload, human)
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _when(iso: str | None) -> str:
+    if iso is None:
+        return "never"
+    local = datetime.fromisoformat(iso).astimezone()
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z")

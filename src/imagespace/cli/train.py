@@ -15,8 +15,10 @@ _MODES = ("adapter", "finetune", "self-supervised", "scratch")
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option("--data", help="Folder of class subfolders (or of unlabelled images for "
-                                                      "self-supervised), or a zip of the same, e.g. cifar10-jpg.zip.")],
+    data: Annotated[str, typer.Option("--data", help="Folder of class subfolders (or of unlabelled images for "
+                                                     "self-supervised), a zip of the same, e.g. cifar10-jpg.zip, or "
+                                                     "a Parquet listing with a 'path' column (local paths or fsspec "
+                                                     "URLs) and optionally 'label'.")],
     out: Annotated[Path, typer.Option("--out", help="MODEL_DIR to write: weights, model.onnx, metrics...")],
     mode: Annotated[str, typer.Option(help="adapter (default: a head on frozen features), finetune, "
                                            "self-supervised or scratch.")] = "adapter",
@@ -36,6 +38,14 @@ def train(
     max_minutes: Annotated[Optional[float], typer.Option(min=0.01, help="Time budget; the schedule anneals to fit it.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, the augmentations and the weights.")] = 0,
     no_compare: Annotated[bool, typer.Option("--no-compare", help="Skip measuring the pretrained model on the split.")] = False,
+    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="finetune/scratch: also checkpoint every N steps "
+                                                                        "inside an epoch (a crash then costs at most N steps).")] = None,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Train: DistributedDataParallel over "
+                                             "--workers; finetune and scratch).")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="ray: the cluster (auto, ray://HEAD:10001); default: a local Ray.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="ray: data-parallel workers (default 2); --batch-size "
+                                                              "is the global batch, shared among them.")] = None,
+    worker_cpus: Annotated[Optional[float], typer.Option(min=0.1, help="ray: CPUs per worker (default 1).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="The pretrained network to start from: "
                                                  "efficientnet-lite0, -lite1 or -lite2 (default: the default model).")] = None,
     as_json: JsonOption = False,
@@ -45,6 +55,8 @@ def train(
         raise typer.BadParameter(f"--mode must be one of {', '.join(_MODES)}")
     if loss is not None and loss not in ("proxy-anchor", "supcon", "arcface"):
         raise typer.BadParameter("--loss must be one of proxy-anchor, supcon, arcface")
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter("--engine must be local or ray")
     if head not in ("linear", "mlp"):
         raise typer.BadParameter("--head must be linear or mlp")
     from ..train.data import DataError
@@ -56,6 +68,7 @@ def train(
         data=str(data), out=str(out), mode=mode, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, head=head,
         dim=dim, image_size=image_size, width=width, views=views, val_fraction=val_fraction, seed=seed,
         patience=patience, max_minutes=max_minutes, compare=not no_compare, resume=resume, overwrite=overwrite,
+        checkpoint_every=checkpoint_every, engine=engine, address=address, workers=workers, worker_cpus=worker_cpus,
         base_model=model,
     )
     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.map_grid import map_grid
 from ..collection import Collection, CollectionError, Row
 from ..search import Hit, QueryError, Searcher
 
@@ -247,6 +248,16 @@ class Engine:
         find_duplicates = _optional("imagespace.analysis.duplicates", "find_duplicates", "duplicate detection")
         return self._cached(("duplicates", threshold), lambda c: find_duplicates(c, threshold=threshold))
 
+    def duplicate_groups(self, threshold: float | None) -> list[dict] | None:
+        """Copy and retake groups with each member's reason; None where the duplicates module
+        offers groups only."""
+        try:
+            report = _optional("imagespace.analysis.duplicates", "duplicate_report", "duplicate detection")
+            explain = _optional("imagespace.analysis.duplicates", "explained_groups", "duplicate detection")
+        except Unavailable:
+            return None
+        return self._cached(("duplicate_groups", threshold), lambda c: explain(report(c, threshold=threshold)))
+
     def clusters(self, k: int | None):
         cluster_collection = _optional("imagespace.analysis.clusters", "cluster_collection", "clustering")
         return self._cached(("clusters", k), lambda c: cluster_collection(c, k=k))
@@ -254,6 +265,19 @@ class Engine:
     def layout(self, max_points: int) -> tuple[np.ndarray, np.ndarray]:
         layout = _optional("imagespace.analysis.maps", "layout", "the map")
         return self._cached(("map", max_points), lambda c: layout(c, max_points=max_points))
+
+    def map_grid(self, max_points: int, aspect: float, ids: list[int], xy: np.ndarray, tags: list):
+        """The layout as a grid of the window's shape, with labelled regions (cached like the layout)."""
+        key = ("map-grid", max_points, aspect, len(ids))
+        seq = self.seq()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == seq:
+                return hit[1]
+        value = map_grid(xy, tags, aspect=aspect)
+        with self._cache_lock:
+            self._cache[key] = (seq, value)
+        return value
 
     def _with_reader(self, fn: Callable[[Collection], Any]) -> Any:
         with Collection(self.root, create=False, readonly=True) as c:

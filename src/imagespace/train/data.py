@@ -1,6 +1,7 @@
-"""Where training images come from: labelled folders, unlabelled folders, or a zip of them.
+"""Where training images come from: labelled folders, unlabelled folders, a zip of them, or
+a Parquet listing of paths (local or fsspec URLs such as s3://) with optional labels.
 
-A data set here is only a list of items (a file path, or a member of a zip) with optional
+A data set here is only a list of items (a file path or URL, or a member of a zip) with optional
 labels; pixels are decoded on demand through :mod:`imagespace.images`, the only module that
 opens image files. Files that fail to decode are skipped with their reason, never fatal.
 """
@@ -17,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..distributed import is_url, read_file
 from ..images import ImageError, decode, is_image_path, load_image
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 class DataError(Exception):
@@ -54,11 +58,14 @@ class ImageSet:
 
 
 def open_image_set(data: str | os.PathLike[str], *, labelled: bool = True, zip_split: str = "train") -> ImageSet:
-    """Scan ``data``: a folder (class subfolders when ``labelled``) or a zip of the same shape.
+    """Scan ``data``: a folder (class subfolders when ``labelled``), a zip of the same shape,
+    or a Parquet listing (see :func:`_scan_parquet`).
 
     In a zip with top-level ``train/`` and ``test/`` folders (like cifar10-jpg.zip) only
     ``zip_split`` is read. Nothing is decoded here.
     """
+    if str(data).lower().endswith(PARQUET_SUFFIXES):
+        return _scan_parquet(str(data), labelled=labelled)
     path = Path(data)
     if not path.exists():
         raise DataError(f"training data not found: {path}")
@@ -129,7 +136,7 @@ def decode_all(ds: ImageSet, size: int, *, workers: int | None = None,
 
     Threads, because Pillow releases the GIL while it decodes and resizes.
     """
-    reader = _Reader(ds)
+    reader = ItemReader(ds)
     out = np.zeros((len(ds), size, size, 3), dtype=np.uint8)
     ok = np.zeros(len(ds), dtype=bool)
     failures: list[dict] = []
@@ -208,7 +215,44 @@ def _scan_zip(path: Path, *, labelled: bool, split: str) -> ImageSet:
     return ImageSet(str(path), names, np.array(labels, dtype=np.int64), classes, str(path), [])
 
 
-class _Reader:
+def _scan_parquet(listing: str, *, labelled: bool) -> ImageSet:
+    """A Parquet file (local, or any fsspec URL) with a ``path`` column and optionally ``label``.
+
+    A listing lets a data set too large to walk on every run (millions of objects in a
+    bucket) be named once. Without a ``label`` column, an image's class is the name of the
+    folder it is in, as for a folder of class subfolders. Relative paths are read from the
+    listing's folder.
+    """
+    import fsspec
+    import pyarrow.parquet as pq
+
+    try:
+        with fsspec.open(listing, "rb") as f:
+            table = pq.read_table(f)
+    except FileNotFoundError:
+        raise DataError(f"training data not found: {listing}") from None
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise DataError(f"cannot read the listing {listing}: {e}") from None
+    if "path" not in table.column_names:
+        raise DataError(f"{listing} has no 'path' column (found: {', '.join(table.column_names)})")
+    base = os.path.dirname(listing)
+    items = [p if is_url(p) or os.path.isabs(p) else os.path.join(base, p)
+             for p in table.column("path").to_pylist() if p]
+    if not items:
+        raise DataError(f"no image paths in {listing}")
+    if not labelled:
+        return ImageSet(listing, items, np.full(len(items), -1, dtype=np.int64), [], None, [])
+    if "label" in table.column_names:
+        names = [None if v is None else str(v) for v in table.column("label").to_pylist()]
+    else:
+        names = [p.rstrip("/").rsplit("/", 2)[-2] if p.count("/") >= 1 else None for p in items]
+    classes = sorted({n for n in names if n})
+    lookup = {c: i for i, c in enumerate(classes)}
+    labels = np.array([lookup.get(n, -1) if n else -1 for n in names], dtype=np.int64)
+    return ImageSet(listing, items, labels, classes, None, [])
+
+
+class ItemReader:
     """Pixels of item ``i``; one zip handle per thread, since ZipFile is not thread-safe."""
 
     def __init__(self, ds: ImageSet):
@@ -223,7 +267,8 @@ class _Reader:
 
     def load(self, i: int, size: int) -> np.ndarray:
         if self.ds.zip_path is None:
-            return load_image(self.ds.items[i], size=size).pixels
+            item = self.ds.items[i]
+            return (decode(read_file(item)[0], size=size) if is_url(item) else load_image(item, size=size)).pixels
         zf = getattr(self._local, "zf", None)
         if zf is None:
             zf = zipfile.ZipFile(self.ds.zip_path)

@@ -8,20 +8,19 @@ the retrieval metrics of the new model against the pretrained one on that split.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..models import DEFAULT_MODEL, create_model
+from ..models import create_model
 from ..models.base import EmbeddingModel
 from ..models.nets import build_embedding_net
 from ..models.networks import NETWORKS
 from . import adapter as adapter_mod
-from . import finetune as finetune_mod
-from . import scratch as scratch_mod
+from . import pixels as pixels_mod
+from . import ray_engine
 from . import selfsup as selfsup_mod
 from .augment import AugmentConfig
 from .data import DataError, ImageSet, check_supervised, decode_all, open_image_set, split_validation
@@ -29,7 +28,11 @@ from .export import export_model_dir, write_metrics
 from .features import extract_features
 from .metrics import retrieval_metrics, split_metrics, view_retrieval
 from .progress import TrainProgress
-from .trainer import LoopSettings, fit
+from .runspec import ENGINES, TrainConfig, Trained
+from .runspec import failure_hint as _failure_hint
+from .runspec import preprocessing as _preprocessing
+from .runspec import require_trainable as _require_trainable
+from .trainer import FolderCheckpoints, fit
 from .workdir import (RunError, load_checkpoint, load_run_settings, prepare_out_dir, save_checkpoint,
                       save_run_settings)
 
@@ -39,60 +42,10 @@ MODES = ("adapter", "finetune", "self-supervised", "scratch")
 MAX_COMPARE = 2000
 CACHE = "cache"
 
-# What a resumed run may change: how long it goes on, not what it learns from.
-_RESUMABLE_OVERRIDES = ("epochs", "max_minutes", "patience", "max_steps")
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    mode: str = "adapter"
-    epochs: int | None = None  # default per mode
-    batch_size: int | None = None
-    lr: float | None = None
-    loss: str | None = None  # adapter/finetune: supcon | proxy-anchor | arcface
-    head: str = adapter_mod.DEFAULT_HEAD
-    dim: int | None = None  # adapter: 128; self-supervised: 512
-    image_size: int | None = None  # finetune: 224; scratch: 32
-    width: int = 32  # scratch: channels of the first stage
-    views: int | None = None  # cached views per image: adapter and self-supervised 6
-    val_fraction: float = 0.2
-    seed: int = 0
-    patience: int | None = None
-    max_minutes: float | None = None
-    max_steps: int | None = None
-    compare: bool = True  # measure the pretrained model on the validation split too
-    resume: bool = False
-    overwrite: bool = False
-    base_model: str | None = None  # the pretrained network to start from (default: DEFAULT_MODEL)
-
-    @property
-    def base(self) -> str:
-        name = self.base_model or DEFAULT_MODEL
-        if name not in NETWORKS:
-            raise DataError(f"training starts from a pretrained network: use one of {', '.join(NETWORKS)}, "
-                            f"not {name!r}")
-        return name
-
-
-@dataclass
-class Trained:
-    """What a mode hands back for export and evaluation."""
-
-    net: nn.Module  # uint8 NHWC pixels -> features[, logits]
-    input_size: int
-    preprocessing: dict
-    architecture: dict
-    tag_labels: list[str] | None = None
-    imagenet_tags: bool = False
-    # Validation vectors already at hand (adapter: from cached features); else the
-    # exported ONNX model embeds the validation images.
-    val_new: np.ndarray | None = None
-    val_pretrained: np.ndarray | None = None
-    val_labels: np.ndarray | None = None
-    train_vectors: dict | None = None  # {"new", "pretrained", "labels"}: for tiny validation splits
-    info: dict = field(default_factory=dict)
+# What a resumed run may change: how long it goes on and where, not what it learns from.
+# (The number of Ray workers may change: the global batch, and so the result, stays the same.)
+_RESUMABLE_OVERRIDES = ("epochs", "max_minutes", "patience", "max_steps", "checkpoint_every", "address", "workers",
+                        "worker_cpus", "max_failures")
 
 
 def run_training(config: TrainConfig, progress: TrainProgress | None = None) -> dict:
@@ -100,6 +53,11 @@ def run_training(config: TrainConfig, progress: TrainProgress | None = None) -> 
     progress = progress or TrainProgress(False)
     if config.mode not in MODES:
         raise DataError(f"unknown mode {config.mode!r}: use one of {', '.join(MODES)}")
+    if config.engine not in ENGINES:
+        raise DataError(f"unknown engine {config.engine!r}: use one of {', '.join(ENGINES)}")
+    if config.engine == "ray" and config.mode not in pixels_mod.PIXEL_MODES:
+        raise DataError(f"--engine ray trains the CNN itself: use it with --mode {' or '.join(pixels_mod.PIXEL_MODES)} "
+                        f"(--mode {config.mode} trains a small head on cached features, which one machine does fast)")
     _ = config.base  # an unknown network is refused before any work
     started = time.perf_counter()
     out = prepare_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
@@ -206,62 +164,25 @@ def _selfsup(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, p
     )
 
 
-def _finetune(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, progress: TrainProgress) -> Trained:
-    size = config.image_size or NETWORKS[config.base].input_size
-    loss = config.loss or "proxy-anchor"
-    settings = LoopSettings(epochs=config.epochs or 10, batch_size=config.batch_size or 16, lr=config.lr or 1e-4,
-                            weight_decay=1e-4, optimizer="adamw",
-                            patience=config.patience if config.patience is not None else 3,
-                            max_minutes=config.max_minutes, max_steps=config.max_steps, seed=config.seed)
-    pixels, y, tr, va, failures = _decode_split(ds, train_idx, val_idx, size, progress)
-    _require_trainable(y[tr], y[va], failures)
-    parts = finetune_mod.build_finetune(len(ds.classes), loss, settings.lr, arch=config.base)
-    parts.train_view.to(_device())
+def _pixels(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, progress: TrainProgress) -> Trained:
+    """finetune and scratch: the CNN itself trained on streamed, augmented images."""
+    recipe = pixels_mod.recipe_for(config, len(ds.classes), len(train_idx))
+    if config.engine == "ray":
+        return ray_engine.train_on_ray(config, recipe, ds, train_idx, val_idx, out, progress)
+    check = pixels_mod.decode_check_set(ds, train_idx, val_idx, recipe, progress)
+    parts = pixels_mod.build_parts(recipe)
+    parts.view.to(_device())
     parts.loss.to(_device())
-    settings.batch_size = min(settings.batch_size, len(tr))
-    result = fit(parts.train_view, parts.loss, pixels[tr], y[tr], augment=finetune_mod.make_augment(size),
-                 evaluate=finetune_mod.make_evaluate(parts.train_view, pixels[va], y[va], pixels[tr[:2000]], y[tr[:2000]]), settings=settings,
-                 param_groups=parts.param_groups, out=out, resume=config.resume, progress=progress)
-    vec_tr = finetune_mod.embed_pixels(parts.train_view, pixels[tr])
-    proxies = finetune_mod.class_proxies(parts.loss, vec_tr, y[tr], len(ds.classes))
-    net = finetune_mod.WithClassTags(_features_only(parts.net), proxies)
-    return Trained(
-        net=net, input_size=size, preprocessing=_preprocessing(size, "(x - 127) / 128"),
-        architecture={"backbone": config.base, "pooling": "gem3", "loss": loss, "frozen_backbone": False},
-        tag_labels=list(ds.classes),
-        info={**_loop_info(result, settings), "skipped": failures},
-    )
+    source = pixels_mod.train_source(ds, train_idx, recipe)
+    result = fit(parts.view, parts.loss, source, evaluate=pixels_mod.make_evaluate(parts.view, check),
+                 settings=recipe.settings, param_groups=parts.param_groups,
+                 checkpoints=FolderCheckpoints(out, config.resume), progress=progress)
+    source.close()
+    parts.view.cpu()
+    return pixels_mod.finish(recipe, parts, ds, train_idx, result, check.failures + source.failures)
 
 
-def _scratch(config: TrainConfig, ds: ImageSet, train_idx, val_idx, out: Path, progress: TrainProgress) -> Trained:
-    size = config.image_size or 32
-    # Batch 128 rather than the GPU-usual 512: on a CPU the cost per image is the same,
-    # and a short, time-boxed run gains from taking more steps.
-    settings = LoopSettings(epochs=config.epochs or 30, batch_size=config.batch_size or 128, lr=config.lr or 0.1,
-                            weight_decay=5e-4, optimizer="sgd", patience=config.patience, warmup=0.15,
-                            max_minutes=config.max_minutes, max_steps=config.max_steps, seed=config.seed)
-    pixels, y, tr, va, failures = _decode_split(ds, train_idx, val_idx, size, progress)
-    _require_trainable(y[tr], y[va], failures)
-    torch.manual_seed(config.seed)
-    net = scratch_mod.CompactCNN(len(ds.classes), width=config.width)
-    train_view = scratch_mod.ScratchTrain(net).to(_device())
-    loss = scratch_mod.CosineSoftmaxLoss(net)
-    settings.batch_size = min(settings.batch_size, len(tr))
-    # Check on at most a few thousand held-out images per epoch: enough to pick the best.
-    check = va if len(va) <= 5000 else np.random.default_rng(config.seed).choice(va, 5000, replace=False)
-    result = fit(train_view, loss, pixels[tr], y[tr], augment=scratch_mod.shift_flip_augment(max(1, size // 8)),
-                 evaluate=finetune_mod.make_evaluate(train_view, pixels[check], y[check], pixels[tr[:2000]], y[tr[:2000]]), settings=settings,
-                 param_groups=[{"params": list(net.parameters())}], out=out, resume=config.resume,
-                 progress=progress, score_key="map")
-    return Trained(
-        net=net, input_size=size, preprocessing=_preprocessing(size, "x / 127.5 - 1"),
-        architecture={"network": "compact-resnet", "width": config.width, "dim": net.dim, "loss": "cosine-softmax"},
-        tag_labels=list(ds.classes),
-        info={**_loop_info(result, settings), "skipped": failures},
-    )
-
-
-_MODES = {"adapter": _adapter, "finetune": _finetune, "self-supervised": _selfsup, "scratch": _scratch}
+_MODES = {"adapter": _adapter, "finetune": _pixels, "self-supervised": _selfsup, "scratch": _pixels}
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -277,7 +198,7 @@ def _resumed_config(out: Path, given: TrainConfig) -> tuple[TrainConfig, list[st
     for name in _RESUMABLE_OVERRIDES:
         if getattr(given, name) is not None:
             setattr(saved, name, getattr(given, name))
-    saved.resume, saved.overwrite, saved.compare = True, False, given.compare
+    saved.resume, saved.overwrite, saved.compare = True, False, given.compare  # engine: as the run began
     return saved, stored.get("val_items")
 
 
@@ -307,19 +228,6 @@ def _decode_split(ds: ImageSet, train_idx, val_idx, size: int, progress: TrainPr
     return pixels, y, tr, va, failures
 
 
-def _require_trainable(y_train: np.ndarray, y_val: np.ndarray, failures: list[dict]) -> None:
-    if len(y_train) == 0 or len(y_val) == 0 or (y_train >= 0).any() and len(np.unique(y_train)) < 2:
-        raise DataError("after leaving out unreadable images, there is not enough to train on: need at least "
-                        "2 classes with at least 2 readable images each" + _failure_hint(failures))
-
-
-def _failure_hint(failures: list[dict]) -> str:
-    if not failures:
-        return ""
-    first = "; ".join(f"{f['path']}: {f['error']}" for f in failures[:3])
-    return f" ({len(failures)} images could not be read, e.g. {first})"
-
-
 def _head_state(out: Path, resume: bool, progress: TrainProgress):
     if not resume:
         return None
@@ -330,11 +238,6 @@ def _head_state(out: Path, resume: bool, progress: TrainProgress):
     return state
 
 
-def _loop_info(result, settings: LoopSettings) -> dict:
-    return {"epochs": result.epochs_run, "best_epoch": result.best_epoch, "stopped": result.stopped,
-            "train_seconds": round(result.seconds, 1), "settings": asdict(settings), "history": result.history}
-
-
 def _device() -> torch.device:
     # Training runs where a GPU is (with mixed precision, see trainer.fit); export on the CPU.
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -342,30 +245,6 @@ def _device() -> torch.device:
 
 def _weights(arch: str):
     return NETWORKS[arch].weights_path()
-
-
-class _FeaturesOnly(nn.Module):
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, pixels):
-        return self.net(pixels)[0]
-
-
-def _features_only(net: nn.Module) -> nn.Module:
-    """The EmbeddingNet without its ImageNet logits, which fine-tuning made meaningless."""
-    return _FeaturesOnly(net)
-
-
-def _preprocessing(size: int, scaling: str) -> dict:
-    return {
-        "input": "pixels: uint8 RGB, NHWC, batch of any size",
-        "resize": f"whole image to {size}x{size}, bilinear, no crop (imagespace.images.decode)",
-        "orientation": "EXIF orientation applied; alpha composited on white",
-        "scaling": f"inside the graph: {scaling}",
-        "outputs": "features (L2-normalise for cosine similarity), then logits for tags when present",
-    }
 
 
 def _compare(out: Path, ds: ImageSet, train_idx, val_idx, trained: Trained, config: TrainConfig,

@@ -15,6 +15,7 @@ import torch
 
 CHECKPOINT = "checkpoint.pt"
 RUN_FILE = "train-run.json"  # the settings a run was started with; --resume must agree
+RAY_STORAGE = "ray"  # an --engine ray run's checkpoints (Ray Train's storage)
 
 
 class RunError(Exception):
@@ -30,7 +31,7 @@ def prepare_out_dir(out: str | os.PathLike[str], *, resume: bool, overwrite: boo
         raise RunError(f"{path} exists and is not a folder")
     exists = path.is_dir() and any(path.iterdir())
     if resume:
-        if not (path / CHECKPOINT).is_file():
+        if not ((path / CHECKPOINT).is_file() or (path / RAY_STORAGE).is_dir()):
             raise RunError(f"nothing to resume: {path} has no {CHECKPOINT} (start a new run without --resume)")
         return path
     if exists:

@@ -1,0 +1,363 @@
+"""One pair of images: is one made from the other (copy), the same scene shot again (retake),
+or only alike (similar)? And of two copies, which is the original?
+
+A homography fits two views of a flat scene as well as it fits a crop, so the number of
+matching points cannot tell a copy from a retake. Three signals can:
+
+- the *shape* of the fitted transform: an edit (resize, crop, small rotation, mirror,
+  border) maps one picture onto the other by a similarity: one scale on both axes, no
+  perspective. A second shot from a step aside adds perspective and parallax: the best
+  similarity then misses the matched points by several pixels;
+- the *pixels* once aligned: a copy differs from its original by one global tone change
+  (brightness, contrast, colour) plus compression, so after fitting that change nearly every
+  pixel agrees; a retake differs by light from another side, noise, parallax and moved things;
+- *EXIF*, when both files have it: two different capture times are two shots, whatever the
+  pixels say; an edited copy keeps its original's capture time or has none.
+
+Every verdict carries the figures it was made from and a reason a person can read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..images import CaptureFacts
+
+# Verification works on images of this size: enough keypoints, bounded cost per image.
+# 500 rather than 512: a 4000x3000 JPEG then decodes at 1/8 of its size.
+VERIFY_SIDE = 500
+_MIN_SIDE = 320
+_FEATURES = 1000
+_RATIO = 0.8
+_RANSAC_PIXELS = 5.0
+_RANSAC_ROUNDS = 1000
+# The first look: the strongest points of each image only.
+_FIRST_LOOK_POINTS = 250
+# Tuned on the train half: true pairs had 24-250 such matches, other photos of one species
+# 95% at most 15 and 99% at most 23.
+FIRST_LOOK_MATCHES = 16
+# Aligned grey thumbnails for the pixel check: small enough to keep for every image.
+THUMB_SIDE = 160
+# Matching points (homography inliers) from which two images show one scene at all. On the
+# train half (benchmarks/duplicate_tiers.py) true pairs had 31-975.
+MIN_INLIERS = 20
+# A copy: the best similarity misses the homography's inliers by at most MAX_RESIDUAL
+# pixels (median, at VERIFY_SIDE) and at least MIN_AGREEMENT of the aligned pixels agree
+# after one tone curve; or, when the geometry is plainly a similarity (STRICT_RESIDUAL),
+# at least LOOSE_AGREEMENT (heavy edits: brightened, clipped, recompressed at quality 25).
+# On the train half copies scored residual 0-1.42 px and agreement 0.72-1.0; retakes
+# residual 1.2-6.9 px and agreement 0.34-0.83.
+MAX_RESIDUAL = 1.45
+MIN_AGREEMENT = 0.85
+STRICT_RESIDUAL = 1.1
+LOOSE_AGREEMENT = 0.70
+_AGREE_LEVELS = 10.0
+# Below this pixel agreement, points that fit a homography are a coincidence of patterns
+# (other photos of the train half reached 0.03), not one scene: retakes scored 0.34 and up.
+MIN_SCENE_AGREEMENT = 0.25
+# Two capture times closer than this are one shot (sub-second fields hold hundredths).
+_SAME_SHOT_SECONDS = 0.011
+
+
+# What tells a copy from a retake once two images share a scene.
+SIGNALS = ("shape", "pixels", "exif")
+
+
+@dataclass
+class ImageFeatures:
+    """What verification needs of one image, computed once and kept."""
+
+    full_size: tuple[int, int]  # the file's own width, height
+    size: tuple[int, int]  # width, height at which the points were found
+    points: np.ndarray
+    descriptors: np.ndarray | None
+    points_mirrored: np.ndarray
+    descriptors_mirrored: np.ndarray | None
+    thumb: np.ndarray  # grey, float32, longest side THUMB_SIDE
+    sharpness: float  # variance of the Laplacian at `size`
+    clipped: float  # share of pixels at black or white
+    border: bool  # a plain frame of one colour on all four sides
+
+    @property
+    def thumb_scale(self) -> float:
+        return self.thumb.shape[1] / self.size[0]
+
+
+@dataclass
+class PairVerdict:
+    tier: str  # copy | retake | similar
+    score: float  # 0-1, how sure (copy: pixel agreement; retake: geometry and pixels)
+    reason: str
+    inliers: int = 0
+    residual: float = 0.0  # median miss of the best similarity, pixels at VERIFY_SIDE
+    agreement: float = 0.0
+    scale: float = 1.0  # linear scale from a to b, in the files' own pixels
+    covered_a: float = 0.0  # share of a's frame that b shows
+    covered_b: float = 0.0
+    mirrored: bool = False
+    first_look: int = 0  # ratio-test matches among the strongest points
+
+
+class FeatureMaker:
+    """ORB points (also of the mirrored image) and the small thumbnail of one grey image.
+
+    One per thread: OpenCV's detector is not shared between threads.
+    """
+
+    def __init__(self):
+        import cv2
+
+        self.cv2 = cv2
+        self.orb = cv2.ORB_create(nfeatures=_FEATURES)
+
+    def __call__(self, grey: np.ndarray, full_size: tuple[int, int]) -> ImageFeatures:
+        cv2 = self.cv2
+        h, w = grey.shape
+        if max(w, h) < _MIN_SIDE:  # small images give too few keypoints at their own size
+            s = _MIN_SIDE / max(w, h)
+            grey = cv2.resize(grey, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_LINEAR)
+            h, w = grey.shape
+        pts, desc = self._detect(grey)
+        pts_m, desc_m = self._detect(np.ascontiguousarray(grey[:, ::-1]))
+        s = THUMB_SIDE / max(w, h)
+        thumb = cv2.resize(grey, (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA)
+        thumb = cv2.GaussianBlur(thumb.astype(np.float32), (3, 3), 0)
+        return ImageFeatures(
+            full_size=full_size, size=(w, h), points=pts, descriptors=desc, points_mirrored=pts_m,
+            descriptors_mirrored=desc_m, thumb=thumb, sharpness=float(cv2.Laplacian(grey, cv2.CV_32F).var()),
+            clipped=float(((grey <= 2) | (grey >= 253)).mean()), border=_has_border(grey),
+        )
+
+    def _detect(self, grey):
+        kp, desc = self.orb.detectAndCompute(grey, None)
+        if not kp:
+            return np.zeros((0, 2), np.float32), None
+        # Strongest first: the first look matches only the head of the list.
+        order = np.argsort([-k.response for k in kp], kind="stable")
+        return np.float32([kp[i].pt for i in order]), desc[order]
+
+
+def _has_border(grey: np.ndarray) -> bool:
+    """A frame of one plain colour on all four sides (an added border, not a dark sky)."""
+    h, w = grey.shape
+    t = max(2, round(0.02 * min(w, h)))
+    strips = [grey[:t], grey[-t:], grey[:, :t], grey[:, -t:]]
+    means = [float(s.mean()) for s in strips]
+    return all(float(s.std()) < 3.0 for s in strips) and max(means) - min(means) < 6.0
+
+
+class PairChecker:
+    """Compares two images' features. One per thread (it holds an OpenCV matcher)."""
+
+    def __init__(self, min_inliers: int = MIN_INLIERS, signals: tuple[str, ...] = SIGNALS):
+        import cv2
+
+        self.cv2 = cv2
+        self.matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+        self.min_inliers = min_inliers
+        unknown = set(signals) - set(SIGNALS)
+        if unknown:
+            raise ValueError(f"unknown signals {sorted(unknown)}: use some of {', '.join(SIGNALS)}")
+        self.signals = frozenset(signals)  # fewer only to measure what each one adds
+
+    def first_look(self, a: ImageFeatures, b: ImageFeatures) -> tuple[int, bool]:
+        """Ratio-test matches between the strongest points of each, direct and mirrored (a
+        sixteenth of the cost of the full match; unrelated photos find almost none), and
+        whether the mirrored image matched better."""
+        counts = []
+        for da in (a.descriptors, a.descriptors_mirrored):
+            if da is None or b.descriptors is None or len(da) < 2 or len(b.descriptors) < 2:
+                counts.append(0)
+                continue
+            found = self.matcher.knnMatch(da[:_FIRST_LOOK_POINTS], b.descriptors[:_FIRST_LOOK_POINTS], k=2)
+            counts.append(sum(1 for m in found if len(m) == 2 and m[0].distance < _RATIO * m[1].distance))
+        return max(counts), counts[1] > counts[0]
+
+    def compare(self, a: ImageFeatures, b: ImageFeatures, facts_a: CaptureFacts | None = None,
+                facts_b: CaptureFacts | None = None) -> PairVerdict:
+        look, mirrored_first = self.first_look(a, b)
+        if look < FIRST_LOOK_MATCHES:
+            v = PairVerdict("similar", 0.0, f"alike, but no shared details at a first look ({look} matches)")
+            v.first_look = look
+            return v
+        h, src, dst, inliers, mirrored = self._fit(a, b, mirrored_first)
+        if h is None or inliers < self.min_inliers:
+            v = PairVerdict("similar", 0.0, f"alike, but only {inliers} matching points: not the same scene", inliers)
+            v.first_look = look
+            return v
+        residual, sim = self._shape(src, dst)
+        agreement, covered_a, covered_b = self._pixels(a, b, h, mirrored)
+        scale = float(np.sqrt(abs(np.linalg.det(sim[:, :2])))) * (a.size[0] / a.full_size[0]) / (b.size[0] / b.full_size[0])
+        v = PairVerdict("copy", agreement, "", inliers, residual, agreement, scale, covered_a, covered_b, mirrored)
+        v.first_look = look
+        if agreement < MIN_SCENE_AGREEMENT and "pixels" in self.signals:
+            v.tier, v.score = "similar", 0.0
+            v.reason = f"alike, {inliers} matching points, but only {agreement:.0%} of the pixels agree once aligned: not the same scene"
+            return v
+        shots = _capture_difference(facts_a, facts_b) if "exif" in self.signals else None
+        geometry = f"{inliers} matching points{' (mirrored)' if mirrored else ''}, similarity off by {residual:.1f} px"
+        pixels = f"{agreement:.0%} of pixels agree after one tone change"
+        if shots is not None and shots >= _SAME_SHOT_SECONDS:
+            v.tier, v.score = "retake", min(1.0, inliers / 100)
+            v.reason = f"the same scene taken {shots:.2f} s apart ({_camera(facts_a, facts_b)}); {geometry}"
+        elif "shape" in self.signals and residual > MAX_RESIDUAL:
+            v.tier, v.score = "retake", min(1.0, inliers / 100)
+            v.reason = f"the same scene from another viewpoint: {geometry}; {pixels}"
+        elif "pixels" in self.signals and agreement < (
+                LOOSE_AGREEMENT if residual <= STRICT_RESIDUAL or "shape" not in self.signals else MIN_AGREEMENT):
+            v.tier, v.score = "retake", min(1.0, inliers / 100)
+            v.reason = f"the same scene, but light, noise or content differ: {pixels}; {geometry}"
+        else:
+            same = " and the same capture time" if shots is not None else ""
+            v.reason = f"one picture: {geometry}; {pixels}{same}"
+        return v
+
+    # -- the three measurements -------------------------------------------------------------
+
+    def _fit(self, a: ImageFeatures, b: ImageFeatures, mirrored_first: bool = False):
+        best = (None, None, None, 0, False)
+        for mirrored in ((True, False) if mirrored_first else (False, True)):
+            pa, da = (a.points_mirrored, a.descriptors_mirrored) if mirrored else (a.points, a.descriptors)
+            found = self._match(pa, da, b.points, b.descriptors)
+            if found[0] is not None and found[3] > best[3]:
+                best = (*found[:4], mirrored)
+            if best[3] >= 3 * self.min_inliers:
+                break  # clearly this orientation: the other cannot win
+        return best
+
+    def _match(self, pa, da, pb, db):
+        cv2 = self.cv2
+        # Inliers are a subset of the matches that pass the ratio test: with fewer of those
+        # than the bar, RANSAC (which runs its full 2,000 rounds on unrelated photos) is skipped.
+        need = max(8, self.min_inliers)
+        if da is None or db is None or len(da) < need or len(db) < need:
+            return None, None, None, 0
+        good = [m[0] for m in self.matcher.knnMatch(da, db, k=2) if len(m) == 2 and m[0].distance < _RATIO * m[1].distance]
+        if len(good) < need:
+            return None, None, None, 0
+        src = pa[[g.queryIdx for g in good]]
+        dst = pb[[g.trainIdx for g in good]]
+        h, mask = cv2.findHomography(src, dst, cv2.RANSAC, _RANSAC_PIXELS, maxIters=_RANSAC_ROUNDS)
+        if h is None or mask is None:
+            return None, None, None, 0
+        keep = mask.ravel().astype(bool)
+        return h, src[keep], dst[keep], int(keep.sum())
+
+    def _shape(self, src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray]:
+        """Median miss (pixels) of the best similarity (rotation, one scale, shift) through
+        the homography's inliers, and that similarity as a 2x3 matrix."""
+        sim = _similarity(src, dst)
+        miss = np.linalg.norm(src @ sim[:, :2].T + sim[:, 2] - dst, axis=1)
+        return float(np.median(miss)), sim
+
+    def _pixels(self, a: ImageFeatures, b: ImageFeatures, h: np.ndarray, mirrored: bool):
+        """Agreement of b's thumbnail warped onto a's after one global tone fit, and how much
+        of each frame the other shows."""
+        cv2 = self.cv2
+        ta = a.thumb[:, ::-1] if mirrored else a.thumb
+        ta = np.ascontiguousarray(ta)
+        sa, sb = np.diag([a.thumb_scale, a.thumb_scale, 1.0]), np.diag([b.thumb_scale, b.thumb_scale, 1.0])
+        b_to_a = sa @ np.linalg.inv(h) @ np.linalg.inv(sb)
+        ha, wa = ta.shape
+        hb, wb = b.thumb.shape
+        warped = cv2.warpPerspective(b.thumb, b_to_a, (wa, ha), flags=cv2.INTER_LINEAR)
+        mask = cv2.warpPerspective(np.ones((hb, wb), np.uint8), b_to_a, (wa, ha), flags=cv2.INTER_NEAREST)
+        covered_a = float(mask.mean())
+        back = cv2.warpPerspective(np.ones((ha, wa), np.uint8), np.linalg.inv(b_to_a), (wb, hb), flags=cv2.INTER_NEAREST)
+        covered_b = float(back.mean())
+        inside = cv2.erode(mask, np.ones((5, 5), np.uint8)).astype(bool)
+        if inside.sum() < 100:
+            return 0.0, covered_a, covered_b, None
+        x, y = warped[inside], ta[inside]
+        res = np.abs(_tone_curve(x, y) - y)
+        agreement = float((res < _AGREE_LEVELS).mean())
+        return agreement, covered_a, covered_b
+
+
+def _tone_curve(x: np.ndarray, y: np.ndarray, bins: int = 24) -> np.ndarray:
+    """y predicted from x by one global tone curve: the median y of each band of x values,
+    interpolated. An edit's brightness, contrast, gamma or clipping is such a curve; light
+    from another side or moved things are not (the same grey maps to many)."""
+    edges = np.quantile(x, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
+    centres, medians = [], []
+    for k in range(bins):
+        sel = which == k
+        if sel.sum() >= 5:
+            centres.append(float(np.median(x[sel])))
+            medians.append(float(np.median(y[sel])))
+    if len(centres) < 2:
+        return np.full_like(y, float(np.median(y)))
+    centres_a, medians_a = np.array(centres), np.array(medians)
+    order = np.argsort(centres_a, kind="stable")
+    return np.interp(x, centres_a[order], medians_a[order])
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama, reflections allowed by the caller's mirroring)."""
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    cov = d.T @ s / len(src)
+    u, sv, vt = np.linalg.svd(cov)
+    e = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        e[1, 1] = -1
+    r = u @ e @ vt
+    var = (s**2).sum() / len(src)
+    scale = float((sv * np.diag(e)).sum() / var) if var > 0 else 1.0
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * r
+    m[:, 2] = md - scale * r @ ms
+    return m
+
+
+def _capture_difference(a: CaptureFacts | None, b: CaptureFacts | None) -> float | None:
+    """Seconds between two capture times when both files have one, else None."""
+    if a is None or b is None or a.taken is None or b.taken is None:
+        return None
+    return abs(a.taken - b.taken)
+
+
+def _camera(a: CaptureFacts | None, b: CaptureFacts | None) -> str:
+    ca, cb = (a.camera if a else None), (b.camera if b else None)
+    if ca and ca == cb:
+        return f"same camera, {ca}"
+    return f"cameras {ca or 'unknown'} and {cb or 'unknown'}"
+
+
+# -- which one to keep ----------------------------------------------------------------------
+
+
+def original_of(a, b, facts_a: CaptureFacts, facts_b: CaptureFacts,
+                verdict: PairVerdict, mtime_a: int, mtime_b: int, bytes_a: int, bytes_b: int) -> tuple[str, str]:
+    """Of two copies, which is more likely the original: ("a" or "b", why the other is not).
+
+    ``a`` and ``b`` are anything with a ``border`` flag (:class:`ImageFeatures`, or the
+    summary the cache keeps).
+
+    In order: no added border; more of the picture (the other is a crop); EXIF
+    capture facts (an export often drops them); more pixels of the same content; less
+    recompressed; captured or modified earlier; the larger file.
+    """
+    if a.border != b.border:
+        return ("b", "has a border added") if a.border else ("a", "has a border added")
+    if verdict.covered_a < 0.9 and verdict.covered_b > 0.97:
+        return "a", "is a crop"
+    if verdict.covered_b < 0.9 and verdict.covered_a > 0.97:
+        return "b", "is a crop"
+    if (facts_a.taken is None) != (facts_b.taken is None):
+        return ("a", "has lost the camera's EXIF") if facts_a.taken is not None else ("b", "has lost the camera's EXIF")
+    if verdict.scale < 0.93:
+        return "a", f"has fewer pixels ({verdict.scale:.2f}x)"
+    if verdict.scale > 1.07:
+        return "b", f"has fewer pixels ({1 / verdict.scale:.2f}x)"
+    qa, qb = facts_a.jpeg_quality, facts_b.jpeg_quality
+    if qa is not None and qb is not None and abs(qa - qb) >= 5:
+        return ("a", f"was saved at JPEG quality {qb} against {qa}") if qa > qb else ("b", f"was saved at JPEG quality {qa} against {qb}")
+    if facts_a.taken is not None and facts_b.taken is not None and facts_a.taken != facts_b.taken:
+        return ("a", "was captured later") if facts_a.taken < facts_b.taken else ("b", "was captured later")
+    if mtime_a != mtime_b:
+        return ("a", "was modified later") if mtime_a < mtime_b else ("b", "was modified later")
+    return ("a", "is the smaller file") if bytes_a >= bytes_b else ("b", "is the smaller file")
