@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..collection import Collection, CollectionError
+from ..atomic import atomic_write, write_text_atomic
 from ._threads import single_threaded, worker_threads
 
 MAX_POINTS = 5_000
@@ -190,9 +191,8 @@ def _write_png(out: Path, thumbs: dict, grid: int, size: int) -> None:
         x = cx * size + (size - im.width) // 2
         y = (grid - 1 - cy) * size + (size - im.height) // 2  # y up, as in a plot
         canvas.paste(im, (x, y))
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    canvas.save(tmp, format="PNG", optimize=False)
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        canvas.save(tmp, format="PNG", optimize=False)
 
 
 def _write_html(out: Path, thumbs: dict, rows: dict, grid: int, size: int, total: int, placed: int) -> None:
@@ -216,6 +216,4 @@ def _write_html(out: Path, thumbs: dict, rows: dict, grid: int, size: int, total
         y = (grid - 1 - cy) * size + (size - im.height) // 2
         parts.append(f"<img style='left:{x}px;top:{y}px' width='{im.width}' height='{im.height}' title='{title}' src='data:image/jpeg;base64,{data}'>")
     parts.append("</div></body></html>")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(out, "\n".join(parts))

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..collection import Collection
+from ..atomic import write_text_atomic
 from .tuning import SampleTruth, Tuning, describe, measured_truth, sample_truth, tune_compressed
 
 LARGE_FILE = "vectors.ivfpq.faiss"
@@ -355,6 +356,4 @@ def _tune(core: CompressedIndex, truth: SampleTruth) -> Tuning:
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc))
