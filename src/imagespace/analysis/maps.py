@@ -14,8 +14,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,8 @@ MAX_POINTS = 5_000
 GRID = 32  # cells per side: at most 1,024 thumbnails
 THUMB = 64  # pixels per cell side
 _PCA_DIMS = 50
+
+log = logging.getLogger(__name__)
 
 
 def layout(collection: Collection, max_points: int = MAX_POINTS, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +174,7 @@ def _thumbnails(paths: dict[tuple[int, int], str], size: int):
         try:
             im = load_pil(path, max_side=size * 2)
         except ImageError as e:
-            print(f"imagespace: map: skipping {path}: {e}", file=sys.stderr)
+            log.warning("map: skipping %s: %s", path, e)
             return None
         im.thumbnail((size - 2, size - 2), Image.Resampling.BILINEAR)
         return im
