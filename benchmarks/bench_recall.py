@@ -86,7 +86,7 @@ def held_out_queries(coll, n: int, sample_ids: np.ndarray, count: int = QUERIES)
 
 def measure(name: str, chunks, dim: int, workdir: Path) -> dict:
     """Build, self-check, then held-out recall and latency: self-check's settings and fixed ones."""
-    from imagespace.index import VectorIndex
+    from imagespace.index.hnsw import VectorIndex
 
     root = workdir / f"db-{name.split()[0]}"
     shutil.rmtree(root, ignore_errors=True)
@@ -113,7 +113,7 @@ def measure_collection(db: Path) -> dict:
     """The same measurements on a collection made by ``imagespace index``, as it is (its index
     opened as searches open it: nothing rebuilt unless it must be)."""
     from imagespace.collection import Collection
-    from imagespace.index import VectorIndex
+    from imagespace.index.hnsw import VectorIndex
 
     with Collection(db, create=False) as coll:
         n = coll.count(coll.model_id)
@@ -122,7 +122,7 @@ def measure_collection(db: Path) -> dict:
 
 
 def evaluate(name: str, coll, index, n: int) -> dict:
-    from imagespace.index_tuning import SampleTruth, recall_at_k, sample_truth
+    from imagespace.index.tuning import SampleTruth, recall_at_k, sample_truth
 
     tuning = index.tuning
     desc = index.describe()

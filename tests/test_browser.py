@@ -135,8 +135,8 @@ def test_click_an_image_to_see_its_neighbours_then_more_like_this(page, tmp_path
 
 
 def test_word_search(page, tmp_path):
-    if not has("imagespace.text"):
-        pytest.skip("search by words: imagespace.text is not in this build yet")
+    if not has("imagespace.search.text"):
+        pytest.skip("search by words: imagespace.search.text is not in this build yet")
     page.wait_for_selector("#view[data-view='home'] .results .card")
     page.fill("#q", "a red ball")
     page.press("#q", "Enter")

@@ -15,7 +15,7 @@ import imagespace.models
 from imagespace.collection import Collection
 from imagespace.models import create_model, list_models, model_info
 from imagespace.models.networks import NETWORKS
-from imagespace.text import _classifier_rows
+from imagespace.search.text import _classifier_rows
 
 NEW = ("efficientnet-lite1", "efficientnet-lite2")
 

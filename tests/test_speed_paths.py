@@ -8,12 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from imagespace.indexing import sync
 from imagespace.collection import Collection
 from imagespace.embed import Embedded, FileInfo
 import dataclasses
 
-import imagespace.index as index_mod
-from imagespace.index import REDUCE_ABOVE, REDUCED_DIM, IndexSettings, VectorIndex, fit_projection, settings_for
+import imagespace.index.hnsw as index_mod
+from imagespace.index.hnsw import REDUCE_ABOVE, REDUCED_DIM, IndexSettings, VectorIndex, fit_projection, settings_for
 
 
 def _clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
@@ -159,7 +160,7 @@ def test_a_stored_image_query_imports_nothing_heavy(photo_folder, tmp_path):
 
     folder = photo_folder(4)
     with Collection(tmp_path / "db") as coll:
-        coll.sync([str(folder)], create_model(), model_spec="efficientnet-lite0")
+        sync(coll, [str(folder)], create_model(), model_spec="efficientnet-lite0")
     code = (
         "import sys\nfrom imagespace.collection import Collection\nfrom imagespace.search import Searcher\n"
         f"hits = Searcher(Collection({str(tmp_path / 'db')!r})).by_path({str(folder / 'img_000.jpg')!r}, k=2)\n"
@@ -175,7 +176,7 @@ def test_a_stored_image_query_imports_nothing_heavy(photo_folder, tmp_path):
 
 
 def test_reduced_index_rescores_from_its_snapshot_with_the_rows_exact_cosines(tmp_path):
-    from imagespace.rescore import RESCORE_FILE
+    from imagespace.index.rescore import RESCORE_FILE
 
     vecs = _clustered(500)
     coll = _collection(tmp_path / "db", vecs)
@@ -210,7 +211,7 @@ def test_rows_written_after_the_snapshot_are_scored_from_the_database(tmp_path):
 
 
 def test_a_snapshot_that_does_not_match_is_not_used_and_is_rewritten(tmp_path):
-    from imagespace.rescore import HEADER_BYTES, RESCORE_FILE
+    from imagespace.index.rescore import HEADER_BYTES, RESCORE_FILE
 
     coll = _collection(tmp_path / "db", _clustered(300))
     VectorIndex.open(coll, settings=REDUCED).save_if_changed()
@@ -242,13 +243,12 @@ def test_a_new_snapshot_is_written_when_a_tenth_of_the_rows_are_newer(tmp_path):
 
 
 def test_snapshot_rows_sit_at_their_ids_across_gaps(tmp_path):
-    from imagespace.rescore import RescoreStore, write_snapshot
+    from imagespace.index.rescore import RescoreStore, write_snapshot
 
     vecs = _clustered(60)
     coll = _collection(tmp_path / "db", vecs)
     gone = [coll.row_by_path(f"/photos/{i}.jpg").id for i in (0, 5, 6, 7, 30)]
-    with coll.transaction():
-        coll._remove_ids(gone, coll._next_seq())
+    coll.write_file_changes(removed=gone)
     stamp = write_snapshot(coll, tmp_path / "snap")
     (tmp_path / "snap").rename(tmp_path / "db" / "vectors.rescore.f32")
     store = RescoreStore.open(tmp_path / "db", stamp)
@@ -260,7 +260,7 @@ def test_snapshot_rows_sit_at_their_ids_across_gaps(tmp_path):
 
 def test_check_finds_a_damaged_snapshot_row_and_repair_fixes_it(tmp_path):
     from imagespace.integrity import check_collection
-    from imagespace.rescore import HEADER_BYTES, RESCORE_FILE
+    from imagespace.index.rescore import HEADER_BYTES, RESCORE_FILE
 
     coll = _collection(tmp_path / "db", _clustered(300))
     VectorIndex.open(coll, settings=REDUCED).save_if_changed()

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..collection import Collection, Row
 from ..images import CaptureFacts, ImageError, capture_facts, load_pil
-from ..large_index import open_index
+from ..index import open_index
 from ._threads import worker_threads
 from .copies import SIGNALS, VERIFY_SIDE, FeatureMaker, ImageFeatures, PairChecker, PairVerdict, original_of
 from .pair_cache import ImageSummary, PairCache
@@ -105,10 +105,8 @@ def duplicate_report(
     started = time.perf_counter()
 
     identical: dict[tuple[int, int], float] = {}
-    for (ids_csv,) in collection.conn.execute(
-        "SELECT group_concat(id) FROM images GROUP BY digest HAVING count(*) > 1"
-    ):
-        ids = sorted(int(i) for i in ids_csv.split(","))
+    for group in collection.same_digest_groups():
+        ids = sorted(group)
         for other in ids[1:]:
             identical[(ids[0], other)] = 1.0
     stats["identical_pairs"] = len(identical)

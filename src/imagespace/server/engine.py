@@ -20,7 +20,10 @@ import numpy as np
 
 from ..analysis.map_grid import map_grid
 from ..collection import Collection, CollectionError, Row
+from ..indexing import sync
+from ..models import create_model, resolve_model_spec
 from ..search import Hit, QueryError, Searcher
+from ..search.text import warm as warm_words
 
 # Uploaded queries are decoded under a tighter pixel limit than files on disk: a request
 # must never make the server hold gigabytes of pixels.
@@ -99,8 +102,6 @@ class Engine:
             if self._model is None or self._model.model_id != model_id:
                 if spec is None:
                     raise EmptyCollection("the collection has no model yet: index some images first")
-                from ..models import create_model
-
                 model = create_model(spec, threads=QUERY_THREADS)
                 if model.model_id != model_id:
                     raise CollectionError(
@@ -157,16 +158,13 @@ class Engine:
         with self._text_lock:
             if self._text_ready:
                 return
-            search_text = _optional("imagespace.text", "search_text", "search by words")
-            warm_words = getattr(sys.modules["imagespace.text"], "warm", None)
             try:
-                if warm_words is not None:
-                    warm_words()  # WordNet's words, outside the search lock (the sentence model waits for its first use)
+                warm_words()  # WordNet's words, outside the search lock (the sentence model waits for its first use)
                 torch = sys.modules.get("torch")
                 if torch is not None:  # the words side runs in PyTorch: one sentence, one thread
                     torch.set_num_threads(QUERY_THREADS)
                 self.model()
-                self.with_searcher(lambda s: search_text(s, "daisy", k=1))
+                self.with_searcher(lambda s: s.query(text="daisy", k=1))
             except (QueryError, EmptyCollection, CollectionError):
                 pass
             self._text_ready = True
@@ -222,20 +220,15 @@ class Engine:
         return model.embed(decoded.pixels[None]).vectors[0]
 
     def by_vector(self, vector: np.ndarray, **opts) -> list[Hit]:
-        return self.with_searcher(lambda s: s.by_vector(vector, **opts))
+        return self.with_searcher(lambda s: s.query(vector=vector, **opts).hits)
 
     def similar(self, row: Row, **opts) -> list[Hit]:
-        return self.with_searcher(lambda s: s.by_path(row.path, **opts))
+        return self.with_searcher(lambda s: s.query(like=row.path, **opts).hits)
 
     def by_text(self, text: str, *, k: int, offset: int, where: str | None, min_score: float | None) -> tuple[list[Hit], dict]:
-        search_text = _optional("imagespace.text", "search_text", "search by words")
         self._load_text_side()  # first use: load the models without holding up other queries
-
-        def run(s: Searcher):
-            hits, extra = search_text(s, text, k=k + offset, where=where, min_score=min_score)
-            return hits[offset : offset + k], extra
-
-        return self.with_searcher(run)
+        answer = self.with_searcher(lambda s: s.query(text=text, k=k, offset=offset, where=where, min_score=min_score))
+        return answer.hits, answer.extra
 
     def recommend(self, like: list[int], unlike: list[int], k: int) -> list[Hit]:
         recommend = _optional("imagespace.analysis.recommend", "recommend", "recommendations")
@@ -323,12 +316,10 @@ class Engine:
                 self._job.done, self._job.total = done, total
 
         try:
-            from ..models import DEFAULT_MODEL, create_model
-
             with Collection(self.root, create=False) as c:
-                spec = c.model_spec or DEFAULT_MODEL
+                spec = resolve_model_spec(None, c.model_spec)
                 model = create_model(spec)  # all cores for batches (queries use one)
-                report = c.sync(roots, model, model_spec=spec, progress=False, on_progress=progress)
+                report = sync(c, roots, model, model_spec=spec, progress=False, on_progress=progress)
             with self._job_lock:
                 self._job.state, self._job.report = "done", report.to_dict()
         except Exception as e:  # noqa: BLE001 - the run's failure is reported, never raised into a thread

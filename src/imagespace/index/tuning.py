@@ -125,8 +125,7 @@ class SampleTruth:
 
 def sample_truth(collection, count: int, n: int = SAMPLE_QUERIES, seed: int = 0) -> SampleTruth:
     """An empty :class:`SampleTruth` for ``n`` random stored rows (fill it with ``update``)."""
-    rows = [r[0] for r in collection.conn.execute("SELECT id FROM images WHERE model=? ORDER BY id",
-                                                  (collection.model_id,))] if count else []
+    rows = collection.ids() if count else []
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(len(rows), size=min(n, len(rows)), replace=False).tolist()) if rows else []
     ids, vecs = collection.vectors([rows[i] for i in picked])
@@ -268,7 +267,7 @@ def tune_graph(index, truth: SampleTruth, target: float = TARGET_RECALL) -> Tuni
 
 
 def tune_compressed(core, truth: SampleTruth, target: float = TARGET_RECALL) -> Tuning:
-    """Sweep a :class:`~imagespace.large_index.CompressedIndex`'s ``nprobe`` and re-rank depth;
+    """Sweep a :class:`~imagespace.index.ivfpq.CompressedIndex`'s ``nprobe`` and re-rank depth;
     its ``nprobe`` is left as it was."""
     started = time.perf_counter()
     k = truth.k
