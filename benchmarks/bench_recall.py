@@ -251,7 +251,7 @@ def run(quick: bool = False, cifar10: Path | None = None, flowers12: Path | None
     if flowers12 is not None and not skip_real:
         fl = load_real(flowers12)
         results.append(measure(f"flowers12 real ({flowers12.name})", chunked(fl), fl.shape[1], workdir))
-    if synthetic:
+    if synthetic and not skip_real:
         n = len(real) if real is not None else 60_000
         data = Synthetic(n)
         results.append(measure("synthetic (bench_search)", (x for _, x in data.chunks()), 1280, workdir))
@@ -282,7 +282,15 @@ def main() -> None:
                    help="only: 100 search --like runs of the CLI on DB against exact search over EXPORT")
     p.add_argument("--like-count", type=int, default=100, help="with --like-cli: how many queries (every 50th test image)")
     p.add_argument("--collection", type=Path, metavar="DB", help="only: measure this collection's own index as it is")
+    p.add_argument("--synthetic-only", type=int, metavar="N", help="only: N synthetic vectors (bench_search's)")
     a = p.parse_args()
+    if a.synthetic_only:
+        from .bench_search import Synthetic
+
+        data = Synthetic(a.synthetic_only)
+        workdir = Path(a.workdir or tempfile.mkdtemp(prefix="imagespace-bench-recall-"))
+        measure(f"synthetic at {a.synthetic_only:,}", (x for _, x in data.chunks()), 1280, workdir)
+        return
     if a.collection:
         measure_collection(a.collection)
         return
