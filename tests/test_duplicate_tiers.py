@@ -28,6 +28,7 @@ from imagespace.images import CaptureFacts, capture_facts, load_pil  # noqa: E40
 
 CAMERA = ("Canon", "EOS 80D")
 T0 = 1_700_000_000.25
+T0_NS = 1_700_000_000 * 10**9
 
 
 def scene(seed: int, size=(640, 480)) -> Image.Image:
@@ -213,3 +214,36 @@ def test_plain_small_copy_falls_back_to_the_global_vectors(tmp_path):
         reasons = [p.verdict.reason for p in report.pairs.values() if p.verdict.tier == "copy"]
     assert ["smooth.bmp", "smooth_small.png"] in groups, groups
     assert any("too few details" in r for r in reasons)
+
+
+@pytest.mark.parametrize("case", ["enlarged_copy", "shrunk_copy"])
+def test_kept_copy_has_the_most_detail_not_the_most_pixels(tmp_path, case):
+    """An original and its 1.6x bicubic enlargement: the original is kept although the copy
+    has more pixels. A genuinely larger original and its copy shrunk to 2/3: the larger one
+    is kept. Same format, quality, no EXIF, so only the detail can decide."""
+    from imagespace.analysis.duplicates import Pair, _most_original, _Verifier
+    from imagespace.collection import Row
+
+    if case == "enlarged_copy":
+        original = scene(7, (480, 360))
+        copy = original.resize((768, 576), Image.Resampling.BICUBIC)
+    else:
+        original = scene(7, (720, 540))
+        copy = original.resize((480, 360), Image.Resampling.LANCZOS)
+    rows = {}
+    for i, (name, im) in enumerate((("original.jpg", original), ("copy.jpg", copy))):
+        path = tmp_path / name
+        im.save(path, quality=92)
+        st = path.stat()
+        # The same modification time: the choice must not fall through to the later rules.
+        os.utime(path, ns=(T0_NS, T0_NS))
+        rows[i] = Row(i, str(path), st.st_size, T0_NS, f"digest{i}", im.width, im.height, "JPEG", [], "test")
+    verifier = _Verifier()
+    v = verifier.compare(rows[0], rows[1])
+    assert v.tier == "copy", v
+    kept, why = _most_original([0, 1], {(0, 1): Pair(0, 1, 0.95, v)}, rows, verifier, True)
+    assert kept == 0, (v, why)
+    if case == "enlarged_copy":
+        assert "enlarged 1.6" in why[1], why
+    else:
+        assert "fewer pixels" in why[1], why

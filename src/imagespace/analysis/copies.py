@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..images import CaptureFacts
+from .enlargement import is_enlarged
 
 # Verification works on images of this size: enough keypoints, bounded cost per image.
 # 500 rather than 512: a 4000x3000 JPEG then decodes at 1/8 of its size.
@@ -98,6 +99,9 @@ class PairVerdict:
     covered_b: float = 0.0
     mirrored: bool = False
     first_look: int = 0  # ratio-test matches among the strongest points
+    # Copies at different sizes: the larger's power over the smaller's just below the
+    # smaller's Nyquist frequency (:mod:`.enlargement`); below 1, the larger was enlarged.
+    band_ratio: float | None = None
 
 
 class FeatureMaker:
@@ -338,7 +342,8 @@ def original_of(a, b, facts_a: CaptureFacts, facts_b: CaptureFacts,
     summary the cache keeps).
 
     In order: no added border; more of the picture (the other is a crop); EXIF
-    capture facts (an export often drops them); more pixels of the same content; less
+    capture facts (an export often drops them); more pixels of the same content, unless
+    they were made by enlarging the other (``verdict.band_ratio``); less
     recompressed; captured or modified earlier; the larger file.
     """
     if a.border != b.border:
@@ -349,9 +354,15 @@ def original_of(a, b, facts_a: CaptureFacts, facts_b: CaptureFacts,
         return "b", "is a crop"
     if (facts_a.taken is None) != (facts_b.taken is None):
         return ("a", "has lost the camera's EXIF") if facts_a.taken is not None else ("b", "has lost the camera's EXIF")
+    # More pixels win only when they hold more detail: an enlargement is the copy.
+    enlarged = is_enlarged(verdict.band_ratio)
     if verdict.scale < 0.93:
+        if enlarged:
+            return "b", f"was enlarged {1 / verdict.scale:.2f}x: more pixels, no more detail"
         return "a", f"has fewer pixels ({verdict.scale:.2f}x)"
     if verdict.scale > 1.07:
+        if enlarged:
+            return "a", f"was enlarged {verdict.scale:.2f}x: more pixels, no more detail"
         return "b", f"has fewer pixels ({1 / verdict.scale:.2f}x)"
     qa, qb = facts_a.jpeg_quality, facts_b.jpeg_quality
     if qa is not None and qb is not None and abs(qa - qb) >= 5:

@@ -35,6 +35,7 @@ from ..images import CaptureFacts, ImageError, capture_facts, load_pil
 from ..index import open_index
 from ._threads import worker_threads
 from .copies import SIGNALS, VERIFY_SIDE, FeatureMaker, ImageFeatures, PairChecker, PairVerdict, original_of
+from .enlargement import MIN_SCALE, enlargement_ratio
 from .pair_cache import ImageSummary, PairCache
 
 # Candidates: up to NEIGHBOURS nearest neighbours of each image with cosine at least
@@ -136,7 +137,9 @@ def duplicate_report(
         stats["cached_pairs"] = verifier.cached
         stats["images_with_features"] = verifier.extracted
         stats["feature_cpu_seconds"] = round(verifier.feature_seconds, 3)
-        stats["match_cpu_seconds"] = round(verifier.match_seconds, 3)
+        stats["match_cpu_seconds"] = round(verifier.match_seconds, 3)  # includes the enlargement checks
+        stats["enlargement_checks"] = verifier.enlargement_checks
+        stats["enlargement_cpu_seconds"] = round(verifier.enlargement_seconds, 3)
     else:
         for (a, b), sim in candidates.items():
             pairs[(a, b)] = Pair(a, b, sim, PairVerdict("copy", sim, f"global vectors at cosine {sim:.3f} (not verified)"))
@@ -227,7 +230,8 @@ class _Verifier:
         self._lock = threading.Lock()
         self.cache: OrderedDict[int, tuple[ImageFeatures | None, CaptureFacts]] = OrderedDict()
         self.pairs = self.extracted = 0
-        self.feature_seconds = self.match_seconds = 0.0
+        self.feature_seconds = self.match_seconds = self.enlargement_seconds = 0.0
+        self.enlargement_checks = 0
 
     def _tools(self) -> tuple[FeatureMaker, PairChecker]:
         tools = getattr(self._local, "tools", None)
@@ -271,6 +275,15 @@ class _Verifier:
             return PairVerdict("similar", 0.0, "one of the two files could not be read")
         t0 = time.thread_time()
         verdict = self._tools()[1].compare(fa, fb, xa, xb)
+        t1 = time.thread_time()
+        if verdict.tier == "copy" and max(verdict.scale, 1 / verdict.scale) >= MIN_SCALE:
+            # Which has more pixels is decided later; whether they hold more detail needs
+            # both files at full size, so it is measured now, once, and kept with the verdict.
+            large, small = (b, a) if verdict.scale > 1 else (a, b)
+            verdict.band_ratio = enlargement_ratio(large.path, small.path, max(verdict.scale, 1 / verdict.scale))
+            with self._lock:
+                self.enlargement_checks += 1
+                self.enlargement_seconds += time.thread_time() - t1
         with self._lock:
             self.pairs += 1
             self.match_seconds += time.thread_time() - t0

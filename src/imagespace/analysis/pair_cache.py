@@ -20,7 +20,7 @@ from ..images import CaptureFacts
 from .copies import PairVerdict
 
 # Part of every key: a change to the checks or their thresholds must not reuse old verdicts.
-VERSION = "tiers-1"
+VERSION = "tiers-2"  # 2: verdicts carry band_ratio (enlargements)
 FILE_NAME = "duplicates-cache.sqlite"
 
 

@@ -1,0 +1,91 @@
+"""Of two copies at different sizes, was the larger one enlarged from the smaller? An
+enlargement adds pixels but no detail, so "highest resolution" must mean highest
+*effective* resolution.
+
+Resampling leaves a mark in the band just below the smaller image's Nyquist frequency, and
+which image carries it tells the direction:
+
+- shrinking a picture (with the low-pass filter every resizer applies) softens the smaller
+  copy in that band: the larger one holds more there;
+- enlarging a picture interpolates the smaller one's samples, and the interpolation kernel
+  softens the larger copy in that same band: the smaller one holds more there.
+
+So the two images' power in that band is compared, at the same physical frequencies, on
+centred grey windows showing the same part of the picture (copies at different sizes are
+resized, so their centres agree). The ratio (larger over smaller) is above 1 when the
+smaller is the derived one and below 1 when the larger is.
+
+The other measure one would reach for first, the power *above* the smaller one's Nyquist
+frequency in the larger image, did not separate on the train half of
+benchmarks/duplicate_tiers.py: enlargements kept 0.03-0.11 of the power just below, genuine
+originals 0.05-0.23 (many flowers12 photos carry little detail near their own Nyquist).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..images import ImageError, load_pil
+
+# Side of the larger image's window, in its own pixels: bounds the FFT cost.
+WINDOW = 384
+# The band compared, as fractions of the smaller image's Nyquist frequency.
+BAND = (0.6, 0.9)
+# Larger/smaller power in the band below which the larger copy is an enlargement. On the
+# train half enlargements (1.6x, bicubic) scored 0.58-0.67, originals with a copy shrunk
+# to 2/3 (Lanczos) 1.07-1.23; the threshold sits between them on a log scale.
+ENLARGED_BELOW = 0.85
+# Scales closer to 1 than this have no band to compare (and the size rule does not apply).
+MIN_SCALE = 1.07
+
+
+def _band_power(grey: np.ndarray, side: int, low: float, high: float) -> float:
+    """Median power spectral density (per pixel, cycles per pixel) of the centred
+    ``side``-pixel window of ``grey`` between radial frequencies ``low`` and ``high``."""
+    h, w = grey.shape
+    n = min(side, h, w) // 2 * 2
+    y0, x0 = (h - n) // 2, (w - n) // 2
+    win = grey[y0 : y0 + n, x0 : x0 + n].astype(np.float64)
+    win -= win.mean()
+    taper = np.outer(np.hanning(n), np.hanning(n))
+    power = np.abs(np.fft.rfft2(win * taper)) ** 2 / (taper**2).sum()
+    radius = np.hypot(np.fft.rfftfreq(n)[None, :], np.fft.fftfreq(n)[:, None])
+    band = power[(radius > low) & (radius < high)]
+    return float(np.median(band)) if band.size >= 16 else float("nan")
+
+
+def band_ratio(larger: np.ndarray, smaller: np.ndarray, scale: float) -> float:
+    """Power of ``larger`` over power of ``smaller`` just below the smaller one's Nyquist
+    frequency, at the same physical frequencies; ``scale`` is larger/smaller (linear, > 1).
+
+    A field sampled ``scale`` times finer has ``scale**2`` times the density per pixel at
+    the same physical frequency, hence the division."""
+    side = WINDOW
+    small_side = max(16, round(side / scale))
+    if min(smaller.shape) < small_side:  # keep both windows over the same part of the picture
+        small_side = min(smaller.shape)
+        side = round(small_side * scale)
+    lo, hi = BAND
+    p_large = _band_power(larger, side, 0.5 * lo / scale, 0.5 * hi / scale)
+    p_small = _band_power(smaller, small_side, 0.5 * lo, 0.5 * hi)
+    if not (p_small > 0):
+        return float("nan")
+    return p_large / (scale**2 * p_small)
+
+
+def enlargement_ratio(path_larger: str, path_smaller: str, scale: float) -> float | None:
+    """:func:`band_ratio` of two files at their own resolution; None when either cannot be
+    read or the scale is too close to 1 to tell."""
+    if scale < MIN_SCALE:
+        return None
+    try:
+        large = np.asarray(load_pil(path_larger).convert("L"))
+        small = np.asarray(load_pil(path_smaller).convert("L"))
+    except ImageError:
+        return None
+    ratio = band_ratio(large, small, scale)
+    return None if ratio != ratio else round(ratio, 4)
+
+
+def is_enlarged(ratio: float | None) -> bool:
+    return ratio is not None and ratio < ENLARGED_BELOW
