@@ -101,15 +101,17 @@ def test_duplicates_groups_edited_copies_and_lists_extras(small, tmp_path):
         ["photo_0.jpg", "photo_0_brighter.png", "photo_0_cropped.jpg", "photo_0_mirrored.jpg"],
         ["photo_1.jpg", "photo_1_larger.jpg"],
     ]
-    # The largest image of each group comes first and is the one kept.
+    # The original of each group comes first and is the one kept: photo_1_larger.jpg has
+    # more pixels, but it is photo_1.jpg enlarged 1.5x, with no more detail.
     by_first = {Path(g[0]).name for g in doc["groups"]}
-    assert "photo_1_larger.jpg" in by_first
+    assert by_first == {"photo_0.jpg", "photo_1.jpg"}
     # One line per copy not kept: its path, the kept file it copies, why.
     lines = [line.split("\t") for line in listing.read_text().splitlines()]
     extras = [fields[0] for fields in lines]
     assert all(len(fields) == 3 and fields[1] == g[0] for fields in lines for g in doc["groups"] if fields[0] in g)
     assert len(extras) == 4 and all(Path(e).exists() for e in extras), "a listed copy was deleted"
-    assert str(p / "photo_1_larger.jpg") not in extras
+    assert str(p / "photo_1.jpg") not in extras and str(p / "photo_0.jpg") not in extras
+    assert any(f[0] == str(p / "photo_1_larger.jpg") and "enlarged" in f[2] for f in lines), lines
 
 
 def test_duplicates_library_without_verification_is_stricter(small):
