@@ -40,6 +40,29 @@ def flowers12_split(split: str) -> tuple[list[str], list[str]]:
     return paths, labels
 
 
+def _cpuinfo_line(key: str) -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_name() -> str:
+    """The CPU a figure ran on (speed figures name it: the machines change between runs)."""
+    import platform
+
+    return _cpuinfo_line("model name") or platform.processor() or platform.machine()
+
+
+def has_vnni() -> bool:
+    """Whether the CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI)."""
+    flags = _cpuinfo_line("flags").split()
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def header(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 

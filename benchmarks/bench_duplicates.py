@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_duplicates            # 640x480, 1600x1200, 4000x3000 (12 MP)
     python -m benchmarks.bench_duplicates --quick
+    python -m benchmarks.bench_duplicates --growth 2500 10000   # whole pass on cifar10 images
 
 The duplicate pass costs, per image: reading the header facts and decoding at 512 px (JPEG
 draft mode), ORB points of the image and its mirror, a thumbnail (once per image); per
@@ -88,6 +89,35 @@ def measure(size: tuple[int, int], n: int) -> dict:
     }
 
 
+def growth(counts: list[int], work: Path) -> list[dict]:
+    """The whole pass (candidates, checks, grouping) on the first N cifar10 images (32x32,
+    many too plain for local features), N growing: CPU ms per image should stay flat."""
+    import zipfile
+
+    from benchmarks.quality_analysis import index_folder
+    from imagespace.analysis.duplicates import duplicate_report
+
+    zip_path = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpg.zip"
+    names = sorted(n for n in zipfile.ZipFile(zip_path).namelist() if n.endswith(".jpg"))
+    out = []
+    for n in counts:
+        folder = work / f"cifar{n}"
+        if not folder.exists():
+            with zipfile.ZipFile(zip_path) as z:
+                for name in names[:n]:
+                    z.extract(name, folder)
+        coll = index_folder(folder, work / f"db{n}")
+        t0 = time.process_time()
+        report = duplicate_report(coll, use_cache=False)
+        cpu = time.process_time() - t0
+        got = {"images": n, "cpu_ms_per_image": round(1000 * cpu / n, 2), "candidate_pairs": report.stats["candidate_pairs"],
+               "copy_pairs": report.stats["copy_pairs"], "retake_pairs": report.stats["retake_pairs"]}
+        print(got, flush=True)
+        out.append(got)
+        coll.close()
+    return out
+
+
 def run(quick: bool = False) -> list[dict]:
     sizes = [(640, 480), (1600, 1200)] if quick else [(640, 480), (1600, 1200), (4000, 3000)]
     n = 4 if quick else 12
@@ -102,12 +132,17 @@ def run(quick: bool = False) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_duplicates", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--growth", type=int, nargs="+", metavar="N", help="instead: the whole pass on the first N cifar10 images")
+    ap.add_argument("--work", type=Path, default=None, help="keep the extracted images and collections here (--growth)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     from imagespace.analysis.duplicates import NEIGHBOURS
 
     import cv2
 
+    if args.growth:
+        growth(args.growth, args.work or Path(tempfile.mkdtemp(prefix="dup-growth-")))
+        return 0
     cv2.setNumThreads(1)
     for got in run(args.quick):
         # Per image: its features, plus its share of NEIGHBOURS candidate pairs (a pair is

@@ -96,7 +96,7 @@ def breakdown(title: str, paths: list[str]) -> None:
     from imagespace.collection import Collection
     from imagespace.embed import Embedded, FileInfo, content_digest
     from imagespace.images import decode, read_bytes
-    from imagespace.index import VectorIndex
+    from imagespace.index.hnsw import VectorIndex
     from imagespace.models import create_model
 
     header(title)

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.bench_scale [--images] [--vectors N] [--workdir DIR]``
 
-1. Images/s of :meth:`Collection.sync` with the Ray engine (a local Ray on this machine,
+1. Images/s of :func:`imagespace.indexing.sync` with the Ray engine (a local Ray on this machine,
    already started, as a cluster would be) against the local thread pipeline, on flowers12
    (960 photos) and on cifar10's 10,000 test images, on a new collection each time, runs
    alternated so both see the same machine state. Goal: Ray >= 80% of local.
@@ -53,6 +53,7 @@ def say(*parts) -> None:
 
 def _sync_rate(folder: Path, engine: str, workdir: Path) -> float:
     from imagespace.collection import Collection
+    from imagespace.indexing import sync
     from imagespace.distributed import ray_embedder
     from imagespace.models import create_model
 
@@ -61,7 +62,7 @@ def _sync_rate(folder: Path, engine: str, workdir: Path) -> float:
     model = create_model()
     with Collection(db) as coll:
         embedder = ray_embedder() if engine == "ray" else None
-        report = coll.sync([str(folder)], model, model_spec="efficientnet-lite0", embedder=embedder)
+        report = sync(coll, [str(folder)], model, model_spec="efficientnet-lite0", embedder=embedder)
     shutil.rmtree(db, ignore_errors=True)
     assert report.added > 0 and not report.failed, report.to_dict()
     return report.embedded / report.seconds
@@ -137,7 +138,7 @@ def build_vectors(n: int, workdir: Path, n_queries: int, settings_json: str, bud
     With ``budget`` (seconds), stop adding chunks when it is spent: the index then holds
     fewer vectors, and the figures say how many.
     """
-    from imagespace.large_index import CompressedIndex, LargeSettings
+    from imagespace.index.ivfpq import CompressedIndex, LargeSettings
 
     settings = LargeSettings(**json.loads(settings_json))
     gen = Synthetic(n)
@@ -189,7 +190,7 @@ def build_vectors(n: int, workdir: Path, n_queries: int, settings_json: str, bud
 
 def search_vectors(workdir: Path, settings_json: str, repeat: int) -> dict:
     """In a fresh process: open the index memory-mapped, query, report memory/latency/recall."""
-    from imagespace.large_index import CompressedIndex, Float16Store, LargeSettings
+    from imagespace.index.ivfpq import CompressedIndex, Float16Store, LargeSettings
 
     import faiss
 

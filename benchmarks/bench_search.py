@@ -6,7 +6,7 @@ a shared mean direction (mean cosine between unrelated images about 0.5), a powe
 spectrum (variance of the i-th direction ~ 1/i), and clusters of similar images (50 per
 cluster, neighbours at cosine ~0.85-0.9). Queries are new vectors from the same clusters.
 
-Measured: the index imagespace builds at that size (:func:`imagespace.index.settings_for`:
+Measured: the index imagespace builds at that size (:func:`imagespace.index.hnsw.settings_for`:
 projection to 128 dimensions, int8 HNSW graph, 24 candidates re-scored exactly), its graph
 alone, a sweep of its search-time knobs, and the whole :class:`VectorIndex` over a real
 SQLite collection (candidates' exact vectors read from the re-scoring snapshot, page cache
@@ -94,7 +94,7 @@ def reduced_graph(data: Synthetic, store: np.ndarray | None):
     """The graph VectorIndex builds at this size, built from the synthetic chunks."""
     from usearch.index import Index
 
-    from imagespace.index import PROJECTION_SAMPLE, REDUCE_ABOVE, VectorIndex, fit_projection, settings_for
+    from imagespace.index.hnsw import PROJECTION_SAMPLE, REDUCE_ABOVE, VectorIndex, fit_projection, settings_for
 
     settings = settings_for(max(data.n, REDUCE_ABOVE + 1))
     t = time.perf_counter()
@@ -112,7 +112,7 @@ def reduced_graph(data: Synthetic, store: np.ndarray | None):
 
 
 def bench_size(n: int, n_queries: int, with_collection: bool) -> None:
-    from imagespace.index import VectorIndex
+    from imagespace.index.hnsw import VectorIndex
 
     header(f"search over {n:,} synthetic vectors ({DIM}-d), {n_queries} single queries")
     data = Synthetic(n)
@@ -204,7 +204,7 @@ def bench_size(n: int, n_queries: int, with_collection: bool) -> None:
         # baselines: exact numpy search; the foundation's float32 1,280-d graph only when asked
         # (IMAGESPACE_BENCH_F32_GRAPH=1): it builds about 5x slower and holds ~5.3 KB a vector
         if os.environ.get("IMAGESPACE_BENCH_F32_GRAPH"):
-            from imagespace.index import IndexSettings
+            from imagespace.index.hnsw import IndexSettings
 
             full = VectorIndex._new(DIM, IndexSettings())
             t = time.perf_counter()

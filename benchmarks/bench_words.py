@@ -90,7 +90,7 @@ def _cifar_folder(folder: Path, per_class: int) -> Path:
 def _precision(db: Path, dev: dict, held_out: dict) -> dict:
     from imagespace.collection import Collection
     from imagespace.search import QueryError, Searcher
-    from imagespace.text import search_text
+    from imagespace.search import search_text
 
     result = {}
     with Collection(db, create=False) as coll:
@@ -115,7 +115,7 @@ def _precision(db: Path, dev: dict, held_out: dict) -> dict:
 def _times(db: Path, env: dict, runs: int) -> dict:
     from imagespace.collection import Collection
     from imagespace.search import Searcher
-    from imagespace.text import search_text
+    from imagespace.search import search_text
 
     # Cold: a new process each time, interleaved with the baseline of a search by a stored
     # image (the same start-up, index and rows, no words), so a busy machine shifts both.

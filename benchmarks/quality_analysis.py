@@ -190,12 +190,13 @@ def pair_precision_recall(predicted, truth) -> tuple[float, float, int, int]:
 
 def index_folder(folder: Path | list[Path], db: Path):
     from imagespace.collection import Collection
+    from imagespace.indexing import sync
     from imagespace.models import DEFAULT_MODEL, create_model
 
     coll = Collection(db, create=True)
     model = create_model(DEFAULT_MODEL)
     roots = folder if isinstance(folder, list) else [folder]
-    coll.sync([str(p) for p in roots], model, model_spec=DEFAULT_MODEL)
+    sync(coll, [str(p) for p in roots], model, model_spec=DEFAULT_MODEL)
     return coll
 
 
@@ -266,7 +267,7 @@ def measure_recommend(coll, *, dba: bool, seed: int = 0) -> dict:
 
 def measure_rerank(coll) -> dict:
     """Test photos as queries against the training photos: mAP, precision@1 and @10."""
-    from imagespace.analysis.rerank import DBA_ALPHA, DBA_NEIGHBOURS, QE_ALPHA, QE_NEIGHBOURS, augment, expand_query
+    from imagespace.search.rerank import DBA_ALPHA, DBA_NEIGHBOURS, QE_ALPHA, QE_NEIGHBOURS, augment, expand_query
 
     _, vectors, species, split = _labels_of(coll)
     q, ql = vectors[split == "test"], species[split == "test"]
@@ -341,13 +342,13 @@ def measure_duplicates(work: Path, files: list[Path], copies: int) -> dict:
 
 def measure_text(coll, queries=("daisy", "a bee on a flower", "flowers in a pot", "sunflower", "a yellow flower")) -> dict:
     from imagespace.search import QueryError, Searcher
-    from imagespace.text import search_text
 
     searcher = Searcher(coll)
     out = {}
     for q in queries:
         try:
-            hits, extra = search_text(searcher, q, k=20)
+            answer = searcher.query(text=q, k=20)
+            hits, extra = answer.hits, answer.extra
         except QueryError as e:
             out[q] = {"error": str(e)}
             continue
@@ -360,7 +361,7 @@ def measure_text(coll, queries=("daisy", "a bee on a flower", "flowers in a pot"
     # against ranking by the stored top-5 tags?
     ids, vectors, species, _ = _labels_of(coll)
     from imagespace.models.labels import imagenet_labels
-    from imagespace.text import _classifier_rows
+    from imagespace.search.text import _classifier_rows
 
     rows = _classifier_rows(coll)
     daisy = imagenet_labels().index("daisy")

@@ -30,6 +30,7 @@ def model():
 def build_collection(base: Path, n: int = 16) -> tuple[Path, Path]:
     """``(db, photos)``: ``n`` small made-up photos, plus two copies of the first, indexed for real."""
     from imagespace.collection import Collection
+    from imagespace.indexing import sync
     from imagespace.models import DEFAULT_MODEL
 
     photos = base / "photos"
@@ -41,7 +42,7 @@ def build_collection(base: Path, n: int = 16) -> tuple[Path, Path]:
     make_photo(0, (120, 90)).resize((100, 75)).save(photos / "small_000.png")
     db = base / "db"
     with Collection(db) as coll:
-        report = coll.sync([str(photos)], model(), model_spec=DEFAULT_MODEL)
+        report = sync(coll, [str(photos)], model(), model_spec=DEFAULT_MODEL)
     assert report.added == n + 2, report.to_dict()
     return db, photos
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
+from imagespace.indexing import sync
 from imagespace.collection import Collection
 from imagespace.models import DEFAULT_MODEL, create_model
 
@@ -56,7 +57,7 @@ def textured(seed: int, size=(320, 240)) -> Image.Image:
 
 def index(folder: Path, db: Path) -> Collection:
     coll = Collection(db, create=True)
-    coll.sync([str(folder)], create_model(DEFAULT_MODEL), model_spec=DEFAULT_MODEL)
+    sync(coll, [str(folder)], create_model(DEFAULT_MODEL), model_spec=DEFAULT_MODEL)
     return coll
 
 
@@ -276,7 +277,7 @@ def test_exact_neighbours_handed_to_umap():
 def test_dba_cache_follows_the_collection(small, tmp_path):
     import shutil
 
-    from imagespace.analysis.rerank import dba_space, reranked_search
+    from imagespace.search.rerank import dba_space
     from imagespace.search import Searcher
 
     db = tmp_path / "db"
@@ -285,9 +286,9 @@ def test_dba_cache_follows_the_collection(small, tmp_path):
         first = dba_space(coll)
         searcher = Searcher(coll)
         row = coll.row_by_path(small["photos"] / "photo_3.jpg")
-        hits = reranked_search(searcher, coll.vectors([row.id])[1][0], k=3, exclude={row.id})
+        hits = searcher.query(vector=coll.vectors([row.id])[1][0], k=3, exclude={row.id}, qe=True, dba=True).hits
         assert len(hits) == 3 and row.id not in {h.id for h in hits}
-        plain = reranked_search(searcher, coll.vectors([row.id])[1][0], k=3, exclude={row.id}, qe=False, dba=False)
+        plain = searcher.query(vector=coll.vectors([row.id])[1][0], k=3, exclude={row.id}, qe=False, dba=False).hits
         assert len(plain) == 3
     extra = tmp_path / "more"
     extra.mkdir()
@@ -315,10 +316,10 @@ def test_words_that_match_nothing_fail_cleanly(small):
 
 def test_words_are_understood_as_imagenet_concepts(small):
     from imagespace.search import Searcher
-    from imagespace.text import search_text
 
     with Collection(small["db"], create=False) as coll:
-        hits, extra = search_text(Searcher(coll), "sports car", k=4)
+        answer = Searcher(coll).query(text="sports car", k=4)
+    hits, extra = answer.hits, answer.extra
     assert extra["understood_as"][0]["concept"] == "sports car"
     assert len(hits) == 4
 
@@ -326,13 +327,13 @@ def test_words_are_understood_as_imagenet_concepts(small):
 def test_clip_text_model_from_a_local_folder(small, tmp_path):
     transformers = pytest.importorskip("transformers")
     from imagespace.search import Searcher
-    from imagespace.text import search_text
 
     folder = tmp_path / "tiny-clip"
     _tiny_clip(transformers, folder)
     with Collection(small["db"], create=False) as coll:
-        hits, extra = search_text(Searcher(coll), "a red flower", text_model=folder, k=3)
-        again, _ = search_text(Searcher(coll), "a red flower", text_model=folder, k=3)
+        answer = Searcher(coll).query(text="a red flower", text_model=folder, k=3)
+        hits, extra = answer.hits, answer.extra
+        again = Searcher(coll).query(text="a red flower", text_model=folder, k=3).hits
     assert len(hits) == 3 and extra["understood_as"][0]["concept"] == "a red flower"
     assert [h.id for h in hits] == [h.id for h in again]  # cached image vectors, same answer
     assert list(small["db"].glob("clip-*.npz")), "image vectors were not cached"

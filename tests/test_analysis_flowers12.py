@@ -67,8 +67,8 @@ def test_duplicates_precision_and_recall(tmp_path, flowers12):
 
 def test_words_find_daisies(coll):
     from imagespace.search import Searcher
-    from imagespace.text import search_text
 
-    hits, extra = search_text(Searcher(coll), "daisies", k=10)
+    answer = Searcher(coll).query(text="daisies", k=10)
+    hits, extra = answer.hits, answer.extra
     assert extra["understood_as"][0]["concept"] == "daisy"
     assert sum(Path(h.path).parent.name == "daisy" for h in hits) >= 9

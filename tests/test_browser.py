@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
 import threading
 from pathlib import Path
 
@@ -133,8 +135,8 @@ def test_click_an_image_to_see_its_neighbours_then_more_like_this(page, tmp_path
 
 
 def test_word_search(page, tmp_path):
-    if not has("imagespace.text"):
-        pytest.skip("search by words: imagespace.text is not in this build yet")
+    if not has("imagespace.search.text"):
+        pytest.skip("search by words: imagespace.search.text is not in this build yet")
     page.wait_for_selector("#view[data-view='home'] .results .card")
     page.fill("#q", "a red ball")
     page.press("#q", "Enter")
@@ -190,17 +192,15 @@ def test_map_zooms_and_pans_and_opens_images(page, tmp_path):
     page.click(".map-controls button[title='Show everything']")
     page.wait_for_timeout(500)
     page.screenshot(path=str(tmp_path / "map.png"))
-    # "Fit" shows the unit square in the middle with a 40 px margin: click a point that
-    # stands apart from the others, and its image opens
-    points = page.evaluate("async () => (await (await fetch('/api/map')).json()).points")
-    scale = min(box["width"], box["height"]) - 80
-    ox, oy = box["x"] + (box["width"] - scale) / 2, box["y"] + (box["height"] - scale) / 2
-    at = {p["id"]: (ox + p["x"] * scale, oy + p["y"] * scale) for p in points}
-    alone = [i for i, (x, y) in at.items()
-             if all(max(abs(x - x2), abs(y - y2)) > 40 for j, (x2, y2) in at.items() if j != i)]
-    assert alone, "every point of the map overlaps another"
-    page.mouse.click(*at[alone[0]])
-    page.wait_for_url(f"**#/image/{alone[0]}")
+    # "Fit": every image in a cell of its own; click one, and its image opens
+    fitted = json.loads(canvas.get_attribute("data-view"))
+    aspect = canvas.get_attribute("data-aspect")
+    points = page.evaluate(f"async () => (await (await fetch('/api/map?aspect={aspect}')).json()).points")
+    p = points[len(points) // 2]
+    x = box["x"] + fitted["x"] + (p["gx"] + 0.5) * fitted["sx"]
+    y = box["y"] + fitted["y"] + (p["gy"] + 0.5) * fitted["sy"]
+    page.mouse.click(x, y)
+    page.wait_for_url(f"**#/image/{p['id']}")
     page.wait_for_selector("#neighbours .card")
 
 
@@ -214,3 +214,85 @@ def test_reindex_button_runs_and_reports(page, server):
     page.click("nav a[href='#/']")
     page.reload()
     page.wait_for_selector("#collection-size:has-text('19 images')")
+
+
+# -- a new user's first hour (issue 19): the page's rough edges ----------------------------
+
+
+def test_map_first_view_fills_the_window_with_labelled_regions(page, tmp_path):
+    if not has("imagespace.analysis.maps"):
+        pytest.skip("the map: imagespace.analysis.maps is not in this build yet")
+    page.click("nav a[href='#/map']")
+    page.wait_for_selector("#map-canvas[data-points='19'], #map-canvas[data-points='18']", timeout=180_000)
+    canvas = page.locator("#map-canvas")
+    n = int(canvas.get_attribute("data-points"))
+    page.wait_for_function(f"() => document.querySelector('#map-canvas').dataset.drawn === '{n}'")  # every thumbnail drawn
+    view = json.loads(canvas.get_attribute("data-view"))
+    box = canvas.bounding_box()
+    # the grid fills the window: most of its width and height
+    assert view["cols"] * view["sx"] > 0.85 * box["width"] and view["rows"] * view["sy"] > 0.85 * box["height"]
+    aspect = canvas.get_attribute("data-aspect")
+    body = page.evaluate(f"async () => await (await fetch('/api/map?aspect={aspect}')).json()")
+    cells = {(p["gx"], p["gy"]) for p in body["points"]}
+    assert len(cells) == len(body["points"])  # nothing overlaps
+    # and it reads at a glance: pictures cover most of the canvas, not a white field with dots
+    from PIL import Image
+
+    shot = Image.open(io.BytesIO(canvas.screenshot())).convert("L")
+    pixels = shot.tobytes()
+    background = sum(1 for v in pixels if v >= 245)
+    assert background / len(pixels) < 0.5, f"{background / len(pixels):.0%} of the map is empty"
+    labels = page.locator(".map-label")
+    assert labels.count() >= 1 and labels.first.inner_text().strip()
+    page.screenshot(path=str(tmp_path / "map-fit.png"))
+
+
+def test_a_slow_view_clears_the_old_one_and_shows_progress(page):
+    page.wait_for_selector("#view[data-view='home'] .results .card")
+    held = []
+    page.route("**/api/duplicates*", lambda route: held.append(route))
+    page.click("nav a[href='#/duplicates']")
+    page.wait_for_selector("#view[data-view='duplicates'] .loading")
+    assert page.locator("#view .card").count() == 0  # the old view's results are gone at once
+    assert "copies and retakes" in page.locator("#view .loading").inner_text()
+    page.wait_for_function("() => /\\d+ s/.test(document.querySelector('#view .loading .elapsed').textContent)")
+    # the user goes elsewhere before the answer comes: the late answer does not replace that view
+    page.click("nav a[href='#/']")
+    page.wait_for_selector("#view[data-view='home'] .results .card")
+    while not held:
+        page.wait_for_timeout(50)
+    held[0].continue_()
+    page.wait_for_timeout(1500)
+    assert page.locator("#view").get_attribute("data-view") == "home"
+    page.unroute("**/api/duplicates*")
+
+
+@pytest.mark.parametrize("size", [(1400, 1000), (390, 844)], ids=["desktop", "phone"])
+def test_cards_hold_the_grid(browser, server, size, tmp_path):
+    live = server[0]
+    context = browser.new_context(viewport={"width": size[0], "height": size[1]})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT)
+    try:
+        pg.goto(live.url + "/")
+        pg.wait_for_selector("#view[data-view='home'] .results .card")
+        pg.wait_for_function(ALL_IMAGES_LOADED)
+        shape = pg.evaluate("""() => [...document.querySelectorAll('#view .results .card')].map(c => {
+            const tags = c.querySelector('.tags'), buttons = [...c.querySelectorAll('.actions button')];
+            return {height: c.getBoundingClientRect().height,
+                    tagsHeight: tags.clientHeight, lineHeight: parseFloat(getComputedStyle(tags).lineHeight) || 1.2 * parseFloat(getComputedStyle(tags).fontSize),
+                    buttonRows: new Set(buttons.map(b => Math.round(b.getBoundingClientRect().top))).size,
+                    buttonLines: buttons.map(b => { const r = document.createRange(); r.selectNodeContents(b); return r.getClientRects().length; })};
+        })""")
+        heights = [c["height"] for c in shape]
+        assert max(heights) - min(heights) <= 1, heights  # no ragged rows
+        for c in shape:
+            assert c["tagsHeight"] >= 2 * c["lineHeight"] - 1, c  # two lines of tags, not one cut short
+            assert c["buttonRows"] == 1, c  # the buttons stay on one row...
+            assert all(lines <= 1 for lines in c["buttonLines"]), c  # ...each on one line
+        assert pg.evaluate("() => document.scrollingElement.scrollWidth <= innerWidth")  # nothing wider than the screen
+        header = pg.locator("header").bounding_box()
+        assert header["height"] <= 0.2 * size[1], header
+        pg.screenshot(path=str(tmp_path / f"home-{size[0]}.png"))
+    finally:
+        context.close()

@@ -19,8 +19,9 @@ import pytest
 from conftest import make_photo
 from PIL import Image
 
+from imagespace import indexing
 from imagespace.collection import DB_FILE, Collection, CollectionError
-from imagespace.index import INDEX_FILE, INDEX_META, VectorIndex
+from imagespace.index.hnsw import INDEX_FILE, INDEX_META, VectorIndex
 from imagespace.models import DEFAULT_MODEL, create_model
 from imagespace.models.model_dir import write_model_card
 from imagespace.search import Searcher
@@ -34,7 +35,7 @@ def model():
 
 
 def sync(coll: Collection, paths, model):
-    return coll.sync([str(p) for p in paths], model, model_spec=DEFAULT_MODEL, batch_size=8, workers=2)
+    return indexing.sync(coll, [str(p) for p in paths], model, model_spec=DEFAULT_MODEL, batch_size=8, workers=2)
 
 
 def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
@@ -244,7 +245,7 @@ def test_the_same_folder_named_differently_is_not_indexed_twice(tmp_path, photo_
     with Collection(tmp_path / "db") as coll:
         sync(coll, [folder.name], model)  # relative
         for name in (str(folder) + "/", f"{folder}/../{folder.name}", f"./{folder.name}/sub/.."):
-            r = coll.sync([name], model, model_spec=DEFAULT_MODEL)
+            r = indexing.sync(coll, [name], model, model_spec=DEFAULT_MODEL)
             assert (r.added, r.removed, r.unchanged) == (0, 0, 3), name
         assert len(coll) == 3 and all(Path(r.path).is_absolute() for r in coll.all_rows())
 

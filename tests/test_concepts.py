@@ -110,7 +110,7 @@ def tagged(tmp_path_factory):
 
 def _search(db, text, **kw):
     from imagespace.search import Searcher
-    from imagespace.text import search_text
+    from imagespace.search import search_text
 
     with Collection(db, create=False) as coll:
         hits, extra = search_text(Searcher(coll), text, **kw)
@@ -187,7 +187,7 @@ def test_words_wordnet_does_not_know_fall_back_to_the_sentence_model_in_onnx(tag
         "import sys\n"
         "from imagespace.collection import Collection\n"
         "from imagespace.search import Searcher\n"
-        "from imagespace.text import search_text\n"
+        "from imagespace.search import search_text\n"
         "with Collection(sys.argv[1], create=False) as coll:\n"
         "    hits, extra = search_text(Searcher(coll), 'bathtubbing', k=2)\n"
         "print(extra['understood_as'][0]['how'], extra['understood_as'][0]['concept'])\n"
@@ -204,9 +204,8 @@ def test_words_wordnet_does_not_know_fall_back_to_the_sentence_model_in_onnx(tag
 
 
 def test_a_trained_models_own_classes_are_words_too(tagged, tmp_path):
-    from imagespace.concept_search import search_concepts
+    from imagespace.concept_search import concept_scores
     from imagespace.models.model_dir import write_model_card
-    from imagespace.search import Searcher
     from imagespace.user_labels import model_labels
 
     write_model_card(tmp_path, name="mine", model_id="mine/1", labels=["sunflower", "tulip"])
@@ -221,12 +220,13 @@ def test_a_trained_models_own_classes_are_words_too(tagged, tmp_path):
             coll.set_meta("seq", str(coll.seq + 1))  # a write, as the collection's own would record it
         try:
             u = C.understand("sunflowers", user_labels=["Sunflower", "tulip"])
-            hits = search_concepts(Searcher(coll), u, k=3)
+            scored = concept_scores(coll, u, k=3)
+            hits = coll.rows(i for i, _ in scored)
         finally:
             with coll.conn:
                 coll.conn.execute("UPDATE images SET tags=? WHERE path LIKE '%p3.jpg'", (old,))
                 coll.set_meta("seq", str(coll.seq + 1))
-    assert [Path(h.path).name for h in hits] == ["p3.jpg"] and hits[0].score == pytest.approx(0.7)
+    assert [Path(hits[i].path).name for i, _ in scored] == ["p3.jpg"] and scored[0][1] == pytest.approx(0.7)
 
 
 def test_tag_postings_follow_the_rows(tagged, tmp_path):

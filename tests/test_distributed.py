@@ -14,6 +14,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from imagespace.indexing import sync
 from imagespace.collection import Collection  # noqa: E402
 from imagespace.distributed import RayOptions, ray_embedder, sync_with_ray  # noqa: E402
 from imagespace.models import create_model  # noqa: E402
@@ -44,7 +45,7 @@ def test_ray_run_writes_the_same_vectors_as_a_local_run(ray_cluster, model, phot
     folder = photo_folder(10)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     with Collection(tmp_path / "local") as local:
-        local_report = local.sync([str(folder)], model, model_spec=SPEC)
+        local_report = sync(local, [str(folder)], model, model_spec=SPEC)
         want = vectors_by_path(local)
         want_tags = {r.path: r.tags[0][0] for r in local.all_rows()}
     with Collection(tmp_path / "ray") as coll:
@@ -109,20 +110,20 @@ def test_killed_ray_run_resumes_without_duplicates(ray_cluster, model, photo_fol
     assert report.added == n - before and report.unchanged == before
     assert rows == (n, n)
     with Collection(tmp_path / "local") as local:
-        local.sync([str(folder)], model, model_spec=SPEC)
+        sync(local, [str(folder)], model, model_spec=SPEC)
         want = vectors_by_path(local)
     assert min(float(complete[p] @ want[p]) for p in want) >= 0.999
 
 
 def test_shards_built_on_ray_workers(ray_cluster, model, photo_folder, tmp_path):
-    from imagespace.shards import ShardedIndex, build_shards_on_ray, plan_shards
+    from imagespace.index.shards import ShardedIndex, build_shards_on_ray, plan_shards
 
     folder = photo_folder(8)
     plan = plan_shards([folder], 2, by="hash")
     reports = build_shards_on_ray(tmp_path / "shards", plan, SPEC)
     assert sum(r["added"] for r in reports.values()) == 8
     with Collection(tmp_path / "local") as local:
-        local.sync([str(folder)], model, model_spec=SPEC)
+        sync(local, [str(folder)], model, model_spec=SPEC)
         want = vectors_by_path(local)
     with ShardedIndex(tmp_path / "shards") as sharded:
         assert len(sharded) == 8

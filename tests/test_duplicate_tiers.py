@@ -186,3 +186,30 @@ def test_tier_option_filters(collection):
     assert {g["tier"] for g in retakes["details"]} == {"retake"}
     copies = run_cli("duplicates", "--db", collection["db"], "--json", "--tier", "copy")
     assert copies["retakes"] == [] and len(copies["groups"]) == 1
+
+
+def test_plain_small_copy_falls_back_to_the_global_vectors(tmp_path):
+    """A small smooth picture saved again has too few local features to verify: at cosine
+    >= 0.99 it is still a copy (the earlier behaviour), with a reason that says so."""
+    from imagespace.analysis.duplicates import duplicate_report
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    from conftest import make_photo
+
+    # 64x48: ORB finds no points at all in it, even enlarged to 320 px. The same pixels in
+    # two lossless formats: different bytes, the same picture.
+    make_photo(0, (64, 48)).save(folder / "smooth.bmp")
+    make_photo(0, (64, 48)).save(folder / "smooth_small.png")
+    for i in range(1, 5):
+        make_photo(i, (64, 48)).save(folder / f"other_{i}.jpg", quality=90)
+    run_cli("index", folder, "--db", tmp_path / "db", "--json")
+    from imagespace.collection import Collection
+
+    with Collection(tmp_path / "db", create=False) as coll:
+        report = duplicate_report(coll, use_cache=False)
+        rows = coll.rows(i for g in report.groups for i in g)
+        groups = [sorted(Path(rows[i].path).name for i in g) for g in report.groups]
+        reasons = [p.verdict.reason for p in report.pairs.values() if p.verdict.tier == "copy"]
+    assert ["smooth.bmp", "smooth_small.png"] in groups, groups
+    assert any("too few details" in r for r in reasons)

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from conftest import make_photo
 
+from imagespace.indexing import sync
 from imagespace.collection import Collection
 from imagespace.embed import content_digest, embed_files
-from imagespace.index import INDEX_FILE, INDEX_META, VectorIndex
+from imagespace.index.hnsw import INDEX_FILE, INDEX_META, VectorIndex
 from imagespace.integrity import check_collection
 from imagespace.models import DEFAULT_MODEL, create_model
 from imagespace.search import Searcher
@@ -54,7 +55,7 @@ def _photos(folder: Path, n: int, start: int = 0) -> list[Path]:
 
 def _sync(db: Path, paths: list, model, **kw):
     with Collection(db) as coll:
-        return coll.sync([os.fspath(p) for p in paths], model, model_spec=DEFAULT_MODEL, workers=1, batch_size=4, **kw)
+        return sync(coll, [os.fspath(p) for p in paths], model, model_spec=DEFAULT_MODEL, workers=1, batch_size=4, **kw)
 
 
 def _assert_consistent(db: Path, expect: dict[str, str] | None = None) -> None:

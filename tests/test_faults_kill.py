@@ -26,7 +26,7 @@ from conftest import make_photo
 
 from imagespace.collection import Collection
 from imagespace.embed import content_digest
-from imagespace.index import VectorIndex
+from imagespace.index.hnsw import VectorIndex
 from imagespace.integrity import check_collection
 
 CLI = [sys.executable, "-m", "imagespace"]

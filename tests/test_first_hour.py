@@ -20,9 +20,10 @@ from conftest import make_photo
 from fastapi.testclient import TestClient
 
 from imagespace.collection import Collection
+from imagespace.indexing import sync
 from imagespace.embed import embed_files
 from imagespace.models import DEFAULT_MODEL, create_model
-from imagespace.search import MAX_K, FilterError, compile_where
+from imagespace.search import compile_where
 
 
 def run_cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -48,7 +49,7 @@ def indexed(tmp_path_factory, model):
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     db = base / "db"
     with Collection(db) as coll:
-        coll.sync([str(photos)], model, model_spec=DEFAULT_MODEL)
+        sync(coll, [str(photos)], model, model_spec=DEFAULT_MODEL)
     return {"base": base, "photos": photos, "db": db}
 
 
@@ -123,15 +124,15 @@ def test_a_failed_file_is_remembered_until_it_changes(tmp_path, model, photo_fol
         return embed_files(paths, *a, **kw)
 
     with Collection(tmp_path / "db") as coll:
-        first = coll.sync([str(photos)], model, model_spec=DEFAULT_MODEL, embedder=counting).to_dict()
+        first = sync(coll, [str(photos)], model, model_spec=DEFAULT_MODEL, embedder=counting).to_dict()
         assert [f["path"] for f in first["failed"]] == [str(bad)]
-        second = coll.sync([str(photos)], model, model_spec=DEFAULT_MODEL, embedder=counting).to_dict()
+        second = sync(coll, [str(photos)], model, model_spec=DEFAULT_MODEL, embedder=counting).to_dict()
         assert asked[-1] == []  # nothing embedded again
         assert second["failed"] == [{"path": str(bad), "error": first["failed"][0]["error"], "retried": False}]
         assert second["embedded"] == 0 and second["failed_before_not_retried"] == 1
         assert [f["path"] for f in coll.failures()] == [str(bad)]  # info still lists it
         bad.write_bytes(b"II*\x00 changed, still not a tiff")
-        coll.sync([str(photos)], model, model_spec=DEFAULT_MODEL, embedder=counting)
+        sync(coll, [str(photos)], model, model_spec=DEFAULT_MODEL, embedder=counting)
         assert asked[-1] == [str(bad)]  # changed: tried again
 
 
@@ -269,6 +270,8 @@ def test_weak_matches_are_marked(capsys, monkeypatch):
 
 
 def test_filter_errors_say_what_is_missing_and_where():
+    from imagespace.search import FilterError
+
     with pytest.raises(FilterError, match="a condition is missing after 'or' at the end"):
         compile_where("tag == daisy or")
     with pytest.raises(FilterError, match="unexpected 'width' at character 14"):
@@ -294,6 +297,7 @@ def test_usage_errors_exit_2_in_one_line(indexed, tmp_path):
 
 
 def test_one_limit_on_results_in_cli_and_api(indexed):
+    from imagespace.search import MAX_K
     from imagespace.server import create_app
 
     with Collection(indexed["db"], create=False) as coll:

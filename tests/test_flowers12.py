@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imagespace.indexing import sync
 from imagespace.collection import Collection
 from imagespace.models import DEFAULT_MODEL, create_model
 from imagespace.search import Searcher
@@ -28,7 +29,7 @@ def flowers_collection(flowers12, tmp_path_factory):
     db = tmp_path_factory.mktemp("flowers12") / "db"
     model = create_model(DEFAULT_MODEL)
     with Collection(db) as coll:
-        report = coll.sync([str(flowers12)], model, model_spec=DEFAULT_MODEL, batch_size=32)
+        report = sync(coll, [str(flowers12)], model, model_spec=DEFAULT_MODEL, batch_size=32)
     return {"db": db, "report": report, "model": model, "root": flowers12}
 
 

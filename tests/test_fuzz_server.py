@@ -21,6 +21,7 @@ from conftest import make_photo
 from hypothesis import HealthCheck, given, settings
 from serverkit import LiveServer, build_collection, jpeg_bytes
 
+from imagespace.indexing import sync
 from imagespace.names import readable_path
 
 ODD_NAME = b"odd \xff\xfe name.jpg"
@@ -34,7 +35,7 @@ def live(tmp_path_factory):
     db, photos = build_collection(tmp_path_factory.mktemp("hostile"), n=8)
     make_photo(99, (120, 90)).save(os.path.join(os.fsencode(photos), ODD_NAME), "JPEG", quality=90)
     with Collection(db) as coll:
-        report = coll.sync([str(photos)], create_model(DEFAULT_MODEL), model_spec=DEFAULT_MODEL)
+        report = sync(coll, [str(photos)], create_model(DEFAULT_MODEL), model_spec=DEFAULT_MODEL)
         assert report.added == 1
     server = LiveServer(db, "--max-upload-mb", "1")
     server.wait_ready()

@@ -12,13 +12,14 @@ import sys
 import numpy as np
 import pytest
 
-import imagespace.index as index_mod
+import imagespace.index.hnsw as index_mod
 from imagespace.collection import Collection
 from imagespace.embed import Embedded, FileInfo
-from imagespace.index import INDEX_META, VectorIndex
-from imagespace.index_tuning import EF_STEPS, RESCORE_STEPS, TARGET_RECALL, SampleTruth, recall_at_k
+from imagespace.index import describe_index
+from imagespace.index.hnsw import INDEX_META, VectorIndex
+from imagespace.index.ivfpq import LARGE_META, LargeIndex, LargeSettings
+from imagespace.index.tuning import EF_STEPS, RESCORE_STEPS, TARGET_RECALL, SampleTruth, recall_at_k
 from imagespace.integrity import check_collection
-from imagespace.large_index import LARGE_META, LargeIndex, LargeSettings, describe_index
 
 
 def _hard(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:

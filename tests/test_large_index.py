@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from imagespace.indexing import sync
 from imagespace.collection import Collection
-from imagespace.large_index import (
-    LARGE_FILE, LARGE_META, CompressedIndex, Float16Store, LargeIndex, LargeSettings, build_compressed, open_index,
+from imagespace.index import open_index
+from imagespace.index.ivfpq import (
+    LARGE_FILE, LARGE_META, CompressedIndex, Float16Store, LargeIndex, LargeSettings, build_compressed,
 )
 
 DIM = 64
@@ -77,8 +79,7 @@ def test_collection_large_index_follows_new_and_removed_rows(tmp_path):
 
     # a new row that equals the query must come first; a removed row must never come back
     coll.write_embedded([Embedded(FileInfo("/x/new.jpg", 1, 1, "new"), q[0], [], 1, 1, "JPEG")], [])
-    with coll.transaction():
-        coll._remove_ids([int(got[1, 0])], coll._next_seq())
+    coll.write_file_changes(removed=[int(got[1, 0])])
     reopened = open_index(coll, "auto")  # the compressed index exists: auto keeps using it
     assert isinstance(reopened, LargeIndex)
     got2, sims2 = reopened.search(q, 5)
@@ -88,7 +89,7 @@ def test_collection_large_index_follows_new_and_removed_rows(tmp_path):
 
 
 def test_open_index_by_name(tmp_path):
-    from imagespace.index import VectorIndex
+    from imagespace.index.hnsw import VectorIndex
 
     coll = _fake_collection(tmp_path / "db", clustered(500, 5))
     assert isinstance(open_index(coll, "hnsw"), VectorIndex)
@@ -104,19 +105,19 @@ def test_indexing_and_analyses_use_the_compressed_index_and_build_no_graph(tmp_p
     which at a few million rows would cost an hour for nothing."""
     from conftest import make_photo
 
-    from imagespace.index import INDEX_FILE
+    from imagespace.index.hnsw import INDEX_FILE
     from imagespace.models import DEFAULT_MODEL, create_model
     from imagespace.search import Searcher
 
     photos = photo_folder(12)
     model = create_model(DEFAULT_MODEL)
     with Collection(tmp_path / "db") as coll:
-        coll.sync([str(photos)], model, model_spec=DEFAULT_MODEL)
+        sync(coll, [str(photos)], model, model_spec=DEFAULT_MODEL)
         LargeIndex.build(coll)
         (coll.root / INDEX_FILE).unlink()
         make_photo(1000, (96, 72)).save(photos / "new.jpg", quality=90)
         make_photo(1001, (96, 72)).save(photos / "new2.jpg", quality=90)
-        report = coll.sync([str(photos)], model, model_spec=DEFAULT_MODEL)
+        report = sync(coll, [str(photos)], model, model_spec=DEFAULT_MODEL)
         assert report.added == 2
         assert not (coll.root / INDEX_FILE).exists()
         meta = json.loads((coll.root / LARGE_META).read_text())
@@ -128,7 +129,7 @@ def test_indexing_and_analyses_use_the_compressed_index_and_build_no_graph(tmp_p
         # the analyses search the same index: none of them builds the graph either
         from imagespace.analysis.duplicates import find_duplicates
         from imagespace.analysis.recommend import recommend
-        from imagespace.index import VectorIndex
+        from imagespace.index.hnsw import VectorIndex
 
         def no_graph(*args, **kwargs):
             raise AssertionError("the in-memory graph was built for a collection with a compressed index")

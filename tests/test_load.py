@@ -26,6 +26,7 @@ import pytest
 from conftest import make_photo
 from serverkit import LiveServer, jpeg_bytes
 
+from imagespace.indexing import sync
 from imagespace.collection import Collection
 from imagespace.embed import Embedded, FileInfo
 from imagespace.models import DEFAULT_MODEL, create_model
@@ -71,7 +72,7 @@ def _searches_during_indexing(tmp_path: Path, first: int, added: int) -> dict:
     db = tmp_path / "db"
     model = create_model(DEFAULT_MODEL)
     with Collection(db) as coll:
-        coll.sync([str(photos)], model, model_spec=DEFAULT_MODEL)
+        sync(coll, [str(photos)], model, model_spec=DEFAULT_MODEL)
     for i in range(first, first + added):  # waiting for the run that the test starts
         make_photo(i, (64, 48)).save(photos / f"img_{i:03d}.jpg", quality=85)
     server = LiveServer(db)

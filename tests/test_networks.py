@@ -15,6 +15,7 @@ import imagespace.models
 from imagespace.collection import Collection
 from imagespace.models import create_model, list_models, model_info
 from imagespace.models.networks import NETWORKS
+from imagespace.search.text import _classifier_rows
 
 NEW = ("efficientnet-lite1", "efficientnet-lite2")
 
@@ -121,6 +122,9 @@ def test_a_collection_keeps_its_model_when_the_default_changes(tmp_path, monkeyp
         rows = sorted(coll.conn.execute("SELECT id, path FROM images").fetchall())
         assert set(ids_before) <= set(rows) and len(rows) == 5  # same rows, new vectors
         assert coll.count(coll.model_id) == 5
+        # words still reach the image vectors through this network's own ImageNet classifier
+        rows = _classifier_rows(coll)
+        assert rows is not None and rows.shape == (1000, 1280)
     hits = cli("search", photos / "img_2.jpg", "-k", "1")["results"]
     assert hits[0]["path"].endswith("img_2.jpg") and hits[0]["score"] > 0.999
 

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from conftest import make_photo
 
-from imagespace import index as index_mod
-from imagespace import search as search_mod
+from imagespace.indexing import sync
+from imagespace.index import hnsw as index_mod
+from imagespace.search import core as search_mod
 from imagespace.collection import DB_FILE, Collection, CollectionError
 from imagespace.images import decode
 from imagespace.models import DEFAULT_MODEL, create_model
@@ -56,7 +57,7 @@ def corpus(tmp_path_factory, model):
         make_photo(500 + i, (100, 80)).save(queries / f"q{i}.jpg")
     db = base / "db"
     with Collection(db) as coll:
-        report = coll.sync([str(base / "photos")], model, model_spec=DEFAULT_MODEL, batch_size=16)
+        report = sync(coll, [str(base / "photos")], model, model_spec=DEFAULT_MODEL, batch_size=16)
         assert report.added == 36 and not report.failed
     return {"db": db, "photos": base / "photos", "a": a, "b": b, "queries": queries, "base": base}
 
@@ -368,10 +369,10 @@ def test_collection_emptied_by_removal(tmp_path, model):
     folder.mkdir()
     make_photo(1).save(folder / "one.jpg")
     with Collection(tmp_path / "db") as coll:
-        coll.sync([str(folder)], model, model_spec=DEFAULT_MODEL)
+        sync(coll, [str(folder)], model, model_spec=DEFAULT_MODEL)
         assert len(Searcher(coll, model).by_image(folder / "one.jpg")) == 1
         (folder / "one.jpg").unlink()
-        assert coll.sync([str(folder)], model, model_spec=DEFAULT_MODEL).removed == 1
+        assert sync(coll, [str(folder)], model, model_spec=DEFAULT_MODEL).removed == 1
         with pytest.raises(CollectionError, match="empty"):
             Searcher(coll, model)
 

@@ -218,11 +218,14 @@ def test_recommend_route(client, indexed, monkeypatch):
 def test_word_search_route_pages_and_passes_filters(client, indexed, monkeypatch):
     ids = ids_by_name(indexed[0])
 
-    def search_text(searcher, text, *, text_model=None, k=10, where=None, min_score=None):
-        hits = searcher.by_path(indexed[1] / "img_004.jpg", k=k, where=where, min_score=min_score)
-        return hits, {"understood_as": [{"concept": text}]}
+    from imagespace.search import Answer, Searcher
 
-    fake_module(monkeypatch, "imagespace.text", search_text=search_text)
+    def by_text(searcher, text, text_model, *, k, offset, where, min_score, exclude):
+        hits = searcher.query(like=indexed[1] / "img_004.jpg", k=k, offset=offset, where=where, min_score=min_score).hits
+        return Answer(hits, {"understood_as": [{"concept": text}]})
+
+    monkeypatch.setattr(Searcher, "_by_text", by_text)
+    monkeypatch.setattr("imagespace.server.engine.warm_words", lambda: None)  # no word lists needed
     full = client.get("/api/search", params={"q": "red flower", "k": 4}).json()
     assert full["understood_as"] == [{"concept": "red flower"}] and len(full["results"]) == 4
     page = client.get("/api/search", params={"q": "red flower", "k": 2, "offset": 2}).json()

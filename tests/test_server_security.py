@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from serverkit import LiveServer, build_collection, jpeg_bytes, model, png_bytes
 
+from imagespace.indexing import sync
 from imagespace.collection import Collection
 from imagespace.server import create_app
 
@@ -122,7 +123,7 @@ def test_symlinks_out_of_the_collection_are_not_served(tmp_path):
     # indexed through a symlink that points out of the collection's folder
     os.symlink(outside / "private.jpg", photos / "linked.jpg")
     with Collection(db, create=False) as c:
-        c.sync([str(photos)], model(), model_spec="efficientnet-lite0")
+        sync(c, [str(photos)], model(), model_spec="efficientnet-lite0")
     ids = ids_by_name(db)
     # after indexing: a photo swapped for a link to a secret, another for a link to an outside image
     (photos / "img_001.jpg").unlink()

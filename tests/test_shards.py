@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from imagespace.indexing import sync
 from imagespace.collection import Collection
 from imagespace.models import create_model
 from imagespace.search import Searcher
-from imagespace.shards import SHARD_STRIDE, ShardedIndex, build_shard, hash_shard, plan_shards
+from imagespace.index.shards import SHARD_STRIDE, ShardedIndex, build_shard, hash_shard, plan_shards
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_plans_cover_every_file_once(photo_folder):
 def test_sharded_search_equals_unsharded(photo_folder, tmp_path, model):
     folder = photo_folder(14)
     with Collection(tmp_path / "whole") as whole:
-        whole.sync([str(folder)], model, model_spec="efficientnet-lite0")
+        sync(whole, [str(folder)], model, model_spec="efficientnet-lite0")
         ids, vecs = whole.vectors()
         searcher = Searcher(whole, model)
         queries = vecs[:5]

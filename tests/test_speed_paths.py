@@ -8,12 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from imagespace.indexing import sync
 from imagespace.collection import Collection
 from imagespace.embed import Embedded, FileInfo
 import dataclasses
 
-import imagespace.index as index_mod
-from imagespace.index import REDUCE_ABOVE, REDUCED_DIM, IndexSettings, VectorIndex, fit_projection, settings_for
+import imagespace.index.hnsw as index_mod
+from imagespace.index.hnsw import REDUCE_ABOVE, REDUCED_DIM, IndexSettings, VectorIndex, fit_projection, settings_for
 
 
 def _clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
@@ -136,26 +137,6 @@ def test_projection_keeps_inner_products_of_low_rank_data():
 # -- int8 model -----------------------------------------------------------------------------
 
 
-def test_int8_model_is_close_to_the_float_model(photo_folder):
-    pytest.importorskip("skimage")  # the default calibration photos
-    from imagespace.images import load_image
-    from imagespace.models import create_model, list_models
-
-    assert "efficientnet-lite0-int8" in list_models()
-    fp32 = create_model()
-    int8 = create_model("efficientnet-lite0-int8")  # quantised once, then cached
-    assert int8.model_id != fp32.model_id and int8.dim == fp32.dim
-    import skimage.data
-
-    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
-    pixels = np.stack([load_image(f"{skimage.data.data_dir}/{n}").pixels for n in names])
-    a, b = fp32.embed(pixels), int8.embed(pixels)
-    cos = (a.vectors * b.vectors).sum(1)
-    assert cos.min() >= 0.98, cos
-    np.testing.assert_allclose(np.linalg.norm(b.vectors, axis=1), 1.0, atol=1e-5)
-    assert [t[0][0] for t in a.tags][:2] == [t[0][0] for t in b.tags][:2] or cos.mean() >= 0.99
-
-
 def test_calibration_reads_a_folder_and_skips_what_it_cannot_read(photo_folder, tmp_path):
     from imagespace.models.quantize import calibration_pixels
 
@@ -179,7 +160,7 @@ def test_a_stored_image_query_imports_nothing_heavy(photo_folder, tmp_path):
 
     folder = photo_folder(4)
     with Collection(tmp_path / "db") as coll:
-        coll.sync([str(folder)], create_model(), model_spec="efficientnet-lite0")
+        sync(coll, [str(folder)], create_model(), model_spec="efficientnet-lite0")
     code = (
         "import sys\nfrom imagespace.collection import Collection\nfrom imagespace.search import Searcher\n"
         f"hits = Searcher(Collection({str(tmp_path / 'db')!r})).by_path({str(folder / 'img_000.jpg')!r}, k=2)\n"
@@ -195,7 +176,7 @@ def test_a_stored_image_query_imports_nothing_heavy(photo_folder, tmp_path):
 
 
 def test_reduced_index_rescores_from_its_snapshot_with_the_rows_exact_cosines(tmp_path):
-    from imagespace.rescore import RESCORE_FILE
+    from imagespace.index.rescore import RESCORE_FILE
 
     vecs = _clustered(500)
     coll = _collection(tmp_path / "db", vecs)
@@ -230,7 +211,7 @@ def test_rows_written_after_the_snapshot_are_scored_from_the_database(tmp_path):
 
 
 def test_a_snapshot_that_does_not_match_is_not_used_and_is_rewritten(tmp_path):
-    from imagespace.rescore import HEADER_BYTES, RESCORE_FILE
+    from imagespace.index.rescore import HEADER_BYTES, RESCORE_FILE
 
     coll = _collection(tmp_path / "db", _clustered(300))
     VectorIndex.open(coll, settings=REDUCED).save_if_changed()
@@ -262,13 +243,12 @@ def test_a_new_snapshot_is_written_when_a_tenth_of_the_rows_are_newer(tmp_path):
 
 
 def test_snapshot_rows_sit_at_their_ids_across_gaps(tmp_path):
-    from imagespace.rescore import RescoreStore, write_snapshot
+    from imagespace.index.rescore import RescoreStore, write_snapshot
 
     vecs = _clustered(60)
     coll = _collection(tmp_path / "db", vecs)
     gone = [coll.row_by_path(f"/photos/{i}.jpg").id for i in (0, 5, 6, 7, 30)]
-    with coll.transaction():
-        coll._remove_ids(gone, coll._next_seq())
+    coll.write_file_changes(removed=gone)
     stamp = write_snapshot(coll, tmp_path / "snap")
     (tmp_path / "snap").rename(tmp_path / "db" / "vectors.rescore.f32")
     store = RescoreStore.open(tmp_path / "db", stamp)
@@ -280,7 +260,7 @@ def test_snapshot_rows_sit_at_their_ids_across_gaps(tmp_path):
 
 def test_check_finds_a_damaged_snapshot_row_and_repair_fixes_it(tmp_path):
     from imagespace.integrity import check_collection
-    from imagespace.rescore import HEADER_BYTES, RESCORE_FILE
+    from imagespace.index.rescore import HEADER_BYTES, RESCORE_FILE
 
     coll = _collection(tmp_path / "db", _clustered(300))
     VectorIndex.open(coll, settings=REDUCED).save_if_changed()

@@ -14,6 +14,7 @@ pytest.importorskip("ray.train")
 import ray  # noqa: E402
 
 from imagespace.collection import Collection  # noqa: E402
+from imagespace.indexing import sync  # noqa: E402
 from imagespace.models import create_model  # noqa: E402
 from imagespace.train.data import DataError  # noqa: E402
 from imagespace.train.pipeline import TrainConfig, run_training  # noqa: E402
@@ -48,7 +49,7 @@ def test_ray_train_two_workers_exports_a_model_dir_that_indexes(ray_cluster, tmp
     # What `imagespace index DATA --model MODEL_DIR` does, without a second process start
     # (test_train_cli covers the command itself on a local run's MODEL_DIR).
     with Collection(tmp_path / "db") as coll:
-        report = coll.sync([str(data)], model, model_spec=str(out))
+        report = sync(coll, [str(data)], model, model_spec=str(out))
         assert report.added == 15 and not report.failed
         assert coll.model_id == m["model_id"] and coll.dim == model.dim == 32
 

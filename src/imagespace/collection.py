@@ -1,5 +1,9 @@
 """The on-disk collection: one SQLite database (WAL mode) of images, vectors and the model.
 
+Rows only: every SQL statement of the package is here, behind named methods; this module
+imports no index and no model. Indexing runs (:mod:`imagespace.indexing`) decide what to
+write, indexes (:mod:`imagespace.index`) and searches (:mod:`imagespace.search`) read.
+
 Every change is made in a transaction and every row carries the sequence number of the
 change that last wrote it, so that the ANN index (a derived file) can always be brought up
 to date from the rows, and a run killed at any moment leaves a consistent collection.
@@ -11,16 +15,14 @@ import fcntl
 import json
 import os
 import sqlite3
-import stat as statmod
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Container, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from .images import is_image_path
 
 DB_FILE = "collection.sqlite"
 SCHEMA_VERSION = 1
@@ -52,35 +54,6 @@ class Row:
             "height": self.height,
             "format": self.format,
             "tags": [{"label": t, "score": s} for t, s in self.tags],
-        }
-
-
-@dataclass
-class SyncReport:
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    moved: int = 0
-    failed: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    embedded: int = 0
-    found: int = 0  # image files found under the paths
-    skipped_failures: int = 0  # failed before and unchanged since: listed in failed, not retried
-
-    def to_dict(self) -> dict:
-        return {
-            "added": self.added,
-            "updated": self.updated,
-            "removed": self.removed,
-            "unchanged": self.unchanged,
-            "moved": self.moved,
-            "failed": self.failed,
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(self.embedded / self.seconds, 2) if self.seconds > 0 else 0.0,
-            "embedded": self.embedded,
-            "found": self.found,
-            "failed_before_not_retried": self.skipped_failures,
         }
 
 
@@ -326,7 +299,7 @@ class Collection:
         row = self.conn.execute("SELECT max(indexed_at) FROM images").fetchone()  # older collections
         return row[0] if row and row[0] is not None else None
 
-    def _known_failures(self, roots: Sequence[str]) -> dict[str, tuple[int | None, int | None, str]]:
+    def known_failures(self, roots: Sequence[str]) -> dict[str, tuple[int | None, int | None, str]]:
         """Recorded failures under ``roots``: path -> (size, mtime_ns, error)."""
         out: dict[str, tuple[int | None, int | None, str]] = {}
         for root in roots:
@@ -368,6 +341,33 @@ class Collection:
                     (_sql_path(f.path), f.size, f.mtime_ns, f.error, now),
                 )
 
+    def write_file_changes(
+        self,
+        moved: Sequence[tuple[int, str, int, int]] = (),
+        touched: Sequence[tuple[int, int]] = (),
+        removed: Sequence[int] = (),
+    ) -> None:
+        """One change of an indexing run's plan, in one transaction.
+
+        ``moved``: (row id, new path, size, mtime_ns) of files renamed or moved, which keep
+        their row and vector; ``touched``: (row id, mtime_ns) of files whose bytes did not
+        change; ``removed``: ids of rows whose files are gone.
+        """
+        if not (moved or touched or removed):
+            return
+        with self.transaction():
+            seq = self._next_seq()
+            for row_id, path, size, mtime_ns in moved:
+                self.conn.execute(
+                    "UPDATE images SET path=CAST(? AS TEXT), size=?, mtime_ns=?, seq=? WHERE id=?",
+                    (_sql_path(path), size, mtime_ns, seq, row_id),
+                )
+            for row_id, mtime_ns in touched:
+                self.conn.execute("UPDATE images SET mtime_ns=? WHERE id=?", (mtime_ns, row_id))
+            for i in removed:
+                self.conn.execute("DELETE FROM images WHERE id=?", (i,))
+                self.conn.execute("INSERT OR REPLACE INTO removed(id,seq) VALUES(?,?)", (i, seq))
+
     def save_labels(self, labels: Iterable[tuple[int, str, float, str | None]]) -> int:
         """Replace every saved label with ``(id, label, score, reason)`` rows; returns how many."""
         rows = list(labels)
@@ -376,150 +376,9 @@ class Collection:
             self.conn.executemany("INSERT INTO labels(id,label,score,reason) VALUES(?,?,?,?)", rows)
         return len(rows)
 
-    def _remove_ids(self, ids: Sequence[int], seq: int) -> None:
-        for i in ids:
-            self.conn.execute("DELETE FROM images WHERE id=?", (i,))
-            self.conn.execute("INSERT OR REPLACE INTO removed(id,seq) VALUES(?,?)", (i, seq))
-
     def prune_removed(self, upto_seq: int) -> None:
         """Forget removals that the saved index has already applied."""
         self.conn.execute("DELETE FROM removed WHERE seq<=?", (upto_seq,))
-
-    # -- incremental sync ----------------------------------------------------------------
-
-    def sync(
-        self,
-        paths: Sequence[str | os.PathLike[str]],
-        model,
-        *,
-        model_spec: str,
-        batch_size: int = 32,
-        workers: int | None = None,
-        progress: bool = False,
-        embedder=None,
-        on_progress: Callable[[int, int], None] | None = None,
-    ) -> SyncReport:
-        """Bring the collection up to date with ``paths`` (files or folders).
-
-        New and changed files are embedded; files gone from a scanned folder leave the
-        collection; a moved or renamed file keeps its row and vector. Results are committed
-        batch by batch, so a killed run loses at most one batch of work.
-
-        ``embedder`` replaces the embedding step only (the plan and the writes stay the
-        same): a callable like :func:`embed.embed_files`, e.g. ``distributed.ray_embedder()``.
-        ``on_progress(done, total)`` is called before the first batch and after each one.
-        """
-        from .embed import embed_files, file_digest
-
-        started = time.perf_counter()
-        report = SyncReport()
-        with self.lock():
-            if self.model_id != model.model_id:
-                # A new collection, or re-indexing with another model: every row made by
-                # another model counts as changed and is re-embedded in place, resumably.
-                self.bind_model(model.model_id, model_spec, model.dim)
-            scan = _scan(paths)
-            report.failed.extend(scan.failed)
-            report.found = len(scan.files)
-            self._remember_roots(scan.roots)
-            existing = self._rows_under(scan.roots)
-            # A folder we could not list is unreadable, not empty: its rows stay.
-            existing = {p: r for p, r in existing.items() if not any(_is_under(p, u) for u in scan.unlisted)}
-            current = model.model_id
-
-            changed: list[str] = []  # in the collection, to embed again
-            added: list[str] = []
-            new_paths: list[tuple[str, os.stat_result]] = []
-            touched: list[tuple[int, int]] = []
-            for path, st in scan.files.items():
-                row = existing.pop(path, None)
-                if row is None:
-                    new_paths.append((path, st))
-                    continue
-                row_id, size, mtime_ns, digest, row_model = row
-                if row_model == current and size == st.st_size and mtime_ns == st.st_mtime_ns:
-                    report.unchanged += 1
-                elif row_model == current and size == st.st_size and _same_digest(path, digest, file_digest):
-                    touched.append((row_id, st.st_mtime_ns))  # same bytes, new mtime: nothing to embed
-                    report.unchanged += 1
-                else:
-                    changed.append(path)
-            # What is left of `existing` is gone from disk. A new file with the same bytes as
-            # a vanished row is that file moved: keep its row instead of embedding it again.
-            vanished = {row[3]: (p, row) for p, row in existing.items() if row[4] == current}
-            vanished_sizes = {row[1] for _, row in vanished.values()}
-            moves: list[tuple[int, str, int, int]] = []
-            for path, st in new_paths:
-                if st.st_size in vanished_sizes:
-                    try:
-                        digest = file_digest(path)
-                    except Exception:  # noqa: BLE001 - unreadable now: the embed step reports it
-                        digest = None
-                    if digest in vanished:
-                        old_path, row = vanished.pop(digest)
-                        existing.pop(old_path, None)
-                        moves.append((row[0], path, st.st_size, st.st_mtime_ns))
-                        continue
-                added.append(path)
-            gone = [row[0] for row in existing.values()]
-            if moves or touched or gone:
-                with self.transaction():
-                    seq = self._next_seq()
-                    for row_id, path, size, mtime_ns in moves:
-                        self.conn.execute(
-                            "UPDATE images SET path=CAST(? AS TEXT), size=?, mtime_ns=?, seq=? WHERE id=?",
-                            (_sql_path(path), size, mtime_ns, seq, row_id),
-                        )
-                    for row_id, mtime_ns in touched:
-                        self.conn.execute("UPDATE images SET mtime_ns=? WHERE id=?", (mtime_ns, row_id))
-                    self._remove_ids(gone, seq)
-            report.moved = len(moves)
-            report.removed = len(gone)
-            self._forget_failures(scan)
-
-            # A file that failed to decode and has not changed since (same size and mtime)
-            # would fail again: it is listed, not retried, until it changes.
-            remembered = self._known_failures(scan.roots)
-            skipped: list[dict] = []
-            retry: list[str] = []
-            for path in changed + added:
-                known_failure = remembered.get(path)
-                st = scan.files[path]
-                if known_failure is not None and _still_failing(known_failure, st):
-                    skipped.append({"path": path, "error": known_failure[2], "retried": False})
-                else:
-                    retry.append(path)
-            known = set(changed)
-            to_embed = sorted(retry)
-            if on_progress is not None:
-                on_progress(0, len(to_embed))
-            for batch in (embedder or embed_files)(
-                to_embed, model, batch_size=batch_size, workers=workers, total=len(to_embed), progress=progress
-            ):
-                ok = [r for r in batch if not hasattr(r, "error")]
-                bad = [r for r in batch if hasattr(r, "error")]
-                self.write_embedded(ok, bad)
-                report.embedded += len(ok)
-                for r in ok:
-                    if r.file.path in known:
-                        report.updated += 1
-                    else:
-                        report.added += 1
-                report.failed.extend({"path": r.path, "error": r.error} for r in bad)
-                if on_progress is not None:
-                    on_progress(report.embedded + len(report.failed) - len(scan.failed), len(to_embed))
-            report.failed.extend(skipped)
-            report.skipped_failures = len(skipped)
-            # Files that fail now but were indexed before keep their old row: the photo is
-            # still there on disk, even if we could not read it this time.
-            # The index that searches will open (by size: in-memory graph or compressed on
-            # disk), brought up to date now so that the first query does not pay for it.
-            from .large_index import open_index
-
-            open_index(self).save_if_changed()
-            self.set_meta("last_indexed_at", repr(time.time()))
-        report.seconds = time.perf_counter() - started
-        return report
 
     def roots(self) -> list[str]:
         """The files and folders that indexing runs have scanned (absolute paths).
@@ -536,25 +395,27 @@ class Collection:
                 out.append(folder)
         return out
 
-    def _remember_roots(self, roots: Sequence[str]) -> None:
+    def remember_roots(self, roots: Sequence[str]) -> None:
+        """Add ``roots`` (absolute paths) to the folders and files an indexing run scans."""
         known = json.loads(self.get_meta("roots") or "[]")
         new = [r for r in roots if r not in known]
         if new:
             self.set_meta("roots", json.dumps(sorted(known + new)))
 
-    def _forget_failures(self, scan: _Scan) -> None:
-        """Failures recorded under the scanned roots for files that are no longer there."""
+    def forget_failures_under(self, roots: Sequence[str], present: Container[str]) -> None:
+        """Forget failures recorded under ``roots`` for files not in ``present`` (gone from disk)."""
         stale = []
-        for root in scan.roots:
+        for root in roots:
             under, params = _under("path", root)
             for (path,) in self.conn.execute(f"SELECT path FROM failures WHERE {under}", params):
-                if path not in scan.files:
+                if path not in present:
                     stale.append(path)
         if stale:
             with self.transaction():
                 self.conn.executemany("DELETE FROM failures WHERE path=CAST(? AS TEXT)", [(_sql_path(p),) for p in stale])
 
-    def _rows_under(self, roots: Sequence[str]) -> dict[str, tuple[int, int, int, str, str]]:
+    def rows_under(self, roots: Sequence[str]) -> dict[str, tuple[int, int, int, str, str]]:
+        """path -> (id, size, mtime_ns, digest, model) of every row at or under ``roots``."""
         out: dict[str, tuple[int, int, int, str, str]] = {}
         for root in roots:
             under, params = _under("path", root)
@@ -562,28 +423,91 @@ class Collection:
                 out[r[0]] = (r[1], r[2], r[3], r[4], r[5])
         return out
 
+    # -- selections (ids only; the vectors are read by ``vectors``) ------------------------
 
-def _still_failing(known: tuple[int | None, int | None, str], st: os.stat_result) -> bool:
-    """A recorded failure still holds for the file: same size and mtime, and not a failure
-    of the model (a batch that failed in the model may pass on the next run)."""
-    size, mtime_ns, error = known
-    return size == st.st_size and mtime_ns == st.st_mtime_ns and not error.startswith(_TRANSIENT_ERRORS)
+    def ids(self) -> list[int]:
+        """Ids of the rows embedded with the collection's current model, in id order."""
+        return [r[0] for r in self.conn.execute("SELECT id FROM images WHERE model=? ORDER BY id", (self.model_id,))]
 
+    def ids_where(self, condition: str, params: Sequence = ()) -> list[int]:
+        """Ids of the current model's rows passing ``condition``, a parameterised SQL
+        condition over ``images`` as :func:`imagespace.search.filters.compile_where` makes it."""
+        return [r[0] for r in self.conn.execute(
+            f"SELECT id FROM images WHERE model=? AND ({condition})", [self.model_id, *params])]
 
-# Failures that say nothing about the file's bytes, always retried: the model failing on a
-# batch, and the file not readable now (permissions change without changing the mtime).
-_TRANSIENT_ERRORS = ("model failed on this batch", "unexpected error", "permission denied", "no such file", "cannot read file")
+    def ids_tagged(self, labels: Sequence[str], condition: str = "1", params: Sequence = ()) -> list[int]:
+        """Ids of the current model's rows with one of ``labels`` (any case) among their tags,
+        passing ``condition`` as in :meth:`ids_where`."""
+        labels = [str(label).lower() for label in labels]
+        if not labels:
+            return []
+        cur = self.conn.execute(
+            # EXISTS, not a join: json_each has a "path" column of its own that the condition would hit
+            f"""SELECT id FROM images WHERE model=? AND EXISTS (SELECT 1 FROM json_each(images.tags) AS t
+                WHERE lower(json_extract(t.value,'$[0]')) IN ({','.join('?' * len(labels))})) AND ({condition})""",
+            [self.model_id, *labels, *params],
+        )
+        return [r[0] for r in cur]
 
+    def ids_at_paths(self, paths: Sequence[str]) -> list[tuple[int, str]]:
+        """(id, path) of the current model's rows at ``paths`` (at most 500 at a time)."""
+        if not paths:
+            return []
+        return list(self.conn.execute(
+            f"SELECT id, path FROM images WHERE model=? AND path IN ({','.join('?' * len(paths))})",
+            [self.model_id, *paths]))
 
-def _same_digest(path: str, digest: str, file_digest) -> bool:
-    try:
-        return file_digest(path) == digest
-    except Exception:  # noqa: BLE001
-        return False
+    def iter_tags(self, model_id: str | None = None) -> Iterator[tuple[int, list]]:
+        """(id, [[label, probability], ...]) of every row of ``model_id`` (default: the
+        current model); rows whose stored tags cannot be read are skipped."""
+        for row_id, tags in self.conn.execute("SELECT id, tags FROM images WHERE model=?", (model_id or self.model_id,)):
+            try:
+                yield row_id, json.loads(tags)
+            except ValueError:
+                continue
 
+    def sample_ids(self, n: int) -> list[int]:
+        """Up to ``n`` ids of the current model's rows, chosen at random."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT id FROM images WHERE model=? ORDER BY random() LIMIT ?", (self.model_id, n))]
 
-def _is_under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
+    def same_digest_groups(self) -> list[list[int]]:
+        """Ids of rows with byte-identical files (the same digest), in groups of two or more."""
+        return [[int(i) for i in ids_csv.split(",")] for (ids_csv,) in self.conn.execute(
+            "SELECT group_concat(id) FROM images GROUP BY digest HAVING count(*) > 1")]
+
+    # -- checking (see :mod:`imagespace.integrity`) ----------------------------------------
+
+    @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """Every read inside sees the database as of one moment (a writer may run meanwhile)."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's own check of the database file: empty when it is sound."""
+        lines = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
+        return [] if lines == ["ok"] else lines
+
+    def failure_count(self) -> int:
+        """How many files the indexing runs could not read (see :meth:`failures`)."""
+        return self.conn.execute("SELECT count(*) FROM failures").fetchone()[0]
+
+    def iter_raw_vectors(self, chunk: int = 2000) -> Iterator[list[tuple[int, str, bytes | None]]]:
+        """(id, path, stored vector bytes) of the current model's rows, unchecked, in chunks."""
+        last = -1
+        while True:
+            rows = self.conn.execute(
+                "SELECT id, path, embedding FROM images WHERE model=? AND id>? ORDER BY id LIMIT ?",
+                (self.model_id, last, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][0]
 
 
 def _abspath(path: str | os.PathLike[str]) -> str:
@@ -616,69 +540,6 @@ def _under(column: str, root: str) -> tuple[str, list]:
     low = os.fsencode(root.rstrip("/") + "/")
     high = low[:-1] + b"0"  # "0" is the byte after "/": the range holds exactly the paths under root
     return f"({column}=CAST(? AS TEXT) OR ({column}>=CAST(? AS TEXT) AND {column}<CAST(? AS TEXT)))", [_sql_path(root), low, high]
-
-
-@dataclass
-class _Scan:
-    files: dict[str, os.stat_result] = field(default_factory=dict)
-    failed: list[dict] = field(default_factory=list)
-    roots: list[str] = field(default_factory=list)  # roots that exist: rows under them may be removed
-    unlisted: list[str] = field(default_factory=list)  # folders that could not be listed: rows under them stay
-
-
-def _scan(paths: Sequence[str | os.PathLike[str]]) -> _Scan:
-    """Every image file under ``paths``, with its stat; problems become ``failed`` entries.
-
-    Symlinked folders are not followed (no loops); symlinked files are. Hidden files and
-    folders (a leading dot) are skipped. A root that does not exist is reported and its
-    rows are kept: an unmounted drive must not empty the collection.
-    """
-    scan = _Scan()
-    for raw in paths:
-        root = _abspath(raw)
-        try:
-            st = os.stat(root)
-        except FileNotFoundError:
-            scan.failed.append({"path": root, "error": "no such file or folder"})
-            continue
-        except OSError as e:
-            scan.failed.append({"path": root, "error": f"cannot read: {e.strerror or e}"})
-            continue
-        if statmod.S_ISDIR(st.st_mode):
-            scan.roots.append(root)
-            _walk(root, scan)
-        elif statmod.S_ISREG(st.st_mode):
-            scan.roots.append(root)
-            scan.files[root] = st
-        else:
-            scan.failed.append({"path": root, "error": "not a regular file or folder"})
-    return scan
-
-
-def _walk(root: str, scan: _Scan) -> None:
-    def onerror(e: OSError) -> None:
-        scan.failed.append({"path": e.filename or root, "error": f"cannot list folder: {e.strerror or e}"})
-        scan.unlisted.append(e.filename or root)
-
-    for folder, dirs, files in os.walk(root, onerror=onerror, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for d in dirs:
-            if is_image_path(d):
-                scan.failed.append({"path": os.path.join(folder, d), "error": "is a directory, not an image file"})
-        for name in sorted(files):
-            if name.startswith(".") or not is_image_path(name):
-                continue
-            path = os.path.join(folder, name)
-            try:
-                st = os.stat(path)
-            except OSError as e:
-                reason = "broken symbolic link" if os.path.islink(path) else f"cannot stat: {e.strerror or e}"
-                scan.failed.append({"path": path, "error": reason})
-                continue
-            if not statmod.S_ISREG(st.st_mode):
-                scan.failed.append({"path": path, "error": "not a regular file"})
-                continue
-            scan.files[path] = st
 
 
 class _Transaction:

@@ -12,36 +12,35 @@ from __future__ import annotations
 
 import numpy as np
 
+from .collection import Collection
 from .concepts import Understanding, wordnet
-from .search import Hit, Searcher, compile_where
 from .tag_postings import tag_postings
 from .user_labels import UserLabels
 
 _CHUNK = 500  # bound parameters per statement, well under SQLite's limit
 
 
-def search_concepts(
-    searcher: Searcher,
+def concept_scores(
+    collection: Collection,
     understanding: Understanding,
     *,
     k: int,
-    where: str | None = None,
+    allowed: list[int] | None = None,
     min_score: float | None = None,
     user: UserLabels | None = None,
-) -> list[Hit]:
-    """Images with a non-zero probability for any of the concepts, most probable first."""
-    coll = searcher.collection
+) -> list[tuple[int, float]]:
+    """(id, score) of the ``k`` images most probable for any of the concepts (non-zero, at
+    least ``min_score``), best first; only ids in ``allowed`` when it is given (``--where``)."""
     net = wordnet()
     names = sorted({net.labels[c].lower() for con in understanding.concepts for c in con.classes}
                    # a model trained on the user's folders tags images with the folder names
                    | {con.name.lower() for con in understanding.concepts if con.how == "user"})
-    sql, params = compile_where(where) if where else ("1", [])
+    keep_ids = None if allowed is None else set(allowed)
     scores: dict[int, float] = {}
     if names:
-        ids, sums = tag_postings(coll).summed(names)
-        if where:
-            allowed = {r[0] for r in coll.conn.execute(f"SELECT id FROM images WHERE model=? AND ({sql})", [coll.model_id, *params])}
-            keep = np.fromiter((int(i) in allowed for i in ids), dtype=bool, count=len(ids))
+        ids, sums = tag_postings(collection).summed(names)
+        if keep_ids is not None:
+            keep = np.fromiter((int(i) in keep_ids for i in ids), dtype=bool, count=len(ids))
             ids, sums = ids[keep], sums[keep]
         scores = dict(zip(ids.tolist(), sums.tolist()))
     if user is not None:
@@ -51,13 +50,9 @@ def search_concepts(
             by_path = dict(user.paths_for(con.name))
             paths = list(by_path)
             for start in range(0, len(paths), _CHUNK):
-                chunk = paths[start : start + _CHUNK]
-                cur = coll.conn.execute(
-                    f"SELECT id, path FROM images WHERE model=? AND path IN ({','.join('?' * len(chunk))}) AND ({sql})",
-                    [coll.model_id, *chunk, *params],
-                )
-                for i, path in cur:
-                    scores[i] = scores.get(i, 0.0) + by_path[path]
+                for i, path in collection.ids_at_paths(paths[start : start + _CHUNK]):
+                    if keep_ids is None or i in keep_ids:
+                        scores[i] = scores.get(i, 0.0) + by_path[path]
     ids = np.fromiter(scores.keys(), dtype=np.int64, count=len(scores))
     sums = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
     keep = (sums > 0) if min_score is None else (sums > 0) & (sums >= min_score)
@@ -66,10 +61,9 @@ def search_concepts(
         top = np.argpartition(-sums, k - 1)[:k]
         ids, sums = ids[top], sums[top]
     order = np.lexsort((ids, -sums))
-    ranked = [(float(sums[j]), int(ids[j])) for j in order]
-    rows = coll.rows(i for _, i in ranked)
-    return [Hit(i, rows[i].path, float(s), rows[i].tags, rows[i].width, rows[i].height, rows[i].size) for s, i in ranked if i in rows]
+    return [(int(ids[j]), float(sums[j])) for j in order]
 
 
 def concept_classes(understanding: Understanding) -> list[int]:
+    """The ImageNet classes the concepts stand for, sorted."""
     return sorted({c for con in understanding.concepts for c in con.classes})

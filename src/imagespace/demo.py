@@ -51,6 +51,7 @@ def main(db: str = ".imagespace-demo") -> None:
     import skimage.data
 
     from .collection import Collection
+    from .indexing import sync
     from .models import DEFAULT_MODEL, create_model
     from .search import WEAK_MATCH, Searcher
 
@@ -59,7 +60,7 @@ def main(db: str = ".imagespace-demo") -> None:
     out.print(f"[bold]imagespace demo[/bold]: indexing the sample photos in {images}")
     model = create_model(DEFAULT_MODEL)
     with Collection(db) as coll:
-        report = coll.sync([str(images)], model, model_spec=DEFAULT_MODEL, progress=True).to_dict()
+        report = sync(coll, [str(images)], model, model_spec=DEFAULT_MODEL, progress=True).to_dict()
         rate = f" ({report['images_per_second']:.0f} images/s)" if report["embedded"] else ""
         out.print(
             f"added {report['added']}, unchanged {report['unchanged']}, failed {len(report['failed'])} "

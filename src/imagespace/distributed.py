@@ -1,12 +1,12 @@
 """The Ray Data path: the same decode and model steps as :mod:`embed`, run as Ray tasks.
 
-Only the embedding step is distributed. :meth:`Collection.sync` still plans the run (scan;
+Only the embedding step is distributed. :func:`indexing.sync` still plans the run (scan;
 new, changed, moved, removed) on the driver and commits each batch that comes back, so a
 Ray run is resumable and incremental exactly like a local one; :func:`ray_embedder` returns
 a drop-in replacement for :func:`embed.embed_files`::
 
     with ray_session(address):                       # a local Ray, or an existing cluster
-        coll.sync(paths, model, model_spec=spec, embedder=ray_embedder())
+        sync(coll, paths, model, model_spec=spec, embedder=ray_embedder())
 
 Decoding runs as stateless tasks (:func:`decode_batch`: bytes read from a local path or any
 fsspec URL, then :func:`images.decode`); inference runs in a pool of actors
@@ -29,6 +29,7 @@ import numpy as np
 
 from .embed import DEFAULT_BATCH_SIZE, Embedded, Failed, FileInfo, content_digest
 from .images import ImageError, decode, read_bytes
+from .indexing import sync
 from .models.base import EmbeddingModel
 
 # On a 2-core machine the driver holds a CPU: actors asking for a whole CPU each would wait
@@ -290,7 +291,7 @@ def _results(batch: dict[str, np.ndarray]) -> list[Embedded | Failed]:
 
 def sync_with_ray(collection, paths, model: EmbeddingModel, *, model_spec: str, address: str | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, options: RayOptions | None = None, progress: bool = False):
-    """:meth:`Collection.sync` with the embedding step on Ray (local, or the cluster at ``address``)."""
+    """:func:`imagespace.indexing.sync` with the embedding step on Ray (local, or the cluster at ``address``)."""
     with ray_session(address):
-        return collection.sync(paths, model, model_spec=model_spec, batch_size=batch_size, progress=progress,
+        return sync(collection, paths, model, model_spec=model_spec, batch_size=batch_size, progress=progress,
                                embedder=ray_embedder(options))

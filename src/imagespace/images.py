@@ -150,7 +150,10 @@ def load_pil(path: str | os.PathLike[str], max_side: int | None = None) -> Image
         if getattr(im, "n_frames", 1) > 1:
             im.seek(0)
         if max_side and im.format == "JPEG":
-            im.draft("RGB", (max_side, max_side))
+            # Ask for the box the result fits in, not a square: a 4000x3000 photo for 500 px
+            # then decodes at 1/8 (500x375) instead of 1/4, about 10 ms instead of 17.
+            box = (max_side, max(1, max_side * h // w)) if w >= h else (max(1, max_side * w // h), max_side)
+            im.draft("RGB", box)
         im.load()
         im = ImageOps.exif_transpose(im) or im
         im = _to_rgb(im)

@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .collection import Collection
-from .index import INDEX_FILE, INDEX_FORMAT, INDEX_META, IndexSettings, VectorIndex, file_checksum, load_projection
-from .large_index import describe_index
-from .rescore import RescoreStore
+from .index import describe_index
+from .index.hnsw import INDEX_FILE, INDEX_FORMAT, INDEX_META, IndexSettings, VectorIndex, file_checksum, load_projection
+from .index.rescore import RescoreStore
 
 # How many examples of one kind of problem a report lists (the count is always exact).
 MAX_EXAMPLES = 10
@@ -79,9 +78,7 @@ def check_collection(collection: Collection, *, repair: bool = False) -> CheckRe
     report = CheckReport(db=str(collection.root))
     if repair:
         report.repaired = repair_index(collection)
-    conn = collection.conn
-    conn.execute("BEGIN")  # one read snapshot: a run writing meanwhile cannot tear the check
-    try:
+    with collection.read_snapshot():  # a run writing meanwhile cannot tear the check
         _check_database(collection, report)
         if report.errors:  # a damaged database: the rest would only repeat it
             return report
@@ -92,8 +89,6 @@ def check_collection(collection: Collection, *, repair: bool = False) -> CheckRe
         good_ids = _check_vectors(collection, report)
         _check_index(collection, report, good_ids)
         _check_recall(collection, report)
-    finally:
-        conn.execute("COMMIT")
     _check_leftovers(collection, report)
     return report
 
@@ -120,8 +115,8 @@ def repair_index(collection: Collection) -> list[str]:
 
 
 def _check_database(collection: Collection, report: CheckReport) -> None:
-    lines = [r[0] for r in collection.conn.execute("PRAGMA integrity_check")]
-    if lines != ["ok"]:
+    lines = collection.integrity_problems()
+    if lines:
         report.errors.append(
             Finding("database", "SQLite integrity_check failed: the database file is damaged", len(lines), lines[:MAX_EXAMPLES])
         )
@@ -135,22 +130,9 @@ def _check_meta(collection: Collection, report: CheckReport) -> None:
         report.notices.append(
             Finding("other-model", f"{stale} rows were made by another model and wait to be re-embedded (run index)", stale)
         )
-    failures = collection.conn.execute("SELECT count(*) FROM failures").fetchone()[0]
+    failures = collection.failure_count()
     if failures:
         report.notices.append(Finding("failures", f"{failures} files could not be read at the last runs (see info)", failures))
-
-
-def _iter_raw_vectors(collection: Collection, chunk: int = 2000) -> Iterator[list[tuple[int, str, bytes | None]]]:
-    last = -1
-    while True:
-        rows = collection.conn.execute(
-            "SELECT id, path, embedding FROM images WHERE model=? AND id>? ORDER BY id LIMIT ?",
-            (collection.model_id, last, chunk),
-        ).fetchall()
-        if not rows:
-            return
-        yield rows
-        last = rows[-1][0]
 
 
 def _check_vectors(collection: Collection, report: CheckReport) -> set[int]:
@@ -158,7 +140,7 @@ def _check_vectors(collection: Collection, report: CheckReport) -> set[int]:
     dim = collection.dim or 0
     good: set[int] = set()
     bad = Finding("bad-vector", "", 0)
-    for rows in _iter_raw_vectors(collection):
+    for rows in collection.iter_raw_vectors():
         for row_id, path, blob in rows:
             reason = _vector_problem(blob, dim)
             if reason is None:
@@ -200,10 +182,10 @@ def _check_index(collection: Collection, report: CheckReport, good_ids: set[int]
         report.notices.append(
             Finding("index-behind", f"the index file is {behind} changes behind the rows; they are replayed when it is opened", behind)
         )
-        index._catch_up()
+        index.refresh()
     report.index_entries = len(index)
     keys = set(int(k) for k in np.asarray(index.index.keys, dtype=np.int64)) if len(index) else set()
-    row_ids = {int(r[0]) for r in collection.conn.execute("SELECT id FROM images WHERE model=?", (collection.model_id,))}
+    row_ids = set(collection.ids())
     orphans = sorted(keys - row_ids)
     missing = sorted(row_ids - keys)
     if orphans:

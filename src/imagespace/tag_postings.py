@@ -65,11 +65,7 @@ def tag_postings(collection) -> TagPostings:
 
 def _build(collection, seq: int, model: str) -> TagPostings:
     by_name: dict[str, tuple[list[int], list[float]]] = {}
-    for row_id, tags in collection.conn.execute("SELECT id, tags FROM images WHERE model=?", (model,)):
-        try:
-            parsed = json.loads(tags)
-        except ValueError:
-            continue
+    for row_id, parsed in collection.iter_tags(model):
         for tag in parsed:
             ids, probs = by_name.setdefault(str(tag[0]).lower(), ([], []))
             ids.append(row_id)

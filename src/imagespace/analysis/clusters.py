@@ -206,3 +206,7 @@ def _labels(groups: list[list[int]], tags: dict[int, list[tuple[str, float]]]) -
         used[name] = used.get(name, 0) + 1
         names.append(name if used[name] == 1 else f"{name} ({used[name]})")
     return names
+
+
+# The labelling of groups of images by their tags, for other groupings than clusters (the map's regions).
+label_groups = _labels

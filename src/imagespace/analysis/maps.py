@@ -33,10 +33,7 @@ def layout(collection: Collection, max_points: int = MAX_POINTS, *, seed: int = 
     """(ids, xy) for up to ``max_points`` images, xy scaled to [0, 1] on both axes."""
     # Pick the sample by id first and read only its vectors: 100,000 rows of 1,280 floats
     # are half a gigabyte that the layout never looks at.
-    all_ids = np.fromiter(
-        (r[0] for r in collection.conn.execute("SELECT id FROM images WHERE model=? ORDER BY id", (collection.model_id,))),
-        dtype=np.int64,
-    )
+    all_ids = np.asarray(collection.ids(), dtype=np.int64)
     if not len(all_ids):
         raise CollectionError(f"the collection at {collection.root} is empty: index some images first")
     rng = np.random.default_rng(seed)

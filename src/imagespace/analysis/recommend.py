@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..collection import Collection
-from ..index import VectorIndex
-from ..large_index import open_index
-from ..search import Hit, QueryError
+from ..index import VectorSearch, open_index
+from ..search.rerank import dba_space
+from ..search.results import Hit, QueryError
 
 # How hard a disliked image pushes (Rocchio's gamma over beta).
 UNLIKE_WEIGHT = 0.5
@@ -35,7 +35,7 @@ def recommend(
     *,
     diversity: float = 1 - DIVERSITY_LAMBDA,
     dba: bool = False,
-    index: VectorIndex | None = None,
+    index: VectorSearch | None = None,
 ) -> list[Hit]:
     """Up to ``k`` images like the ``like`` row ids and unlike the ``unlike`` ones, inputs excluded.
 
@@ -48,8 +48,6 @@ def recommend(
         raise QueryError("recommend needs at least one liked image")
     index = index or open_index(collection)
     if dba:
-        from .rerank import dba_space
-
         space = dba_space(collection, index=index)
 
         def vectors_of(ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -94,11 +92,7 @@ def recommend(
     relevance = np.where(copies, -np.inf, relevance)
     chosen = [c for c in _mmr(cvecs, relevance, k, 1.0 - diversity) if np.isfinite(relevance[c])]
     rows = collection.rows(int(cids[c]) for c in chosen)
-    return [_as_hit(rows[int(cids[c])], float(relevance[c])) for c in chosen if int(cids[c]) in rows]
-
-
-def _as_hit(row, score: float) -> Hit:
-    return Hit(row.id, row.path, score, row.tags, row.width, row.height, row.size)
+    return [Hit.of(rows[int(cids[c])], float(relevance[c])) for c in chosen if int(cids[c]) in rows]
 
 
 def _mmr(vectors: np.ndarray, relevance: np.ndarray, k: int, lam: float) -> list[int]:

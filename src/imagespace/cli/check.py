@@ -16,7 +16,7 @@ def check(
     repair: Annotated[bool, typer.Option("--repair", help="Rebuild the vector index from the rows first.")] = False,
 ) -> None:
     """Check the database, every row's vector and the vector index; exit 1 on errors."""
-    from ..index_tuning import summary
+    from ..index.tuning import summary
     from ..integrity import check_collection
 
     with open_collection(db) as coll:

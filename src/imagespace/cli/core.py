@@ -29,7 +29,8 @@ def index(
         raise typer.BadParameter("--engine must be local or ray")
     from ..collection import DB_FILE
     from ..images import IMAGE_EXTENSIONS
-    from ..models import DEFAULT_MODEL, create_model
+    from ..indexing import sync
+    from ..models import create_model, resolve_model_spec
 
     # Checked before the collection is made: a mistyped folder must not leave an empty one.
     missing = [p for p in paths if not os.path.lexists(p)]
@@ -42,9 +43,7 @@ def index(
                       "(its rows under a missing folder are kept, in case the folder is on a drive not mounted now)")
 
     with open_collection(db, create=True) as coll:
-        spec = model or coll.model_spec or DEFAULT_MODEL
-        if model and Path(model).is_dir():
-            spec = str(Path(model).resolve())
+        spec = resolve_model_spec(model, coll.model_spec)
         m = create_model(spec)
         progress = sys.stderr.isatty() or not as_json
         if engine == "ray":
@@ -52,7 +51,7 @@ def index(
 
             report = sync_with_ray(coll, [str(p) for p in paths], m, model_spec=spec, address=address, batch_size=batch_size, progress=progress)
         else:
-            report = coll.sync([str(p) for p in paths], m, model_spec=spec, batch_size=batch_size, workers=workers, progress=progress)
+            report = sync(coll, [str(p) for p in paths], m, model_spec=spec, batch_size=batch_size, workers=workers, progress=progress)
         total = len(coll)
 
     def human(r: dict) -> None:
@@ -98,26 +97,14 @@ def search(
     if where is not None:
         compile_where(where)  # a filter that cannot be read is a usage error: before any work
 
-    extra: dict = {}
     with open_collection(db) as coll:
         searcher = Searcher(coll, index_kind=index_kind)
-        opts = dict(k=k, where=where, min_score=min_score)
-        if (qe or dba) and text is None:
-            from ..analysis.rerank import reranked_search
-
-            row_id, vector = searcher.stored_vector(like) if like is not None else (None, searcher.embed_image(image))
-            exclude = {row_id} if row_id is not None else set()
-            hits = reranked_search(searcher, vector, exclude=exclude, qe=qe, dba=dba, **opts)
-        elif image is not None:
-            hits = searcher.by_image(image, **opts)
-        elif like is not None:
-            hits = searcher.by_path(like, **opts)
-        else:
-            from ..text import search_text
-
-            hits, extra = search_text(searcher, text, text_model=text_model, **opts)
-        extra["index"] = searcher.answered_by()
-    payload = {"results": [h.to_dict() for h in hits], **extra}
+        answer = searcher.query(
+            image, like=like, text=text, text_model=text_model, qe=qe and text is None, dba=dba and text is None,
+            k=k, where=where, min_score=min_score,
+        )
+        answer.extra["index"] = searcher.answered_by()
+    payload = answer.to_dict()
 
     def human(p: dict) -> None:
         if p.get("understood_as"):
@@ -149,8 +136,8 @@ def export(
 @app.command()
 def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     """What the collection holds: folders, model, images, failures, size on disk, last run, the index and its measured recall."""
-    from ..index_tuning import summary as index_line
-    from ..large_index import describe_index
+    from ..index import describe_index
+    from ..index.tuning import summary as index_line
 
     with open_collection(db) as coll:
         last = coll.last_indexed_at()

@@ -14,33 +14,22 @@ from pathlib import Path
 
 from .base import EmbeddingModel
 from .cache import cache_dir, file_digest, text_digest
+from .figures import MEASURED
 from .networks import BASE_ARCH, NETWORKS, network
 from .registry import register_model
 
 ARCH = BASE_ARCH
 INPUT_SIZE = NETWORKS[ARCH].input_size
-# Bump when the vectors this module produces change meaning (pooling, scaling, input size):
-# collections made before then will then refuse queries instead of giving wrong answers.
-EMBEDDING_VERSION = "gem3-tf-v1"
+# Bump when the vectors this module produces change meaning (pooling, scaling): collections
+# made before then will then refuse queries instead of giving wrong answers. The model id
+# reads "gem3-tf-resize{input size}-{EMBEDDING_VERSION}": Lite0's is the one it always had.
+EMBEDDING_VERSION = "v1"
 # Files whose text decides the exported graph: a change to any of them exports again.
 _GRAPH_SOURCES = ("efficientnet.py", "networks.py", "nets.py")
-
-# What `imagespace models` shows, measured with `python -m benchmarks.bench_networks` on a
-# 2-core CPU shared with other work (figures in the README): retrieval on flowers12 (test
-# photos against train photos), kNN accuracy on cifar10 (5,000 train / 1,000 test, never
-# tuned on), and the model's own rate at batch 32 relative to Lite0 in the same run.
-MEASURED: dict[str, dict] = {}
 
 
 def default_weights_path(arch: str = ARCH) -> Path:
     return network(arch).weights_path()
-
-
-def _embedding_version(arch: str) -> str:
-    # Lite0 keeps the id it always had, so collections made with it stay valid.
-    if arch == BASE_ARCH:
-        return "gem3-tf-resize224-v1"
-    return f"gem3-tf-resize{network(arch).input_size}-v1"
 
 
 def efficientnet(arch: str, weights: str | os.PathLike[str] | None = None, **kwargs) -> EmbeddingModel:
@@ -50,7 +39,7 @@ def efficientnet(arch: str, weights: str | os.PathLike[str] | None = None, **kwa
     if not weights_path.is_file():
         raise FileNotFoundError(f"model weights not found: {weights_path}")
     weights_digest = file_digest(weights_path)
-    model_id = f"{arch}/{_embedding_version(arch)}/{weights_digest[:12]}"
+    model_id = f"{arch}/gem3-tf-resize{net.input_size}-{EMBEDDING_VERSION}/{weights_digest[:12]}"
     here = Path(__file__).parent
     code_digest = text_digest(
         weights_digest, arch, EMBEDDING_VERSION, *((here / f).read_text() for f in _GRAPH_SOURCES),

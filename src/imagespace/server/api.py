@@ -100,11 +100,23 @@ class MapPoint(BaseModel):
     id: int
     x: float
     y: float
+    gx: int = Field(description="column of the image's cell in the grid (0 = left)")
+    gy: int = Field(description="row of the image's cell in the grid (0 = top)")
     thumb: str
+
+
+class MapRegion(BaseModel):
+    label: str = Field(description="tags that tell the region's images apart")
+    x: float = Field(description="centre, in cells from the left")
+    y: float = Field(description="centre, in cells from the top")
+    size: int
 
 
 class MapOut(BaseModel):
     points: list[MapPoint]
+    cols: int = Field(0, description="grid columns: every image has a cell of its own")
+    rows: int = 0
+    regions: list[MapRegion] = []
 
 
 class Job(BaseModel):
@@ -300,19 +312,27 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
             outliers=[int(i) for i in result.outliers],
         )
 
-    @r.get("/map", response_model=MapOut, summary="2-D map coordinates, scaled to [0, 1]")
-    def map_points(max_points: Annotated[int, Query(ge=10, le=100_000)] = 5000) -> MapOut:
+    @r.get("/map", response_model=MapOut, summary="2-D map: coordinates scaled to [0, 1], a grid cell per image, labelled regions")
+    def map_points(
+        max_points: Annotated[int, Query(ge=10, le=100_000)] = 5000,
+        aspect: Annotated[float, Query(ge=0.2, le=5, description="width / height of the grid (the window's)")] = 1.0,
+    ) -> MapOut:
         ids, xy = engine.layout(max_points)
         if len(ids) == 0:
             return MapOut(points=[])
         lo, hi = xy.min(axis=0), xy.max(axis=0)
         scaled = (xy - lo) / ((hi - lo).clip(min=1e-12))
         rows = engine.rows([int(i) for i in ids])
+        keep = [k for k, i in enumerate(ids) if int(i) in rows]
+        grid = engine.map_grid(max_points, round(aspect, 1), [int(ids[k]) for k in keep], scaled[keep], [rows[int(ids[k])].tags for k in keep])
         return MapOut(
             points=[
-                MapPoint(id=int(i), x=round(float(p[0]), 5), y=round(float(p[1]), 5), thumb=thumb_url(rows[int(i)]))
-                for i, p in zip(ids, scaled) if int(i) in rows
-            ]
+                MapPoint(id=int(ids[k]), x=round(float(scaled[k][0]), 5), y=round(float(scaled[k][1]), 5),
+                         gx=int(grid.cells[j][0]), gy=int(grid.cells[j][1]), thumb=thumb_url(rows[int(ids[k])]))
+                for j, k in enumerate(keep)
+            ],
+            cols=grid.cols, rows=grid.rows,
+            regions=[MapRegion(label=g.label, x=round(g.x, 3), y=round(g.y, 3), size=g.size) for g in grid.regions],
         )
 
     @r.post("/index", response_model=Job, status_code=202, summary="Start indexing the collection's folders")

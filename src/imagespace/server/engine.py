@@ -18,8 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.map_grid import map_grid
 from ..collection import Collection, CollectionError, Row
+from ..indexing import sync
+from ..models import create_model, resolve_model_spec
 from ..search import Hit, QueryError, Searcher
+from ..search.text import warm as warm_words
 
 # Uploaded queries are decoded under a tighter pixel limit than files on disk: a request
 # must never make the server hold gigabytes of pixels.
@@ -98,8 +102,6 @@ class Engine:
             if self._model is None or self._model.model_id != model_id:
                 if spec is None:
                     raise EmptyCollection("the collection has no model yet: index some images first")
-                from ..models import create_model
-
                 model = create_model(spec, threads=QUERY_THREADS)
                 if model.model_id != model_id:
                     raise CollectionError(
@@ -156,16 +158,13 @@ class Engine:
         with self._text_lock:
             if self._text_ready:
                 return
-            search_text = _optional("imagespace.text", "search_text", "search by words")
-            warm_words = getattr(sys.modules["imagespace.text"], "warm", None)
             try:
-                if warm_words is not None:
-                    warm_words()  # WordNet's words, outside the search lock (the sentence model waits for its first use)
+                warm_words()  # WordNet's words, outside the search lock (the sentence model waits for its first use)
                 torch = sys.modules.get("torch")
                 if torch is not None:  # the words side runs in PyTorch: one sentence, one thread
                     torch.set_num_threads(QUERY_THREADS)
                 self.model()
-                self.with_searcher(lambda s: search_text(s, "daisy", k=1))
+                self.with_searcher(lambda s: s.query(text="daisy", k=1))
             except (QueryError, EmptyCollection, CollectionError):
                 pass
             self._text_ready = True
@@ -221,20 +220,15 @@ class Engine:
         return model.embed(decoded.pixels[None]).vectors[0]
 
     def by_vector(self, vector: np.ndarray, **opts) -> list[Hit]:
-        return self.with_searcher(lambda s: s.by_vector(vector, **opts))
+        return self.with_searcher(lambda s: s.query(vector=vector, **opts).hits)
 
     def similar(self, row: Row, **opts) -> list[Hit]:
-        return self.with_searcher(lambda s: s.by_path(row.path, **opts))
+        return self.with_searcher(lambda s: s.query(like=row.path, **opts).hits)
 
     def by_text(self, text: str, *, k: int, offset: int, where: str | None, min_score: float | None) -> tuple[list[Hit], dict]:
-        search_text = _optional("imagespace.text", "search_text", "search by words")
         self._load_text_side()  # first use: load the models without holding up other queries
-
-        def run(s: Searcher):
-            hits, extra = search_text(s, text, k=k + offset, where=where, min_score=min_score)
-            return hits[offset : offset + k], extra
-
-        return self.with_searcher(run)
+        answer = self.with_searcher(lambda s: s.query(text=text, k=k, offset=offset, where=where, min_score=min_score))
+        return answer.hits, answer.extra
 
     def recommend(self, like: list[int], unlike: list[int], k: int) -> list[Hit]:
         recommend = _optional("imagespace.analysis.recommend", "recommend", "recommendations")
@@ -264,6 +258,19 @@ class Engine:
     def layout(self, max_points: int) -> tuple[np.ndarray, np.ndarray]:
         layout = _optional("imagespace.analysis.maps", "layout", "the map")
         return self._cached(("map", max_points), lambda c: layout(c, max_points=max_points))
+
+    def map_grid(self, max_points: int, aspect: float, ids: list[int], xy: np.ndarray, tags: list):
+        """The layout as a grid of the window's shape, with labelled regions (cached like the layout)."""
+        key = ("map-grid", max_points, aspect, len(ids))
+        seq = self.seq()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == seq:
+                return hit[1]
+        value = map_grid(xy, tags, aspect=aspect)
+        with self._cache_lock:
+            self._cache[key] = (seq, value)
+        return value
 
     def _with_reader(self, fn: Callable[[Collection], Any]) -> Any:
         with Collection(self.root, create=False, readonly=True) as c:
@@ -309,12 +316,10 @@ class Engine:
                 self._job.done, self._job.total = done, total
 
         try:
-            from ..models import DEFAULT_MODEL, create_model
-
             with Collection(self.root, create=False) as c:
-                spec = c.model_spec or DEFAULT_MODEL
+                spec = resolve_model_spec(None, c.model_spec)
                 model = create_model(spec)  # all cores for batches (queries use one)
-                report = c.sync(roots, model, model_spec=spec, progress=False, on_progress=progress)
+                report = sync(c, roots, model, model_spec=spec, progress=False, on_progress=progress)
             with self._job_lock:
                 self._job.state, self._job.report = "done", report.to_dict()
         except Exception as e:  # noqa: BLE001 - the run's failure is reported, never raised into a thread

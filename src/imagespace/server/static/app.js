@@ -3,7 +3,8 @@
 
 const $ = (sel) => document.querySelector(sel);
 const view = () => $("#view");
-const state = { like: new Map(), unlike: new Map(), lastUpload: null, indexTimer: null };
+// nav counts navigations: a view whose answer arrives after the user went elsewhere drops it
+const state = { like: new Map(), unlike: new Map(), lastUpload: null, indexTimer: null, nav: 0 };
 
 // -- small helpers ------------------------------------------------------------------------
 
@@ -45,6 +46,11 @@ async function api(path, options = {}) {
 function fail(err) {
   const msg = err instanceof ApiError ? err.message : String(err);
   status(msg, err.status === 501 ? "info" : "error");
+  const v = view();
+  if (v.dataset.loading) {  // the loading line gives way to the reason
+    v.replaceChildren(el("p", { class: "empty", text: msg }));
+    delete v.dataset.loading;
+  }
 }
 
 function fmtBytes(n) {
@@ -59,17 +65,24 @@ function plural(n, one, many) { return `${n.toLocaleString()} ${n === 1 ? one : 
 
 // -- results grid -------------------------------------------------------------------------
 
+// Below this cosine a neighbour is a weak match (the library's WEAK_MATCH; README, "What a score means").
+const WEAK_MATCH = 0.5;
+
 function card(item) {
   const img = el("img", { src: item.thumb, alt: basename(item.path), loading: "lazy", decoding: "async", width: 256, height: 256 });
   const open = el("a", { href: `#/image/${item.id}`, class: "thumb", title: item.path }, img);
+  // the hedged tag ("flower 62%") when the network is confident of a concept, else its guesses
+  const tags = item.tag ? `${item.tag.name} ${(item.tag.confidence * 100).toFixed(0)}%` : (item.tags || []).slice(0, 3).join(" · ");
+  const hasScore = item.score !== null && item.score !== undefined;
+  const weak = hasScore && item.score < WEAK_MATCH;
   const meta = el("div", { class: "meta" },
-    item.score !== null && item.score !== undefined ? el("span", { class: "score", text: item.score.toFixed(3) }) : null,
-    // the hedged tag ("flower 62%") when the network is confident of a concept, else its guesses
-    el("span", { class: "tags", text: item.tag ? `${item.tag.name} ${(item.tag.confidence * 100).toFixed(0)}%` : (item.tags || []).slice(0, 3).join(" · ") }));
+    hasScore ? el("span", { class: weak ? "score weak" : "score", text: item.score.toFixed(3),
+      title: weak ? "a weak match: below 0.5 the two pictures have little in common" : "cosine similarity: 1 is the same picture" }) : null,
+    el("span", { class: "tags", text: tags, title: (item.tags || []).join(", ") }));
   const actions = el("div", { class: "actions" },
-    el("button", { type: "button", class: "like", title: "More like this", text: "+ more like this", onclick: () => addTo("like", item) }),
+    el("button", { type: "button", class: "like", title: "More like this", text: "+ more", onclick: () => addTo("like", item) }),
     el("button", { type: "button", class: "unlike", title: "Less like this", text: "− less", onclick: () => addTo("unlike", item) }));
-  return el("figure", { class: "card", "data-id": item.id }, open, meta, actions);
+  return el("figure", { class: weak ? "card weak" : "card", "data-id": item.id }, open, meta, actions);
 }
 
 function grid(items, emptyText = "No results.") {
@@ -82,10 +95,27 @@ function show(name, ...nodes) {
   v.replaceChildren(...nodes);
   v.classList.toggle("full", false);
   v.dataset.view = name;  // which view is on screen (tests and styles use it)
+  delete v.dataset.loading;
   window.scrollTo(0, 0);  // a new view starts at its top
 }
 
 function heading(text, extra) { return el("h2", {}, text, extra || null); }
+
+// A view that takes a while: the old view goes at once, and a line says what is happening
+// and for how long, until the answer replaces it.
+function loading(name, message, container) {
+  const started = performance.now();
+  const clock = el("span", { class: "elapsed" });
+  const panel = el("p", { class: "loading" }, el("span", { class: "spinner", "aria-hidden": "true" }), el("span", {}, `${message}… `, clock));
+  if (container) container.replaceChildren(panel);
+  show(name, container || panel);
+  view().dataset.loading = "true";
+  status("");
+  const timer = setInterval(() => {
+    if (!panel.isConnected) { clearInterval(timer); return; }
+    clock.textContent = `${Math.round((performance.now() - started) / 1000)} s`;
+  }, 1000);
+}
 
 // -- like / unlike tray -------------------------------------------------------------------
 
@@ -111,11 +141,14 @@ function renderTray() {
 async function recommend() {
   if (!state.like.size) { status("Add at least one image with “more like this”."); return; }
   if (location.hash !== "#/recommend") { location.hash = "#/recommend"; return; }
+  const nav = state.nav;
   status("Finding more like these…");
   try {
     const body = JSON.stringify({ like: [...state.like.keys()], unlike: [...state.unlike.keys()], k: 48 });
     const r = await api("/recommend", { method: "POST", headers: { "Content-Type": "application/json" }, body });
-    show("recommend", heading(`More like ${state.like.size}, less like ${state.unlike.size}`), grid(r.results));
+    if (nav !== state.nav) return;
+    show("recommend", heading(`More like ${state.like.size}, less like ${state.unlike.size}`,
+      el("span", { class: "muted", text: "· ordered for variety, not by score alone" })), grid(r.results));
     status("");
   } catch (e) { fail(e); }
 }
@@ -124,8 +157,10 @@ async function recommend() {
 
 async function home(offset = 0) {
   const pageSize = 48;
+  const nav = state.nav;
   try {
     const [info, items] = await Promise.all([api("/info"), api(`/images?limit=${pageSize}&offset=${offset}`)]);
+    if (nav !== state.nav) return;
     const pager = el("div", { class: "row pager" },
       offset > 0 ? el("button", { type: "button", text: "← Previous", onclick: () => home(Math.max(0, offset - pageSize)) }) : null,
       offset + items.length < info.images ? el("button", { type: "button", text: "Next →", onclick: () => home(offset + pageSize) }) : null);
@@ -140,8 +175,10 @@ async function searchWords(q) {
   $("#q").value = q;
   status(`Searching for “${q}”…`);
   const started = performance.now();
+  const nav = state.nav;
   try {
     const r = await api(`/search?q=${encodeURIComponent(q)}&k=48`);
+    if (nav !== state.nav) return;
     const understood = r.understood_as && r.understood_as.length
       ? el("span", { class: "muted", text: " — understood as " + r.understood_as.map((c) => c.concept || c.label || JSON.stringify(c)).join(", ") }) : null;
     show("search", heading(`Results for “${q}”`, understood), grid(r.results));
@@ -152,11 +189,13 @@ async function searchWords(q) {
 async function searchUpload(file) {
   if (!file) return;
   state.lastUpload = file;
+  const nav = ++state.nav;  // a search by image is a navigation of its own
   status(`Searching by ${file.name || "the pasted image"}…`);
   const form = new FormData();
   form.append("file", file, file.name || "pasted.png");
   try {
     const r = await api("/search/image?k=48", { method: "POST", body: form });
+    if (nav !== state.nav) return;
     const preview = el("img", { class: "query-preview", src: URL.createObjectURL(file), alt: "query image" });
     if (location.hash !== "#/upload") history.pushState(null, "", "#/upload");
     show("upload", heading("Images like this one ", preview), grid(r.results));
@@ -166,8 +205,10 @@ async function searchUpload(file) {
 
 async function imageView(id) {
   status("Loading…");
+  const nav = state.nav;
   try {
     const d = await api(`/images/${id}?k=24`);
+    if (nav !== state.nav) return;
     const big = el("img", { class: "big", src: d.thumb.replace("/thumb?", "/thumb?size=1024&"), alt: basename(d.path) });
     const item = { id: d.id, path: d.path, thumb: d.thumb, tags: d.tags.map((t) => t.label) };
     const facts = el("div", { class: "facts" },
@@ -186,9 +227,11 @@ async function imageView(id) {
 }
 
 async function clustersView() {
-  status("Grouping the collection into clusters (the first time can take a while)…");
+  const nav = state.nav;
+  loading("clusters", "Grouping the collection into clusters (the first time can take a while; the answer is kept until the collection changes)");
   try {
     const r = await api("/clusters");
+    if (nav !== state.nav) return;
     const blocks = r.clusters.map((c) => el("section", { class: "cluster" },
       el("h3", {}, el("a", { href: `#/cluster/${c.id}`, text: c.label }), el("span", { class: "muted", text: " " + plural(c.size, "image", "images") })),
       el("div", { class: "strip" }, c.sample.map((item) => el("a", { href: `#/image/${item.id}`, title: item.path },
@@ -202,16 +245,21 @@ async function clustersView() {
 async function clusterView(id) {
   const saved = JSON.parse(sessionStorage.getItem("clusters") || "[]").find((c) => String(c.id) === String(id));
   if (!saved) { location.hash = "#/clusters"; return; }
+  const nav = state.nav;
   try {
     const items = await api(`/items?ids=${saved.ids.slice(0, 1000).join(",")}`);
+    if (nav !== state.nav) return;
     show("cluster", heading(saved.label, el("span", { class: "muted", text: ` ${saved.ids.length} images` })), grid(items));
   } catch (e) { fail(e); }
 }
 
 async function duplicatesView() {
-  status("Looking for copies and retakes…");
+  const nav = state.nav;
+  loading("duplicates", "Looking for copies and retakes: every image against its nearest neighbours, candidates confirmed by matching local features. "
+    + "The first time takes a while on a large collection; the answer is kept until the collection changes");
   try {
     const r = await api("/duplicates");
+    if (nav !== state.nav) return;
     // details: each group with its tier and each member's reason; older servers send groups only.
     const details = r.details && r.details.length ? r.details : r.groups.map((g) => ({ tier: "copy", items: g, members: g.map((it, n) => ({ id: it.id, kept: n === 0, reason: "", similarity: null })) }));
     const groups = details.map((d) => el("section", { class: `dup-group dup-${d.tier}` },
@@ -235,108 +283,157 @@ async function duplicatesView() {
 }
 
 // -- the map: a canvas that pans (drag) and zooms (wheel, buttons) ------------------------
+// Every image has a cell of its own in a grid of the window's shape (the server places each
+// as near as it can to where its vector fell), so the first view ("Fit") fills the window
+// and nothing overlaps; regions are labelled from their tags. Thumbnails load for the cells
+// in view, at the size the zoom needs, a smaller one standing in until the larger arrives.
+
+// px around the grid at "Fit": room on the right for the zoom buttons, below for the help line
+const MAP_MARGIN = { left: 8, top: 8, right: 60, bottom: 28 };
 
 async function mapView() {
-  status("Laying out the map (the first time can take a while)…");
-  let points;
-  try { points = (await api("/map")).points; } catch (e) { fail(e); return; }
+  const nav = state.nav;
+  const wrap = el("div", { class: "map-wrap" });
+  loading("map", "Laying out the map (the first time can take a while)", wrap);
+  view().classList.add("full");
+  const box = wrap.getBoundingClientRect();
+  const aspect = Math.min(5, Math.max(0.2, (box.width || innerWidth) / Math.max(1, box.height || innerHeight)));
+  let r;
+  try { r = await api(`/map?aspect=${aspect.toFixed(1)}`); } catch (e) { if (nav === state.nav) fail(e); return; }
+  if (nav !== state.nav) return;  // the user went elsewhere meanwhile
+  const points = r.points;
+  const cols = r.cols || 1, rows = r.rows || 1;
   const canvas = el("canvas", { id: "map-canvas", "aria-label": "Map of the collection" });
+  const labels = el("div", { class: "map-labels", "aria-hidden": "true" });
   const zoomIn = el("button", { type: "button", text: "+", title: "Zoom in" });
   const zoomOut = el("button", { type: "button", text: "−", title: "Zoom out" });
   const reset = el("button", { type: "button", text: "Fit", title: "Show everything" });
-  const wrap = el("div", { class: "map-wrap" }, canvas, el("div", { class: "map-controls" }, zoomIn, zoomOut, reset),
-    el("div", { class: "map-help muted", text: `${points.length} images · drag to pan, wheel to zoom, click an image to open it` }));
+  wrap.replaceChildren(canvas, labels, el("div", { class: "map-controls" }, zoomIn, zoomOut, reset),
+    el("div", { class: "map-help muted", text: `${points.length} images, similar ones side by side · drag to pan, wheel or +/− to zoom, click an image to open it` }));
   show("map", wrap);
   view().classList.add("full");
   status("");
   const ctx = canvas.getContext("2d");
-  const images = new Map();
-  const cam = { x: 0, y: 0, scale: 1 };
+  const images = new Map();  // "id/size" -> Image
+  const byCell = new Map(points.map((p) => [`${p.gx},${p.gy}`, p]));
+  const regionNodes = (r.regions || []).slice().sort((a, b) => b.size - a.size).map((g) => {
+    const node = el("span", { class: "map-label", text: g.label, title: `${g.label}: ${plural(g.size, "image", "images")}` });
+    labels.append(node);
+    return { g, node };
+  });
+  const cam = { x: 0, y: 0, sx: 1, sy: 1, fitted: true };  // screen = cam.x + column * cam.sx (and y, rows)
   let width = 0, height = 0, pending = false;
+  const dpr = () => window.devicePixelRatio || 1;
 
   function fit() {
-    const margin = 40;
-    cam.scale = Math.max(1, Math.min(width, height) - 2 * margin);
-    cam.x = (width - cam.scale) / 2;
-    cam.y = (height - cam.scale) / 2;
+    const m = width < 600 ? { ...MAP_MARGIN, right: 8 } : MAP_MARGIN;  // a phone: the buttons float over the grid
+    cam.sx = Math.max(1, (width - m.left - m.right) / cols);
+    cam.sy = Math.max(1, (height - m.top - m.bottom) / rows);
+    cam.x = m.left; cam.y = m.top;
+    cam.fitted = true;
   }
   function resize() {
-    const r = wrap.getBoundingClientRect();
-    const dpr = window.devicePixelRatio || 1;
-    width = r.width; height = r.height;
-    canvas.width = Math.round(width * dpr); canvas.height = Math.round(height * dpr);
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    const b = wrap.getBoundingClientRect();
+    const refit = width === 0;
+    width = b.width; height = b.height;
+    canvas.width = Math.round(width * dpr()); canvas.height = Math.round(height * dpr());
+    ctx.setTransform(dpr(), 0, 0, dpr(), 0, 0);
+    if (refit) fit();
   }
-  function thumbSize() { return Math.max(4, Math.min(96, cam.scale / Math.sqrt(points.length) * 0.9)); }
+  function wanted(cell) { return cell * dpr() <= 128 ? 128 : cell * dpr() <= 256 ? 256 : 512; }
+  function thumb(p, size) {
+    const key = `${p.id}/${size}`;
+    let im = images.get(key);
+    if (!im) {
+      im = new Image();
+      im.onload = schedule;
+      im.src = p.thumb.replace("/thumb?", `/thumb?size=${size}&`);
+      images.set(key, im);
+    }
+    return im;
+  }
+  function loaded(p, size) {
+    const exact = thumb(p, size);
+    if (exact.complete && exact.naturalWidth) return exact;
+    for (const other of [512, 256, 128]) {  // a smaller (or larger) one already here stands in
+      const im = images.get(`${p.id}/${other}`);
+      if (im && im.complete && im.naturalWidth) return im;
+    }
+    return null;
+  }
   function draw() {
     pending = false;
     ctx.clearRect(0, 0, width, height);
-    const s = thumbSize();
-    const showThumbs = s >= 14;
+    const cw = cam.sx, ch = cam.sy, pad = Math.min(cw, ch) > 24 ? 2 : 1;
+    const size = wanted(Math.max(cw, ch));
+    let drawn = 0;
     for (const p of points) {
-      const x = cam.x + p.x * cam.scale, y = cam.y + p.y * cam.scale;
-      if (x < -s || y < -s || x > width + s || y > height + s) continue;
-      if (showThumbs) {
-        let im = images.get(p.id);
-        if (!im) {
-          im = new Image();
-          im.onload = schedule;
-          im.src = p.thumb.replace("/thumb?", "/thumb?size=128&");
-          images.set(p.id, im);
-        }
-        if (im.complete && im.naturalWidth) {
-          const k = s / Math.max(im.naturalWidth, im.naturalHeight);
-          ctx.drawImage(im, x - im.naturalWidth * k / 2, y - im.naturalHeight * k / 2, im.naturalWidth * k, im.naturalHeight * k);
-          continue;
-        }
+      const x = cam.x + p.gx * cw, y = cam.y + p.gy * ch;
+      if (x + cw < 0 || y + ch < 0 || x > width || y > height) continue;
+      const im = Math.min(cw, ch) >= 6 ? loaded(p, size) : null;
+      if (im) {
+        const k = Math.min((cw - 2 * pad) / im.naturalWidth, (ch - 2 * pad) / im.naturalHeight);
+        const w = im.naturalWidth * k, h = im.naturalHeight * k;
+        ctx.drawImage(im, x + (cw - w) / 2, y + (ch - h) / 2, w, h);
+        drawn++;
+      } else {
+        ctx.fillStyle = "#dfe4ec";  // the cell, until its thumbnail arrives
+        ctx.fillRect(x + pad, y + pad, cw - 2 * pad, ch - 2 * pad);
       }
-      ctx.fillStyle = "#4f7cff";
-      ctx.fillRect(x - 2, y - 2, 4, 4);
     }
+    // Region labels, largest region first; one that would cover another label is left out.
+    const placed = [];
+    for (const { g, node } of regionNodes) {
+      const w = node.offsetWidth, h = node.offsetHeight;
+      const left = Math.min(Math.max(cam.x + g.x * cw - w / 2, 4), width - w - 4);
+      const top = Math.min(Math.max(cam.y + g.y * ch - h / 2, 4), height - h - 4);
+      const clash = placed.some((b) => left < b.right && b.left < left + w && top < b.bottom && b.top < top + h);
+      node.style.visibility = clash ? "hidden" : "visible";
+      node.style.transform = `translate(${left}px, ${top}px)`;
+      if (!clash) placed.push({ left, top, right: left + w + 6, bottom: top + h + 4 });
+    }
+    canvas.dataset.view = JSON.stringify({ x: cam.x, y: cam.y, sx: cam.sx, sy: cam.sy, cols, rows });
+    canvas.dataset.drawn = String(drawn);  // thumbnails on screen (tests wait for them)
   }
   function schedule() { if (!pending) { pending = true; requestAnimationFrame(draw); } }
   function zoomAt(factor, cx, cy) {
-    const next = Math.min(Math.max(cam.scale * factor, 50), 200000);
-    factor = next / cam.scale;
+    const fitted = (width - MAP_MARGIN.left - MAP_MARGIN.right) / cols;
+    const next = Math.min(Math.max(cam.sx * factor, fitted * 0.5), Math.max(fitted * 2, 600));
+    factor = next / cam.sx;
     cam.x = cx - (cx - cam.x) * factor;
     cam.y = cy - (cy - cam.y) * factor;
-    cam.scale = next;
+    cam.sx *= factor; cam.sy *= factor;
+    cam.fitted = false;
     schedule();
   }
   function pointAt(cx, cy) {
-    const s = Math.max(thumbSize(), 8) / 2;
-    let best = null, bestD = Infinity;
-    for (const p of points) {
-      const dx = cam.x + p.x * cam.scale - cx, dy = cam.y + p.y * cam.scale - cy;
-      const d = Math.max(Math.abs(dx), Math.abs(dy));
-      if (d <= s && d < bestD) { best = p; bestD = d; }
-    }
-    return best;
+    return byCell.get(`${Math.floor((cx - cam.x) / cam.sx)},${Math.floor((cy - cam.y) / cam.sy)}`) || null;
   }
   let drag = null;
-  canvas.addEventListener("wheel", (e) => { e.preventDefault(); const r = canvas.getBoundingClientRect(); zoomAt(Math.exp(-e.deltaY * 0.0015), e.clientX - r.left, e.clientY - r.top); }, { passive: false });
+  canvas.addEventListener("wheel", (e) => { e.preventDefault(); const b = canvas.getBoundingClientRect(); zoomAt(Math.exp(-e.deltaY * 0.0015), e.clientX - b.left, e.clientY - b.top); }, { passive: false });
   canvas.addEventListener("pointerdown", (e) => { drag = { x: e.clientX, y: e.clientY, moved: 0 }; canvas.setPointerCapture(e.pointerId); });
   canvas.addEventListener("pointermove", (e) => {
     if (!drag) return;
     const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
     drag.moved += Math.abs(dx) + Math.abs(dy); drag.x = e.clientX; drag.y = e.clientY;
-    cam.x += dx; cam.y += dy; schedule();
+    cam.x += dx; cam.y += dy; cam.fitted = false; schedule();
   });
   canvas.addEventListener("pointerup", (e) => {
     const wasClick = drag && drag.moved < 5;
     drag = null;
     if (!wasClick) return;
-    const r = canvas.getBoundingClientRect();
-    const p = pointAt(e.clientX - r.left, e.clientY - r.top);
+    const b = canvas.getBoundingClientRect();
+    const p = pointAt(e.clientX - b.left, e.clientY - b.top);
     if (p) location.hash = `#/image/${p.id}`;
   });
   zoomIn.addEventListener("click", () => zoomAt(1.5, width / 2, height / 2));
   zoomOut.addEventListener("click", () => zoomAt(1 / 1.5, width / 2, height / 2));
   reset.addEventListener("click", () => { fit(); schedule(); });
-  const observer = new ResizeObserver(() => { resize(); schedule(); });
+  const observer = new ResizeObserver(() => { const wasFit = cam.fitted; resize(); if (wasFit) fit(); schedule(); });
   observer.observe(wrap);
   resize(); fit(); draw();
   canvas.dataset.points = String(points.length);
+  canvas.dataset.aspect = aspect.toFixed(1);  // the grid's shape asked of /api/map
 }
 
 // -- indexing -----------------------------------------------------------------------------
@@ -385,6 +482,7 @@ async function giveToken(token) {
 // -- routing ------------------------------------------------------------------------------
 
 function route() {
+  state.nav++;
   const hash = location.hash || "#/";
   const [path, query] = hash.slice(1).split("?");
   const params = new URLSearchParams(query || "");

@@ -1,6 +1,6 @@
 """The rows' exact vectors in a flat file, for re-scoring a reduced index's candidates.
 
-A reduced index (see :mod:`imagespace.index`) finds candidates in a graph of compressed
+A reduced index (see :mod:`imagespace.index.hnsw`) finds candidates in a graph of compressed
 projections and scores them again with the rows' exact float32 vectors. Reading those 24
 rows from SQLite took 0.25 ms a query at 1,000,000 rows (each row spans a page and an
 overflow page), a third of the whole search; from this file, row ``id`` at a fixed offset,
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .collection import Collection
+from ..collection import Collection
 
 RESCORE_FILE = "vectors.rescore.f32"
 FORMAT = 1

@@ -19,7 +19,8 @@ the collection has grown enough since it was last measured), it measures itself:
    that one answer, so a sweep costs a few batched searches of 200 queries.
 4. The cheapest setting whose recall@10 on the sample is at least ``TARGET_RECALL`` wins
    (cost estimated from the figures quoted at :func:`graph_cost` and :func:`compressed_cost`);
-   when none does, the best one found is kept and its recall says so (``check`` warns).
+   when none does, the cheapest within ``NEAR_BEST`` of the best recall seen is kept, and
+   its recall says so (``check`` warns).
 
 The result (:class:`Tuning`) is saved in the index's description and searched with.
 Collections small enough for exact search need no sweep: recall 1.0, exact.
@@ -124,8 +125,7 @@ class SampleTruth:
 
 def sample_truth(collection, count: int, n: int = SAMPLE_QUERIES, seed: int = 0) -> SampleTruth:
     """An empty :class:`SampleTruth` for ``n`` random stored rows (fill it with ``update``)."""
-    rows = [r[0] for r in collection.conn.execute("SELECT id FROM images WHERE model=? ORDER BY id",
-                                                  (collection.model_id,))] if count else []
+    rows = collection.ids() if count else []
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(len(rows), size=min(n, len(rows)), replace=False).tolist()) if rows else []
     ids, vecs = collection.vectors([rows[i] for i in picked])
@@ -199,13 +199,16 @@ def _reaches(truth: SampleTruth, cand: np.ndarray, sims: np.ndarray, target: flo
     return recall_at_k(top_k_without_self(truth.ids, cand, sims, truth.k), truth.truth) >= target
 
 
+# When no setting reaches the target: the cheapest within this much of the best recall seen
+# (the largest settings can cost 100x the latency for the last 0.005).
+NEAR_BEST = 0.005
+
+
 def _choose(tried: list[tuple[float, float, dict]], target: float) -> tuple[dict, float]:
-    """The cheapest (cost, recall, knobs) at or above ``target``; else the best recall."""
-    good = [t for t in tried if t[1] >= target]
-    if good:
-        cost, rec, knobs = min(good, key=lambda t: (t[0], -t[1]))
-    else:
-        cost, rec, knobs = max(tried, key=lambda t: (t[1], -t[0]))
+    """The cheapest (cost, recall, knobs) at or above ``target``; else the cheapest near the best."""
+    best = max(t[1] for t in tried)
+    good = [t for t in tried if t[1] >= min(target, best - NEAR_BEST)]
+    cost, rec, knobs = min(good, key=lambda t: (t[0], -t[1]))
     return knobs, rec
 
 
@@ -264,7 +267,7 @@ def tune_graph(index, truth: SampleTruth, target: float = TARGET_RECALL) -> Tuni
 
 
 def tune_compressed(core, truth: SampleTruth, target: float = TARGET_RECALL) -> Tuning:
-    """Sweep a :class:`~imagespace.large_index.CompressedIndex`'s ``nprobe`` and re-rank depth;
+    """Sweep a :class:`~imagespace.index.ivfpq.CompressedIndex`'s ``nprobe`` and re-rank depth;
     its ``nprobe`` is left as it was."""
     started = time.perf_counter()
     k = truth.k

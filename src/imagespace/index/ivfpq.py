@@ -6,10 +6,10 @@ search process holds only the small coarse quantiser and the pages of the lists 
 The compressed distances only choose candidates: the top ``rerank`` of them are scored
 again with the exact float vectors, fetched from wherever the collection keeps them
 (SQLite rows for a collection, :class:`Float16Store` for a bare file of vectors), so the
-scores are exact cosine similarities, as with :class:`index.VectorIndex`.
+scores are exact cosine similarities, as with :class:`hnsw.VectorIndex`.
 
-:class:`LargeIndex` has :class:`index.VectorIndex`'s search surface (``search(queries, k) ->
-(ids, cosine sims)``, ``len``, ``seq``); :func:`open_index` picks one of the two by size or
+:class:`LargeIndex` has :class:`hnsw.VectorIndex`'s search surface (``search(queries, k) ->
+(ids, cosine sims)``, ``len``, ``seq``); :func:`imagespace.index.open_index` picks one of the two by size or
 by name.
 """
 
@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .collection import Collection
-from .index import saved_description
-from .index_tuning import SampleTruth, Tuning, describe, measured_truth, sample_truth, tune_compressed
+from ..collection import Collection
+from .tuning import SampleTruth, Tuning, describe, measured_truth, sample_truth, tune_compressed
 
 LARGE_FILE = "vectors.ivfpq.faiss"
 LARGE_META = "vectors.ivfpq.json"
@@ -41,7 +40,6 @@ LARGE_LIMIT = 2_000_000
 # Rows written since the on-disk index was built are searched exactly from memory; past
 # this share of the collection the index is rebuilt instead.
 MAX_DELTA_SHARE = 0.10
-INDEX_KINDS = ("auto", "hnsw", "ivfpq")
 
 # fetch(ids) -> float32 vectors, one row per id in the order given
 VectorFetch = Callable[[np.ndarray], np.ndarray]
@@ -231,7 +229,7 @@ class LargeIndex:
     # The file is written when the index is built; later rows are replayed on opening and
     # never saved, so there is never anything unsaved (the same surface as VectorIndex).
     dirty: bool = False
-    # The self-check's measurement (index_tuning); `auto`: its knobs are searched with.
+    # The self-check's measurement (index/tuning.py); `auto`: its knobs are searched with.
     tuning: Tuning | None = None
     auto: bool = True
 
@@ -287,15 +285,14 @@ class LargeIndex:
     @classmethod
     def build(cls, collection: Collection, settings: LargeSettings | None = None) -> LargeIndex:
         """Without ``settings``, the new index also measures its recall on the rows and
-        searches with the cheapest nprobe and re-rank depth reaching the target (index_tuning)."""
+        searches with the cheapest nprobe and re-rank depth reaching the target (index/tuning.py)."""
         auto = settings is None
         settings = settings or LargeSettings()
         seq = collection.seq
         n = collection.count(collection.model_id)
         if n == 0:
             raise ValueError("the collection has no vectors yet: index some images first")
-        sample_ids = [r[0] for r in collection.conn.execute(
-            "SELECT id FROM images WHERE model=? ORDER BY random() LIMIT ?", (collection.model_id, settings.train_size))]
+        sample_ids = collection.sample_ids(settings.train_size)
         _, sample = collection.vectors(sample_ids)
         truth = sample_truth(collection, n) if auto else None
 
@@ -322,6 +319,10 @@ class LargeIndex:
                  tuning=tuning, auto=auto)
         me._catch_up()
         return me
+
+    def refresh(self) -> bool:
+        """Take in the rows changed since the index was opened; False when a rebuild is due."""
+        return self.seq == self.collection.seq or self._catch_up()
 
     def _catch_up(self) -> bool:
         """Take in the rows changed after the build; False when a rebuild is due."""
@@ -357,38 +358,3 @@ def _write_json(path: Path, doc: dict) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc))
     os.replace(tmp, path)
-
-
-def _uses_compressed(collection: Collection) -> bool:
-    return (collection.root / LARGE_META).exists() or collection.count(collection.model_id) >= LARGE_LIMIT
-
-
-def describe_index(collection: Collection) -> dict:
-    """The index ``open_index(collection)`` would search with, from its saved description:
-    kind, search settings and measured recall. Nothing is opened or built (``info`` and
-    ``check`` must stay quick on a collection whose index is due for a rebuild)."""
-    if _uses_compressed(collection):
-        try:
-            meta = json.loads((collection.root / LARGE_META).read_text())
-            tuning = Tuning.from_dict(meta.get("tuning"))
-            s = meta["settings"]
-            knobs = {key: s.get(key) for key in ("nprobe", "rerank", "nlist", "pq_m", "pca_dim")}
-            return describe("ivfpq", int(meta.get("count", 0)), knobs, tuning)
-        except (OSError, ValueError, KeyError, TypeError):
-            return {"kind": "ivfpq", "state": "not built yet: built at the next indexing run or search"}
-    return saved_description(collection) or {"kind": None, "state": "not built yet: built at the next indexing run or search"}
-
-
-def open_index(collection: Collection, kind: str = "auto"):
-    """The index to search ``collection`` with: ``hnsw`` (:class:`VectorIndex`, in memory),
-    ``ivfpq`` (:class:`LargeIndex`, compressed on disk) or ``auto`` (by size, or whichever
-    the collection was last given)."""
-    if kind not in INDEX_KINDS:
-        raise ValueError(f"unknown index kind {kind!r}: use one of {', '.join(INDEX_KINDS)}")
-    if kind == "auto":
-        kind = "ivfpq" if _uses_compressed(collection) else "hnsw"
-    if kind == "ivfpq":
-        return LargeIndex.open(collection)
-    from .index import VectorIndex
-
-    return VectorIndex.open(collection)

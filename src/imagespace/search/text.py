@@ -29,11 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import concepts as wordnet_concepts
-from .concept_search import concept_classes, search_concepts
-from .search import Hit, QueryError, Searcher, compile_where, exact_search
-from .sentence_onnx import SentenceModelError, sentence_model
-from .user_labels import load_user_labels, model_labels
+from .. import concepts as wordnet_concepts
+from ..collection import Collection
+from ..images import ImageError, load_pil
+from ..index import exact_search
+from ..models.cache import cache_dir, file_digest, text_digest
+from ..models.labels import imagenet_labels
+from ..models.networks import NETWORKS
+from ..sentence_onnx import SentenceModelError, sentence_model
+from ..user_labels import UserLabels, load_user_labels, model_labels
+from .results import QueryError
 
 # A class name must be at least this similar to the words to count as what they mean:
 # on MiniLM, exact or near names score 0.65-1.0, while nonsense ("xqzv blorp") and
@@ -55,31 +60,38 @@ class Concept:
     score: float
 
 
-def search_text(
-    searcher: Searcher,
-    text: str,
-    *,
-    text_model: str | os.PathLike[str] | None = None,
-    k: int = 10,
-    where: str | None = None,
-    min_score: float | None = None,
-) -> tuple[list[Hit], dict]:
-    """Images for ``text``; the dict says how the words were understood (for the JSON answer)."""
-    text = (text or "").strip()
-    if not text:
-        raise QueryError("give some words to search for")
-    if text_model is not None:
-        return _search_clip(searcher, text, Path(text_model), k=k, where=where, min_score=min_score)
-    user = load_user_labels(searcher.collection.root)
-    own_words = [*(user.classes if user else ()), *model_labels(searcher.collection.model_spec)]
+def understand_words(collection: Collection, text: str) -> tuple[wordnet_concepts.Understanding, UserLabels | None]:
+    """What ``text`` names: WordNet concepts and the collection's own words (``classify
+    --train`` labels, a trained model's classes), else (no WordNet noun in the words) the
+    class names most like them by the sentence model; QueryError ("no concept matched")
+    when none is close enough."""
+    user = load_user_labels(collection.root)
+    own_words = [*(user.classes if user else ()), *model_labels(collection.model_spec)]
     understanding = wordnet_concepts.understand(text, user_labels=own_words)
     if not understanding.concepts:
-        # No WordNet noun in the words: the class names most like them, by the sentence
-        # model; a QueryError ("no concept matched") when none is close enough.
         similar = understand(text)
         understanding = wordnet_concepts.Understanding(
             [wordnet_concepts.Concept(text, c.name, (c.index,), "similar name") for c in similar], [])
-    return _search_wordnet(searcher, understanding, user, k=k, where=where, min_score=min_score)
+    return understanding, user
+
+
+def explain(understanding: wordnet_concepts.Understanding) -> dict:
+    """How the words were understood, for the JSON answer."""
+    labels = wordnet_concepts.wordnet().labels
+    extra = {"understood_as": [c.to_dict(labels) for c in understanding.concepts], "score": "probability of the concept"}
+    if understanding.unknown:
+        extra["not_understood"] = understanding.unknown
+    return extra
+
+
+def classes_vector(collection: Collection, classes: list[int]) -> np.ndarray | None:
+    """A query vector for ImageNet ``classes``: their classifier rows summed, L2-normalised;
+    None when the collection's model has no such rows."""
+    rows = _classifier_rows(collection)
+    if rows is None or not classes:
+        return None
+    query = rows[classes].sum(0)
+    return query / max(float(np.linalg.norm(query)), 1e-12)
 
 
 def warm() -> None:
@@ -87,30 +99,14 @@ def warm() -> None:
     wordnet_concepts.wordnet()
 
 
-def _search_wordnet(searcher: Searcher, understanding, user, *, k: int, where: str | None, min_score: float | None) -> tuple[list[Hit], dict]:
-    """Rank by the concepts' summed probabilities; fill up to ``k`` from the classifier rows."""
-    labels = wordnet_concepts.wordnet().labels
-    extra = {"understood_as": [c.to_dict(labels) for c in understanding.concepts], "score": "probability of the concept"}
-    if understanding.unknown:
-        extra["not_understood"] = understanding.unknown
-    hits = search_concepts(searcher, understanding, k=k, where=where, min_score=min_score, user=user)
-    classes = concept_classes(understanding)
-    if len(hits) < k and classes and (min_score is None or min_score <= 0):
-        # Fewer images carry the concept among their top tags than asked for: the rest come
-        # from the concept's classifier rows in vector space, scored 0 (no stored probability).
-        rows = _classifier_rows(searcher.collection)
-        if rows is not None:
-            query = rows[classes].sum(0)
-            query /= max(float(np.linalg.norm(query)), 1e-12)
-            more = searcher.by_vector(query, k=k - len(hits), where=where, exclude={h.id for h in hits})
-            hits += [Hit(h.id, h.path, 0.0, h.tags, h.width, h.height, h.size) for h in more]
-    return hits, extra
-
-
 def understand(text: str, *, min_score: float = MIN_CONCEPT_SCORE) -> list[Concept]:
-    """The ImageNet classes that ``text`` names, best first; QueryError if none fits."""
-    from .models.labels import imagenet_labels
+    """The ImageNet classes whose names are most like ``text`` (sentence model), best first;
+    QueryError if none fits.
 
+    Example:
+        >>> [c.name for c in understand("a hound")]  # doctest: +SKIP
+        ['beagle', ...]
+    """
     labels = imagenet_labels()
     model = _sentence_model()
     query = model.encode([text])[0]
@@ -144,9 +140,6 @@ def _sentence_model():
 @lru_cache(maxsize=1)
 def _label_vectors() -> np.ndarray:
     """MiniLM vectors of the class names, computed once and kept in the model cache."""
-    from .models.cache import cache_dir, text_digest
-    from .models.labels import imagenet_labels
-
     labels = imagenet_labels()
     path = cache_dir() / f"imagenet-labels-minilm-{text_digest(*labels)}.npy"
     if path.is_file():
@@ -165,25 +158,24 @@ def _label_vectors() -> np.ndarray:
 def _classifier_rows(collection) -> np.ndarray | None:
     """The ImageNet classifier's rows (1000, dim), L2-normalised, if the collection's model has them.
 
-    Only the default EfficientNet-Lite0 is known to put its image vectors in the space of
-    these rows (GeM-pooled features of the same backbone); for any other model, None.
+    Only the pretrained EfficientNet-Lite networks are known to put their image vectors in
+    the space of these rows (GeM-pooled features of the same backbone); for any other model
+    (a trained head, int8), None.
     """
     model_id = collection.model_id or ""
-    if not model_id.startswith("efficientnet-lite0/"):
+    arch = model_id.split("/", 1)[0]
+    if arch not in NETWORKS or "/int8-" in model_id:
         return None
     try:
-        from .models.efficientnet import default_weights_path
+        weights = NETWORKS[arch].weights_path()
     except ImportError:
         return None
-    weights = default_weights_path()
     digest = model_id.rsplit("/", 1)[-1]
     return _load_classifier_rows(str(weights), digest, collection.dim)
 
 
 @lru_cache(maxsize=4)
 def _load_classifier_rows(weights: str, digest: str, dim: int | None) -> np.ndarray | None:
-    from .models.cache import cache_dir, file_digest
-
     if file_digest(weights)[:12] != digest:
         return None  # the collection was made with other weights of the same network
     path = cache_dir() / f"imagenet-fc-{digest}.npy"
@@ -204,10 +196,6 @@ def _load_classifier_rows(weights: str, digest: str, dim: int | None) -> np.ndar
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
-def _as_hit(row, score: float) -> Hit:
-    return Hit(row.id, row.path, float(score), row.tags, row.width, row.height, row.size)
-
-
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")
     np.save(tmp, array)
@@ -217,23 +205,15 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 # -- CLIP: open vocabulary with a local model -----------------------------------------------
 
 
-def _search_clip(
-    searcher: Searcher, text: str, folder: Path, *, k: int, where: str | None, min_score: float | None
-) -> tuple[list[Hit], dict]:
+def clip_scores(collection: Collection, text: str, folder: Path, allowed: list[int], k: int) -> tuple[list[tuple[int, float]], dict]:
+    """The ``k`` best of ``allowed`` rows for ``text`` by a local CLIP model, and how the words
+    were understood (for the JSON answer)."""
     clip = _load_clip(str(folder.resolve()))
     query = clip.embed_text(text)
-    collection = searcher.collection
-    if where:
-        sql, params = compile_where(where)
-        allowed = [r[0] for r in collection.conn.execute(f"SELECT id FROM images WHERE ({sql})", params)]
-    else:
-        allowed = [r[0] for r in collection.conn.execute("SELECT id FROM images")]
     ids, vecs = _clip_image_vectors(collection, clip, allowed)
     found, scores = exact_search(query, ids, vecs, k)
-    pairs = [(int(i), float(s)) for i, s in zip(found, scores) if min_score is None or s >= min_score]
-    rows = collection.rows(i for i, _ in pairs)
-    hits = [_as_hit(rows[i], s) for i, s in pairs if i in rows]
-    return hits, {"understood_as": [{"concept": text, "score": 1.0}], "text_model": str(folder)}
+    scored = [(int(i), float(s)) for i, s in zip(found, scores)]
+    return scored, {"understood_as": [{"concept": text, "score": 1.0}], "text_model": str(folder)}
 
 
 class _Clip:
@@ -313,8 +293,6 @@ def _clip_image_vectors(collection, clip: _Clip, ids: list[int]) -> tuple[np.nda
     The cache is keyed by the CLIP folder and holds each row's digest, so an edited file is
     embedded again.
     """
-    from .images import ImageError, load_pil
-
     path = collection.root / f"clip-{clip.key}.npz"
     cached: dict[int, tuple[str, np.ndarray]] = {}
     with _lock:

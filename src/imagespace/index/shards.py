@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .collection import Collection, Row, SyncReport, _scan
+from ..collection import Collection, Row
+from ..indexing import SyncReport, scan_paths, sync
+from ..models import create_model
+from . import open_index
 
 SHARD_STRIDE = 1 << 40  # row ids of one shard stay below this
 SHARD_PREFIX = "shard-"
@@ -47,7 +50,7 @@ def plan_shards(paths: Sequence[str | os.PathLike[str]], shards: int, *, by: str
         raise ValueError("shards must be at least 1")
     plan: dict[str, list[str]] = {shard_name(i): [] for i in range(shards)}
     if by == "hash":
-        for path in sorted(_scan(paths).files):
+        for path in sorted(scan_paths(paths).files):
             plan[shard_name(hash_shard(path, shards))].append(path)
         return plan
     if by != "prefix":
@@ -61,7 +64,7 @@ def plan_shards(paths: Sequence[str | os.PathLike[str]], shards: int, *, by: str
         for entry in sorted(os.scandir(root), key=lambda e: e.name):
             if entry.name.startswith("."):
                 continue
-            groups.append((len(_scan([entry.path]).files), entry.path))
+            groups.append((len(scan_paths([entry.path]).files), entry.path))
     load = [0] * shards
     for size, path in sorted(groups, key=lambda g: (-g[0], g[1])):
         target = min(range(shards), key=lambda i: (load[i], i))
@@ -73,11 +76,9 @@ def plan_shards(paths: Sequence[str | os.PathLike[str]], shards: int, *, by: str
 def build_shard(shard_root: str | os.PathLike[str], paths: Sequence[str], model_spec: str, *,
                 batch_size: int = 32, workers: int | None = None, embedder=None) -> SyncReport:
     """Index ``paths`` into the collection at ``shard_root`` (incremental, resumable)."""
-    from .models import create_model
-
     model = create_model(model_spec)
     with Collection(shard_root) as coll:
-        return coll.sync(list(paths), model, model_spec=model_spec, batch_size=batch_size, workers=workers, embedder=embedder)
+        return sync(coll, list(paths), model, model_spec=model_spec, batch_size=batch_size, workers=workers, embedder=embedder)
 
 
 def build_shards_on_ray(root: str | os.PathLike[str], plan: dict[str, list[str]], model_spec: str, *,
@@ -109,8 +110,6 @@ class ShardedIndex:
     """Search the shards under ``root`` (folders ``shard-NNN``) as one collection."""
 
     def __init__(self, root: str | os.PathLike[str], *, index: str = "auto"):
-        from .large_index import open_index
-
         self.root = Path(root)
         names = sorted(p.name for p in self.root.iterdir() if p.name.startswith(SHARD_PREFIX) and p.is_dir())
         self.collections: list[Collection] = []
@@ -143,6 +142,19 @@ class ShardedIndex:
 
     def __len__(self) -> int:
         return sum(len(i) for i in self.indexes)
+
+    def refresh(self) -> bool:
+        """Each shard's index takes in its new rows; False if one of them must be reopened."""
+        return all([index.refresh() for index in self.indexes])
+
+    def save_if_changed(self) -> None:
+        """Write each shard's index that changed."""
+        for index in self.indexes:
+            index.save_if_changed()
+
+    def describe(self) -> dict:
+        """Each shard's index, as it describes itself."""
+        return {"kind": "shards", "vectors": len(self), "shards": {n: i.describe() for n, i in zip(self.names, self.indexes)}}
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(keys, cosine similarities), (n_queries, <=k), best first, merged over shards."""

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from usearch.index import Index
+
 from ..collection import Collection
-from ..index import EXACT_LIMIT, VectorIndex
-from ..large_index import open_index
-from ..search import Hit, Searcher, compile_where, exact_search
+from ..index import EXACT_LIMIT, VectorSearch, exact_search, open_index
 
 QE_NEIGHBOURS = 2
 QE_ALPHA = 3.0
@@ -72,10 +72,8 @@ class DbaSpace:
         return keys, 1.0 - np.asarray(m.distances, dtype=np.float32).reshape(-1)
 
 
-def dba_space(collection: Collection, *, n: int = DBA_NEIGHBOURS, alpha: float = DBA_ALPHA, index: VectorIndex | None = None) -> DbaSpace:
+def dba_space(collection: Collection, *, n: int = DBA_NEIGHBOURS, alpha: float = DBA_ALPHA, index: VectorSearch | None = None) -> DbaSpace:
     """The DBA vectors of the collection, from the cache file when it is still current."""
-    from usearch.index import Index
-
     base = collection.root / f"dba-n{n}-a{alpha:g}"
     meta_path, vec_path, idx_path = base.with_suffix(".json"), base.with_suffix(".npz"), base.with_suffix(".usearch")
     seq, model = collection.seq, collection.model_id
@@ -106,7 +104,7 @@ def dba_space(collection: Collection, *, n: int = DBA_NEIGHBOURS, alpha: float =
     return DbaSpace(ids, augmented, ann, seq)
 
 
-def _neighbours(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _neighbours(index: VectorSearch, ids: np.ndarray, vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``n`` nearest other rows, as positions into ``ids``."""
     pos_of = {int(i): p for p, i in enumerate(ids.tolist())}
     out_ids = np.full((len(ids), n), -1, dtype=np.int64)
@@ -121,36 +119,30 @@ def _neighbours(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray, n: int
     return out_ids, out_sims
 
 
-def reranked_search(
-    searcher: Searcher,
+def reranked(
+    collection: Collection,
+    index: VectorSearch,
     vector: np.ndarray,
+    want: int,
     *,
-    k: int = 10,
-    where: str | None = None,
-    min_score: float | None = None,
+    allowed: list[int] | None = None,
     exclude: set[int] | frozenset[int] = frozenset(),
     qe: bool = True,
     dba: bool = True,
-) -> list[Hit]:
-    """Like ``Searcher.by_vector`` with QE and/or DBA. Scores stay cosine similarities
-    (against the augmented vectors when DBA is on)."""
-    if not qe and not dba:
-        return searcher.by_vector(vector, k=k, where=where, min_score=min_score, exclude=exclude)
-    collection = searcher.collection
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``want`` nearest (ids, scores) to ``vector`` with QE and/or DBA, among ``allowed``
+    ids when given. Scores stay cosine similarities (against the augmented vectors when DBA
+    is on). ``exclude``: ids that never count as the query's neighbours (the query itself)."""
     query = np.asarray(vector, dtype=np.float32).reshape(-1)
-    allowed = None
-    if where:
-        sql, params = compile_where(where)
-        allowed = [r[0] for r in collection.conn.execute(f"SELECT id FROM images WHERE model=? AND ({sql})", [collection.model_id, *params])]
     if dba:
-        space = dba_space(collection, index=searcher.index)
-        lookup = lambda q, want: space.search(q, want, allowed)  # noqa: E731
+        space = dba_space(collection, index=index)
+        lookup = lambda q, n: space.search(q, n, allowed)  # noqa: E731
         vectors_of = lambda ids: space.vectors[np.searchsorted(space.ids, ids)]  # noqa: E731
     else:
-        def lookup(q, want):
+        def lookup(q, n):
             if allowed is not None:
-                return exact_search(q, *collection.vectors(allowed), want)
-            found, sims = searcher.index.search(q[None], want)
+                return exact_search(q, *collection.vectors(allowed), n)
+            found, sims = index.search(q[None], n)
             return found[0], sims[0]
 
         vectors_of = lambda ids: collection.vectors(ids.tolist())[1]  # noqa: E731
@@ -162,10 +154,4 @@ def reranked_search(
             order = np.argsort(nb)
             vecs = vectors_of(nb[order])
             query = expand_query(query, vecs, np.asarray([s for _, s in keep], dtype=np.float32)[order])
-    found, sims = lookup(query, k + len(exclude))
-    pairs = [(int(i), float(s)) for i, s in zip(found, sims) if i >= 0 and int(i) not in exclude]
-    if min_score is not None:
-        pairs = [(i, s) for i, s in pairs if s >= min_score]
-    pairs = pairs[:k]
-    rows = collection.rows(i for i, _ in pairs)
-    return [Hit(i, rows[i].path, s, rows[i].tags, rows[i].width, rows[i].height, rows[i].size) for i, s in pairs if i in rows]
+    return lookup(query, want)

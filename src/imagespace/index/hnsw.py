@@ -1,4 +1,4 @@
-"""Approximate nearest-neighbour index (usearch HNSW) over a collection's vectors.
+"""The in-memory index (usearch HNSW) over a collection's vectors.
 
 Up to ``EXACT_LIMIT`` vectors every query is compared with every vector (exact). Large
 collections (over ``REDUCE_ABOVE``) keep a compact graph instead: vectors projected onto
@@ -7,7 +7,7 @@ inner products approximate cosines), stored as int8 (usearch scales each project
 length and then to +-127): about 0.5 KB per vector with the graph in memory, against 5.6 KB
 for float32 at 1,280 dimensions. The graph only proposes candidates: they are scored again
 with the rows' exact vectors, so scores stay exact cosine similarities whatever the size.
-Those vectors come from a snapshot file beside the index (:mod:`imagespace.rescore`), and
+Those vectors come from a snapshot file beside the index (:mod:`imagespace.index.rescore`), and
 from SQLite for rows written since the snapshot.
 
 The index is a derived file beside the database. It records the change sequence number it
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .collection import Collection, CollectionError
-from .index_tuning import SampleTruth, Tuning, describe, exact_tuning, measured_truth, sample_truth, tune_graph
+from ..collection import Collection, CollectionError
+from .tuning import SampleTruth, Tuning, describe, exact_tuning, measured_truth, sample_truth, tune_graph
 from .rescore import MAX_FRESH_SHARE, RESCORE_FILE, RescoreStore, write_snapshot
 
 INDEX_FILE = "vectors.usearch"
@@ -141,7 +141,7 @@ class VectorIndex:
         # since the snapshot), which come from SQLite; without a snapshot, all do.
         self.rescore: RescoreStore | None = None
         self.fresh: set[int] = set()
-        # The self-check's measurement (index_tuning); `auto`: the knobs are the self-check's
+        # The self-check's measurement (index/tuning.py); `auto`: the knobs are the self-check's
         # to choose (False when the caller gave settings).
         self.tuning: Tuning | None = None
         self.auto = True
@@ -213,7 +213,7 @@ class VectorIndex:
     @classmethod
     def build(cls, collection: Collection, settings: IndexSettings | None = None) -> VectorIndex:
         """A new index of the rows; without ``settings`` it also measures its recall on them
-        and searches with the cheapest knobs that reach the target (:mod:`index_tuning`)."""
+        and searches with the cheapest knobs that reach the target (:mod:`.tuning`)."""
         seq = collection.seq  # read first: rows written meanwhile have a higher seq and are replayed
         count = collection.count(collection.model_id)
         auto = settings is None
@@ -236,7 +236,7 @@ class VectorIndex:
             me.measure(truth)
         return me
 
-    # -- the self-check (index_tuning) --------------------------------------------------
+    # -- the self-check (index/tuning.py) --------------------------------------------------
 
     def _searches_exactly(self, count: int) -> bool:
         return self.projection is None and count <= EXACT_LIMIT
@@ -286,6 +286,11 @@ class VectorIndex:
             expansion_add=settings.expansion_add,
             expansion_search=settings.expansion_search,
         )
+
+    def refresh(self) -> bool:
+        """Take in the rows written and removed since the index was opened; False when the
+        index no longer matches the rows (then open it again: it is rebuilt)."""
+        return self.seq == self.collection.seq or self._catch_up()
 
     def _catch_up(self) -> bool:
         """Replay changes after ``self.seq``; False if the result disagrees with the rows."""

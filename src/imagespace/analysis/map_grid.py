@@ -1,0 +1,118 @@
+"""The web page's map as a grid that fills the window, with regions labelled from tags.
+
+UMAP packs images of one kind into tight clumps with empty space between them: drawn where
+they fell, 240 flowers showed as about ten small overlapping stacks on a mostly empty canvas.
+As in the PNG atlas (``maps.render_map``), every image here gets its own cell of a grid of
+the window's shape, as near as it can to where it fell: the first view is full and nothing
+overlaps. Regions are groups of neighbouring images (k-means on the layout), each named by
+the tags that tell it apart, as clusters are (``clusters.label_groups``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .clusters import label_groups
+
+# Up to this many images, cells are matched to images by a minimum-cost assignment (the
+# atlas's method, a 1,024 x 1,024 problem in well under a second); beyond it, by sorting
+# (columns by x, then rows by y within each column), which keeps neighbours near in O(n log n).
+_EXACT_UP_TO = 1024
+
+
+@dataclass
+class Region:
+    label: str
+    x: float  # centre, in cells from the left
+    y: float  # centre, in cells from the top
+    size: int
+
+
+@dataclass
+class MapGrid:
+    cols: int
+    rows: int
+    cells: np.ndarray  # (n, 2) int: column and row of each image, in the order of the layout
+    regions: list[Region]
+
+
+def grid_shape(n: int, aspect: float) -> tuple[int, int]:
+    """Columns and rows, at least ``n`` cells, columns / rows about ``aspect`` (width / height)."""
+    aspect = min(max(aspect, 0.2), 5.0)
+    cols = max(1, round(math.sqrt(n * aspect)))
+    rows = max(1, math.ceil(n / cols))
+    while cols * rows < n:
+        cols += 1
+    return cols, rows
+
+
+def map_grid(xy: np.ndarray, tags: list[list[tuple[str, float]]], aspect: float = 1.0, seed: int = 0) -> MapGrid:
+    """Cells for the layout ``xy`` (n, 2) in [0, 1], and labelled regions; ``tags`` per image."""
+    n = len(xy)
+    cols, rows = grid_shape(n, aspect)
+    cells = _assign(np.asarray(xy, dtype=np.float64), cols, rows)
+    groups = _regions(cells.astype(np.float64) / [cols, rows], n, seed)
+    names = label_groups([list(g) for g in groups], {i: tags[i] for i in range(n)}) if groups else []
+    regions = [
+        Region(label=name, x=float(cells[g, 0].mean() + 0.5), y=float(cells[g, 1].mean() + 0.5), size=len(g))
+        for g, name in zip(groups, names)
+    ]
+    return MapGrid(cols, rows, cells, regions)
+
+
+def _stretched(xy: np.ndarray) -> np.ndarray:
+    """Half the position, half its rank on each axis: clumps spread over the square."""
+    n = len(xy)
+    ranks = np.stack([(np.argsort(np.argsort(xy[:, d], kind="stable"), kind="stable") + 0.5) / n for d in range(2)], 1)
+    return ranks * 0.5 + xy * 0.5
+
+
+def _assign(xy: np.ndarray, cols: int, rows: int) -> np.ndarray:
+    n = len(xy)
+    if n == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    pts = _stretched(xy)
+    if n <= _EXACT_UP_TO:
+        from scipy.optimize import linear_sum_assignment
+
+        cx, cy = np.meshgrid((np.arange(cols) + 0.5) / cols, (np.arange(rows) + 0.5) / rows, indexing="ij")
+        centres = np.stack([cx.reshape(-1), cy.reshape(-1)], 1)
+        cost = ((pts[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+        picked, cell = linear_sum_assignment(cost)
+        out = np.zeros((n, 2), dtype=np.int64)
+        out[picked, 0] = cell // rows
+        out[picked, 1] = cell % rows
+        return out
+    out = np.zeros((n, 2), dtype=np.int64)
+    by_x = np.argsort(pts[:, 0], kind="stable")
+    per_col = math.ceil(n / cols)
+    for c in range(cols):
+        members = by_x[c * per_col : (c + 1) * per_col]
+        if not len(members):
+            break
+        members = members[np.argsort(pts[members, 1], kind="stable")]
+        # spread the column's images over its rows, keeping their order
+        slots = np.floor(np.arange(len(members)) * rows / len(members)).astype(np.int64)
+        out[members, 0] = c
+        out[members, 1] = slots
+    return out
+
+
+def _regions(points: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
+    """Groups of neighbouring cells: k-means on the grid positions, k about sqrt(n / 3)."""
+    if n < 4:
+        return [np.arange(n)] if n else []
+    k = int(min(12, max(2, round(math.sqrt(n / 3)))))
+    rng = np.random.default_rng(seed)
+    centres = points[rng.choice(n, k, replace=False)]
+    for _ in range(30):
+        d = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+        assign = d.argmin(1)
+        moved = np.array([points[assign == j].mean(0) if (assign == j).any() else centres[j] for j in range(k)])
+        if np.allclose(moved, centres):
+            break
+        centres = moved
+    return [np.flatnonzero(assign == j) for j in range(k) if (assign == j).any()]

@@ -1,0 +1,127 @@
+"""The int8 model gives the same answers on CPUs without VNNI.
+
+ONNX Runtime picks its int8 kernels by the CPU it runs on: with AVX-512 VNNI or AVX-VNNI it
+uses exact int32 dot products; on AVX2 alone, uint8 x int8 products are summed in pairs into a
+saturating 16-bit lane (``vpmaddubsw``). The tests here run the model on an AVX2-only CPU
+whatever CPU the tests run on: QEMU's user-mode emulator with its Haswell model (AVX2, FMA,
+no AVX-512, no VNNI), so CI catches what only some machines would show.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+QEMU = shutil.which("qemu-x86_64")
+SAMPLES = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+
+# Runs inside the emulated CPU: prints the CPU features numpy sees there, saves the vectors.
+_EMULATED = """
+import json, sys
+import numpy as np
+from numpy._core._multiarray_umath import __cpu_features__ as cpu
+from pathlib import Path
+from imagespace.models.base import EmbeddingModel
+args = json.loads(sys.argv[1])
+pixels = np.load(args["pixels"])
+model = EmbeddingModel(name="int8", model_id="int8", onnx_path=Path(args["onnx"]), input_size=pixels.shape[1])
+vectors = model.embed(pixels).vectors
+np.save(args["out"], vectors)
+print(json.dumps({"features": sorted(k for k, v in cpu.items() if v)}))
+"""
+
+
+def _samples() -> np.ndarray:
+    skimage_data = pytest.importorskip("skimage.data")  # the default calibration photos
+    from imagespace.images import load_image
+
+    return np.stack([load_image(f"{skimage_data.data_dir}/{n}").pixels for n in SAMPLES])
+
+
+def _vectors_on_avx2_cpu(onnx_path, pixels: np.ndarray, tmp_path) -> np.ndarray:
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"emulating an AVX2-only x86 CPU needs an x86-64 host, not {platform.machine()}")
+    if QEMU is None:
+        pytest.skip("qemu-x86_64 is absent: install Debian's qemu-user to check the int8 model "
+                    "on an AVX2-only CPU (.ci/run installs it)")
+    np.save(tmp_path / "pixels.npy", pixels)
+    args = json.dumps({"pixels": str(tmp_path / "pixels.npy"), "out": str(tmp_path / "vectors.npy"),
+                       "onnx": str(onnx_path)})
+    done = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", _EMULATED, args],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    # the emulated CPU is the one the issue is about: AVX2, and no AVX-512 nor VNNI
+    assert "AVX2" in out["features"], out["features"]
+    assert not [f for f in out["features"] if f.startswith("AVX512")], out["features"]
+    return np.load(tmp_path / "vectors.npy")
+
+
+def test_int8_model_gives_the_same_vectors_on_a_cpu_without_vnni(tmp_path):
+    from imagespace.models import create_model, list_models
+    from imagespace.models.quantize import PORTABLE_FORMAT
+
+    pixels = _samples()
+    assert "efficientnet-lite0-int8" in list_models()
+    fp32, int8 = create_model(), create_model("efficientnet-lite0-int8")  # quantised once, cached
+    assert int8.model_id != fp32.model_id and int8.dim == fp32.dim
+    assert PORTABLE_FORMAT in int8.model_id  # the format is part of the vectors' identity
+    reference = fp32.embed(pixels).vectors
+    here = int8.embed(pixels).vectors
+    np.testing.assert_allclose(np.linalg.norm(here, axis=1), 1.0, atol=1e-5)
+    there = _vectors_on_avx2_cpu(int8.onnx_path, pixels, tmp_path)
+    # the same integer arithmetic on both CPUs: the vectors agree to float rounding
+    assert (here * there).sum(1).min() >= 0.9999, (here * there).sum(1)
+    # and they are close to the float model's (7-bit weights: measured 0.973-0.985 on these four)
+    cos = (there * reference).sum(1)
+    assert cos.min() >= 0.97, cos
+
+
+def test_int8_model_keeps_the_float_models_retrieval_on_flowers12(flowers12):
+    """The issue's bar, on real photos: cosine to fp32 at least 0.98 on average and precision@1
+    within 0.01 of fp32's, leave-one-out over all 960 photos and test photos against train."""
+    from imagespace.images import load_image
+    from imagespace.models import create_model
+
+    paths = sorted(flowers12.glob("*/*/*.jpg"))
+    labels = np.array([p.parent.name for p in paths])
+    is_test = np.array([p.parts[-3] == "test" for p in paths])
+    pixels = np.stack([load_image(p).pixels for p in paths])
+
+    def embed(model):
+        return np.concatenate([model.embed(pixels[i : i + 32]).vectors for i in range(0, len(pixels), 32)])
+
+    def precision_at_1(v):
+        sims = v @ v.T
+        np.fill_diagonal(sims, -np.inf)
+        loo = (labels[sims.argmax(1)] == labels).mean()
+        against_train = sims[np.ix_(is_test, ~is_test)].argmax(1)
+        return loo, (labels[~is_test][against_train] == labels[is_test]).mean()
+
+    fp32, int8 = embed(create_model()), embed(create_model("efficientnet-lite0-int8"))
+    cos = (fp32 * int8).sum(1)
+    assert cos.mean() >= 0.98, cos.mean()  # measured 0.982
+    (loo_f, tt_f), (loo_q, tt_q) = precision_at_1(fp32), precision_at_1(int8)
+    assert loo_q >= loo_f - 0.01 and tt_q >= tt_f - 0.01, (loo_f, loo_q, tt_f, tt_q)
+
+
+@pytest.mark.slow
+def test_signed_8bit_weights_saturate_on_a_cpu_without_vnni(tmp_path):
+    """Why 7-bit weights: the same model quantised with 8-bit weights loses precision on the
+    emulated AVX2 CPU. This is also the check that the emulation reproduces the failure."""
+    from imagespace.models import create_model
+    from imagespace.models.quantize import calibration_pixels, default_calibration_paths, quantize_onnx
+
+    pixels = _samples()
+    fp32 = create_model()
+    calib = calibration_pixels(default_calibration_paths(), size=fp32.input_size)
+    u8s8 = quantize_onnx(fp32.onnx_path, tmp_path / "u8s8.onnx", calib, fmt="u8s8")
+    reference = fp32.embed(pixels).vectors
+    cos = (_vectors_on_avx2_cpu(u8s8, pixels, tmp_path) * reference).sum(1)
+    assert cos.min() < 0.975, cos  # measured 0.951-0.969 under QEMU's Haswell model

@@ -1,0 +1,179 @@
+"""The shape of the package: no import circles, every module importable on its own, SQL in one place.
+
+The import graph is read from the source (every ``import`` statement, at the top of a module
+or inside a function), so an import moved into a function to dodge a circle is still an
+edge of the graph and still fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = "imagespace"
+# The only modules allowed to hold SQL: the collection (rows) and, should it ever be split
+# out, the schema's migrations. The duplicate pass's cache is a database file of its own
+# (safe to delete, never the collection's), and that module owns all of its SQL.
+SQL_MODULES = {"imagespace.collection", "imagespace.migrations", "imagespace.analysis.pair_cache"}
+
+
+def module_files() -> dict[str, Path]:
+    """Module name -> file, for every module of the package."""
+    out = {}
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports_of(name: str, path: Path, modules: set[str]) -> set[str]:
+    """The package's modules that ``name`` imports anywhere in its source (ast, not regex)."""
+    is_package = path.name == "__init__.py"
+    here = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            # `from pkg import sub` imports the submodule; `from mod import name` the module.
+            targets = [f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # `import a.b.c` of a name inside a module
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    names = set(files)
+    return {name: imports_of(name, path, names) for name, path in files.items()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_graph_walker_sees_circles_and_imports_inside_functions(tmp_path):
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+    names = {"imagespace", "imagespace.x", "imagespace.y", "imagespace.y.z", "imagespace.w"}
+    module = tmp_path / "w.py"
+    module.write_text("from . import y\ndef f():\n    from .y.z import thing\n    import imagespace.x\n")
+    assert imports_of("imagespace.w", module, names) == {"imagespace.y", "imagespace.y.z", "imagespace.x"}
+
+
+def test_no_import_circles():
+    graph = import_graph()
+    assert len(graph) > 40 and "imagespace.search" in graph["imagespace.cli.core"]
+    found = circles(graph)
+    assert not found, "import circles (each list imports itself through the others): " + "; ".join(
+        " <-> ".join(c) for c in found
+    )
+
+
+def test_the_layout_imports_one_way():
+    """Rows below indexes, indexes below searches, searches below the CLI and the server."""
+    graph = import_graph()
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    below_rows = reaches("imagespace.collection")
+    assert not {m for m in below_rows if m.startswith(("imagespace.index", "imagespace.models", "imagespace.search"))}
+    assert not {m for m in reaches("imagespace.index") if m.startswith(("imagespace.search", "imagespace.indexing"))}
+    for library in ("imagespace.search", "imagespace.indexing", "imagespace.analysis.duplicates"):
+        assert not {m for m in reaches(library) if m.startswith(("imagespace.cli", "imagespace.server"))}, library
+
+
+def test_every_module_imports_on_its_own():
+    """Each module imported first, with no other module of the package loaded before it.
+
+    One interpreter for all of them (a fresh one per module would take a minute): before each
+    import every ``imagespace`` module is dropped from ``sys.modules``, so the order in which
+    the package's modules load is the one that module alone causes.
+    """
+    names = [n for n in module_files() if n != "imagespace.__main__"]  # __main__ runs the CLI
+    script = textwrap.dedent(
+        """
+        import importlib, sys, traceback
+        failed = []
+        for name in sys.argv[1:]:
+            for loaded in [m for m in sys.modules if m == "imagespace" or m.startswith("imagespace.")]:
+                del sys.modules[loaded]
+            try:
+                importlib.import_module(name)
+            except BaseException:
+                failed.append(name + ": " + traceback.format_exc().strip().splitlines()[-1])
+        print("\\n".join(failed))
+        sys.exit(1 if failed else 0)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+
+
+def test_sql_lives_in_the_collection_only():
+    offenders = []
+    for name, path in module_files().items():
+        if name in SQL_MODULES:
+            continue
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if "execute(" in line or "executemany(" in line or "executescript(" in line or ".conn." in line:
+                offenders.append(f"{path.relative_to(SRC)}:{lineno}: {line.strip()}")
+    assert not offenders, "SQL outside collection.py:\n" + "\n".join(offenders)
