@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +66,22 @@ def photo_folder(tmp_path: Path):
 def _model_cache(tmp_path_factory) -> None:
     """Tests share one exported ONNX model, in the user's cache unless told otherwise."""
     os.environ.setdefault("IMAGESPACE_THREADS", "2")
+
+
+def run_cli(*args, cwd=None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m imagespace ARGS`` as a user runs it: a fresh process of this source, two
+    threads, no ``IMAGESPACE_DB`` inherited from the caller (tests always pass ``--db``)."""
+    full_env = dict(os.environ, IMAGESPACE_THREADS="2", **(env or {}))
+    full_env.pop("IMAGESPACE_DB", None)
+    return subprocess.run(
+        [sys.executable, "-m", "imagespace", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The default embedding model, loaded once for the whole session (one ONNX Runtime session)."""
+    from imagespace.models import DEFAULT_MODEL, create_model
+
+    return create_model(DEFAULT_MODEL)

@@ -4,24 +4,18 @@ recommend, classify, map, eval, search by words, QE/DBA; and their bad input."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
+from conftest import run_cli
+
 from imagespace.indexing import sync
 from imagespace.collection import Collection
 from imagespace.models import DEFAULT_MODEL, create_model
-
-
-def run_cli(*args, timeout=600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, IMAGESPACE_THREADS="2")
-    env.pop("IMAGESPACE_DB", None)
-    return subprocess.run([sys.executable, "-m", "imagespace", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def json_of(out: subprocess.CompletedProcess) -> dict:

@@ -11,20 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_photo
+from conftest import make_photo, run_cli
 
 from imagespace.collection import Collection
 
 INDEX_KEYS = {"added", "updated", "removed", "unchanged", "failed", "seconds", "images_per_second"}
-
-
-def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, IMAGESPACE_THREADS="2")
-    env.pop("IMAGESPACE_DB", None)
-    return subprocess.run(
-        [sys.executable, "-m", "imagespace", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout,
-    )
 
 
 def one_json_document(stdout: str):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_photo
+from conftest import make_photo, run_cli
 from PIL import Image
 
 from imagespace import indexing
@@ -29,21 +29,8 @@ from imagespace.search import Searcher
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def model():
-    return create_model(DEFAULT_MODEL)
-
-
 def sync(coll: Collection, paths, model):
     return indexing.sync(coll, [str(p) for p in paths], model, model_spec=DEFAULT_MODEL, batch_size=8, workers=2)
-
-
-def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, IMAGESPACE_THREADS="2")
-    return subprocess.run(
-        [sys.executable, "-m", "imagespace", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout,
-    )
 
 
 def db_rows(db: Path) -> list[tuple]:

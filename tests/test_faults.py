@@ -23,16 +23,11 @@ from imagespace.collection import Collection
 from imagespace.embed import content_digest, embed_files
 from imagespace.index.hnsw import INDEX_FILE, INDEX_META, VectorIndex
 from imagespace.integrity import check_collection
-from imagespace.models import DEFAULT_MODEL, create_model
+from imagespace.models import DEFAULT_MODEL
 from imagespace.search import Searcher
 
 CLI = [sys.executable, "-m", "imagespace"]
 TIMEOUT = 300
-
-
-@pytest.fixture(scope="module")
-def model():
-    return create_model(DEFAULT_MODEL)
 
 
 def _env() -> dict[str, str]:

@@ -8,34 +8,20 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_photo
+from conftest import make_photo, run_cli
 from fastapi.testclient import TestClient
 
 from imagespace.collection import Collection
 from imagespace.indexing import sync
 from imagespace.embed import embed_files
-from imagespace.models import DEFAULT_MODEL, create_model
+from imagespace.models import DEFAULT_MODEL
 from imagespace.search import compile_where
-
-
-def run_cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, IMAGESPACE_THREADS="2", **(env or {}))
-    env.pop("IMAGESPACE_DB", None)
-    return subprocess.run([sys.executable, "-m", "imagespace", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return create_model(DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,6 @@ from imagespace.models.labels import imagenet_labels
 from imagespace.models.model_dir import write_model_card
 
 
-@pytest.fixture(scope="module")
-def model():
-    return create_model(DEFAULT_MODEL)
-
-
 def sample_photos() -> list[Path]:
     """Real photos where the installed packages or ../shared have them."""
     paths: list[Path] = []

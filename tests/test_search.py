@@ -4,37 +4,22 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_photo
+from conftest import make_photo, run_cli
 
 from imagespace.indexing import sync
 from imagespace.index import hnsw as index_mod
 from imagespace.search import core as search_mod
 from imagespace.collection import DB_FILE, Collection, CollectionError
 from imagespace.images import decode
-from imagespace.models import DEFAULT_MODEL, create_model
+from imagespace.models import DEFAULT_MODEL
 from imagespace.search import QueryError, Searcher, compile_where
-
-
-def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, IMAGESPACE_THREADS="2")
-    return subprocess.run(
-        [sys.executable, "-m", "imagespace", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
-    )
-
-
-@pytest.fixture(scope="module")
-def model():
-    return create_model(DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,8 @@ import pytest
 
 from imagespace.indexing import sync
 from imagespace.collection import Collection
-from imagespace.models import create_model
 from imagespace.search import Searcher
 from imagespace.index.shards import SHARD_STRIDE, ShardedIndex, build_shard, hash_shard, plan_shards
-
-
-@pytest.fixture(scope="module")
-def model():
-    return create_model()
 
 
 def test_plans_cover_every_file_once(photo_folder):

@@ -4,20 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 from test_train import make_classes
 
+from conftest import run_cli
+
 from imagespace.collection import Collection
-
-
-def run_cli(*args, timeout=600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, IMAGESPACE_THREADS="2")
-    env.pop("IMAGESPACE_DB", None)
-    return subprocess.run([sys.executable, "-m", "imagespace", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
 
 
 def test_adapter_model_indexes_and_searches(tmp_path):

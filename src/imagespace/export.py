@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .collection import Collection
 from .names import readable_path
 
@@ -60,31 +61,29 @@ def _fields(r) -> dict:
 
 def export_csv(collection: Collection, out: str | os.PathLike[str]) -> int:
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    written = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "path", "size", "width", "height", "format", "tags", "tag_scores", "model", "embedding"])
-        for ids, vecs, rows in _chunks(collection):
-            for i, v, r in zip(ids.tolist(), vecs, rows):
-                d = _fields(r)
-                w.writerow([i, d["path"], d["size"], d["width"], d["height"], d["format"], json.dumps(d["tags"]),
-                            json.dumps(d["tag_scores"]), d["model"], json.dumps([float(x) for x in v])])
-                written += 1
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        written = 0
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "path", "size", "width", "height", "format", "tags", "tag_scores", "model", "embedding"])
+            for ids, vecs, rows in _chunks(collection):
+                for i, v, r in zip(ids.tolist(), vecs, rows):
+                    d = _fields(r)
+                    w.writerow([i, d["path"], d["size"], d["width"], d["height"], d["format"], json.dumps(d["tags"]),
+                                json.dumps(d["tag_scores"]), d["model"], json.dumps([float(x) for x in v])])
+                    written += 1
     return written
 
 
 def export_jsonl(collection: Collection, out: str | os.PathLike[str]) -> int:
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    written = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for ids, vecs, rows in _chunks(collection):
-            for i, v, r in zip(ids.tolist(), vecs, rows):
-                f.write(json.dumps({"id": i, **_fields(r), "embedding": [float(x) for x in v]}) + "\n")
-                written += 1
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        written = 0
+        with open(tmp, "w", encoding="utf-8") as f:
+            for ids, vecs, rows in _chunks(collection):
+                for i, v, r in zip(ids.tolist(), vecs, rows):
+                    f.write(json.dumps({"id": i, **_fields(r), "embedding": [float(x) for x in v]}) + "\n")
+                    written += 1
     return written
 
 
@@ -97,9 +96,8 @@ def export_npz(collection: Collection, out: str | os.PathLike[str]) -> int:
     rows = collection.rows(ids.tolist())
     paths = np.array([readable_path(rows[int(i)].path) for i in ids], dtype=str)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp.npz")  # np.savez adds .npz to a name without it
-    np.savez(tmp, id=ids, path=paths, embedding=vecs)
-    os.replace(tmp, out)
+    with atomic_write(out, suffix=".npz") as tmp:  # np.savez adds .npz to a name without it
+        np.savez(tmp, id=ids, path=paths, embedding=vecs)
     return len(ids)
 
 
@@ -126,30 +124,29 @@ def export_parquet(collection: Collection, out: str | os.PathLike[str]) -> int:
         metadata={b"imagespace.model_id": (collection.model_id or "").encode()},
     )
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    written = 0
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for ids, vecs in collection.iter_vectors(_CHUNK):
-            rows = collection.rows(ids.tolist())
-            ordered = [rows[int(i)] for i in ids]
-            table = pa.table(
-                {
-                    "id": ids,
-                    "path": [readable_path(r.path) for r in ordered],
-                    "path_bytes": [os.fsencode(r.path) for r in ordered],
-                    "size": [r.size for r in ordered],
-                    "width": [r.width for r in ordered],
-                    "height": [r.height for r in ordered],
-                    "format": [r.format for r in ordered],
-                    "tags": [[t for t, _ in r.tags] for r in ordered],
-                    "tag_scores": [[s for _, s in r.tags] for r in ordered],
-                    "model": [r.model for r in ordered],
-                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim),
-                },
-                schema=schema,
-            )
-            writer.write_table(table)
-            written += len(ids)
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        written = 0
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for ids, vecs in collection.iter_vectors(_CHUNK):
+                rows = collection.rows(ids.tolist())
+                ordered = [rows[int(i)] for i in ids]
+                table = pa.table(
+                    {
+                        "id": ids,
+                        "path": [readable_path(r.path) for r in ordered],
+                        "path_bytes": [os.fsencode(r.path) for r in ordered],
+                        "size": [r.size for r in ordered],
+                        "width": [r.width for r in ordered],
+                        "height": [r.height for r in ordered],
+                        "format": [r.format for r in ordered],
+                        "tags": [[t for t, _ in r.tags] for r in ordered],
+                        "tag_scores": [[s for _, s in r.tags] for r in ordered],
+                        "model": [r.model for r in ordered],
+                        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim),
+                    },
+                    schema=schema,
+                )
+                writer.write_table(table)
+                written += len(ids)
     return written
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
+
 from .models.cache import cache_dir, file_digest
 
 MAX_TOKENS = 256  # the model's max_seq_length
@@ -100,22 +102,20 @@ def _export(folder: Path, onnx_path: Path) -> None:
     with torch.no_grad():
         want = model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state.numpy()
         want_other = model(input_ids=other, attention_mask=torch.ones_like(other), token_type_ids=torch.zeros_like(other)).last_hidden_state.numpy()
-    tmp = onnx_path.with_name(f"{onnx_path.name}.{os.getpid()}.tmp")
-    with torch.no_grad():
-        torch.onnx.export(
-            States(model), (ids, mask, types), str(tmp), input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=["states"], opset_version=17, dynamo=False,
-            dynamic_axes={n: {0: "batch", 1: "tokens"} for n in ("input_ids", "attention_mask", "token_type_ids", "states")},
-        )
-    import onnxruntime as ort
+    with atomic_write(onnx_path) as tmp:
+        with torch.no_grad():
+            torch.onnx.export(
+                States(model), (ids, mask, types), str(tmp), input_names=["input_ids", "attention_mask", "token_type_ids"],
+                output_names=["states"], opset_version=17, dynamo=False,
+                dynamic_axes={n: {0: "batch", 1: "tokens"} for n in ("input_ids", "attention_mask", "token_type_ids", "states")},
+            )
+        import onnxruntime as ort
 
-    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()})[0]
-    got_other = session.run(None, {"input_ids": other.numpy(), "attention_mask": np.ones(other.shape, np.int64),
-                                   "token_type_ids": np.zeros(other.shape, np.int64)})[0]
-    real = mask.numpy().astype(bool)  # padded positions are masked out of the mean
-    worst = max(float(np.abs(got[real] - want[real]).max()), float(np.abs(got_other - want_other).max()))
-    if worst > 1e-3:
-        tmp.unlink(missing_ok=True)
-        raise SentenceModelError(f"the ONNX export of the sentence model differs from PyTorch (max {worst:.2e})")
-    os.replace(tmp, onnx_path)
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()})[0]
+        got_other = session.run(None, {"input_ids": other.numpy(), "attention_mask": np.ones(other.shape, np.int64),
+                                       "token_type_ids": np.zeros(other.shape, np.int64)})[0]
+        real = mask.numpy().astype(bool)  # padded positions are masked out of the mean
+        worst = max(float(np.abs(got[real] - want[real]).max()), float(np.abs(got_other - want_other).max()))
+        if worst > 1e-3:
+            raise SentenceModelError(f"the ONNX export of the sentence model differs from PyTorch (max {worst:.2e})")

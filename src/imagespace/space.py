@@ -47,6 +47,7 @@ class ImageSpace:
         self.collection = Collection(Path(os.path.expanduser(os.fspath(root))), create=create)
         self._model_name = model
         self._model = None
+        self._model_spec_loaded: str | None = None
         self._searcher: Searcher | None = None
 
     # -- the collection --------------------------------------------------------------------

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
+
 FILE = "tag-postings.npz"
 _cache: dict[str, TagPostings] = {}
 _lock = threading.Lock()
@@ -89,9 +91,8 @@ def _load(path: Path) -> TagPostings | None:
 
 
 def _save(path: Path, p: TagPostings) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
     try:  # a read-only collection still answers, from memory
-        np.savez(tmp, seq=p.seq, model=p.model, names=p.names, starts=p.starts, ids=p.ids, probs=p.probs)
-        os.replace(tmp, path)
+        with atomic_write(path, suffix=".npz") as tmp:
+            np.savez(tmp, seq=p.seq, model=p.model, names=p.names, starts=p.starts, ids=p.ids, probs=p.probs)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .models.model_dir import MODEL_CARD
 
 FILE = "user-labels.json"
@@ -32,9 +33,7 @@ def save_user_labels(root: str | os.PathLike[str], classes: list[str], predictio
     """Write ``predictions`` (objects with path, label, score) as the collection's labels."""
     path = Path(root) / FILE
     data = {"classes": list(classes), "labels": {p.path: [p.label, round(float(p.score), 4)] for p in predictions}}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data))
     return path
 
 

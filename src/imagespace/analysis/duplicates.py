@@ -21,7 +21,7 @@ copies and why it is not the one kept.
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -52,6 +52,8 @@ UNVERIFIED_SIMILARITY = 0.95
 _CACHE_IMAGES = 4096
 _BLOCK = 512  # candidate pairs per block: at most 1,024 images, well inside the cache
 TIERS = ("copy", "retake", "all")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -201,8 +203,7 @@ def _verify(candidates: dict[tuple[int, int], float], rows: dict[int, Row], pair
                 pairs[(a, b)] = Pair(a, b, sim, verdict)
             verifier.flush()
             if progress:
-                print(f"imagespace: duplicates: verified {min(len(todo), start + _BLOCK)}/{len(todo)} candidate pairs",
-                      file=sys.stderr)
+                log.info("duplicates: verified %d/%d candidate pairs", min(len(todo), start + _BLOCK), len(todo))
 
 
 class _Verifier:

@@ -14,19 +14,22 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..collection import Collection, CollectionError
+from ..atomic import atomic_write, write_text_atomic
 from ._threads import single_threaded, worker_threads
 
 MAX_POINTS = 5_000
 GRID = 32  # cells per side: at most 1,024 thumbnails
 THUMB = 64  # pixels per cell side
 _PCA_DIMS = 50
+
+log = logging.getLogger(__name__)
 
 
 def layout(collection: Collection, max_points: int = MAX_POINTS, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +174,7 @@ def _thumbnails(paths: dict[tuple[int, int], str], size: int):
         try:
             im = load_pil(path, max_side=size * 2)
         except ImageError as e:
-            print(f"imagespace: map: skipping {path}: {e}", file=sys.stderr)
+            log.warning("map: skipping %s: %s", path, e)
             return None
         im.thumbnail((size - 2, size - 2), Image.Resampling.BILINEAR)
         return im
@@ -190,9 +193,8 @@ def _write_png(out: Path, thumbs: dict, grid: int, size: int) -> None:
         x = cx * size + (size - im.width) // 2
         y = (grid - 1 - cy) * size + (size - im.height) // 2  # y up, as in a plot
         canvas.paste(im, (x, y))
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    canvas.save(tmp, format="PNG", optimize=False)
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        canvas.save(tmp, format="PNG", optimize=False)
 
 
 def _write_html(out: Path, thumbs: dict, rows: dict, grid: int, size: int, total: int, placed: int) -> None:
@@ -216,6 +218,4 @@ def _write_html(out: Path, thumbs: dict, rows: dict, grid: int, size: int, total
         y = (grid - 1 - cy) * size + (size - im.height) // 2
         parts.append(f"<img style='left:{x}px;top:{y}px' width='{im.width}' height='{im.height}' title='{title}' src='data:image/jpeg;base64,{data}'>")
     parts.append("</div></body></html>")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(out, "\n".join(parts))

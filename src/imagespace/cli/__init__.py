@@ -10,6 +10,7 @@ Each module of this package adds its commands to the one Typer ``app``.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -36,6 +37,7 @@ def main() -> None:
     errors (bad options, a bad --where filter) one line and exit status 2."""
     from ..search import FilterError
 
+    _show_library_messages()
     try:
         status = app(standalone_mode=False)
     except _UsageError as e:
@@ -61,6 +63,18 @@ def main() -> None:
         print("imagespace: interrupted; the collection keeps what was committed", file=sys.stderr)
         sys.exit(130)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def _show_library_messages() -> None:
+    """The library reports through ``logging`` (loggers under "imagespace") and prints
+    nothing itself; the command line shows those messages on standard error, one line each,
+    as "imagespace: ..." (never on standard output: --json keeps it to one document)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("imagespace: %(message)s"))
+    logger = logging.getLogger("imagespace")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 # Typer vendors click and exports only BadParameter; its bases are the errors we catch.

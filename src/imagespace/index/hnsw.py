@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,8 @@ PROJECTION_FILE = "vectors.projection.npy"
 REDUCE_ABOVE = 2 * EXACT_LIMIT
 REDUCED_DIM = 128
 PROJECTION_SAMPLE = 10_000  # vectors the projection is fitted on
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -201,7 +203,7 @@ class VectorIndex:
             else:
                 reason = "index does not match the rows"
         if path.exists():
-            print(f"imagespace: rebuilding the vector index: {reason}", file=sys.stderr)
+            log.warning("rebuilding the vector index: %s", reason)
         return cls.build(collection, chosen)
 
     @staticmethod

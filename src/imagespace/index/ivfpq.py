@@ -16,9 +16,9 @@ by name.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..collection import Collection
+from ..atomic import write_text_atomic
 from .tuning import SampleTruth, Tuning, describe, measured_truth, sample_truth, tune_compressed
 
 LARGE_FILE = "vectors.ivfpq.faiss"
@@ -40,6 +41,8 @@ LARGE_LIMIT = 2_000_000
 # Rows written since the on-disk index was built are searched exactly from memory; past
 # this share of the collection the index is rebuilt instead.
 MAX_DELTA_SHARE = 0.10
+
+log = logging.getLogger(__name__)
 
 # fetch(ids) -> float32 vectors, one row per id in the order given
 VectorFetch = Callable[[np.ndarray], np.ndarray]
@@ -279,7 +282,7 @@ class LargeIndex:
                     reason = "too many rows changed since the compressed index was built"
             except (ValueError, OSError, RuntimeError, KeyError, TypeError) as e:
                 reason = f"compressed index unreadable ({e})"
-        print(f"imagespace: building the compressed vector index: {reason}", file=sys.stderr)
+        log.info("building the compressed vector index: %s", reason)
         return cls.build(collection, None if auto else settings)
 
     @classmethod
@@ -355,6 +358,4 @@ def _tune(core: CompressedIndex, truth: SampleTruth) -> Tuning:
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc))

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from ..atomic import write_text_atomic
+
 
 def cache_dir() -> Path:
     root = os.environ.get("IMAGESPACE_CACHE") or os.path.join(
@@ -38,9 +40,7 @@ def file_digest(path: str | os.PathLike[str], length: int = 16) -> str:
         memo = {}
     memo[key] = digest
     try:  # atomic: concurrent processes see a whole file or none
-        tmp = memo_path.with_name(f"digests.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
+        write_text_atomic(memo_path, json.dumps(memo))
     except OSError:
         pass
     return digest[:length]

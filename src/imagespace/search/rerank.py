@@ -18,7 +18,6 @@ collection has changed since (its change number differs), like the ANN index its
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +25,7 @@ import numpy as np
 from usearch.index import Index
 
 from ..collection import Collection
+from ..atomic import atomic_write, write_text_atomic
 from ..index import EXACT_LIMIT, VectorSearch, exact_search, open_index
 
 QE_NEIGHBOURS = 2
@@ -95,12 +95,11 @@ def dba_space(collection: Collection, *, n: int = DBA_NEIGHBOURS, alpha: float =
     if len(ids):
         ann.add(ids, augmented)
     # Files first, description last: a crash in between leaves a stale seq, so a rebuild.
-    tmp = f".{os.getpid()}.tmp"
-    np.savez(str(vec_path) + tmp + ".npz", ids=ids, vectors=augmented)
-    os.replace(str(vec_path) + tmp + ".npz", vec_path)
-    ann.save(str(idx_path) + tmp)
-    os.replace(str(idx_path) + tmp, idx_path)
-    meta_path.write_text(json.dumps({"seq": seq, "model_id": model, "collection_id": owner, "n": n, "alpha": alpha, "count": len(ids)}))
+    with atomic_write(vec_path, suffix=".npz") as tmp:
+        np.savez(tmp, ids=ids, vectors=augmented)
+    with atomic_write(idx_path) as tmp:
+        ann.save(str(tmp))
+    write_text_atomic(meta_path, json.dumps({"seq": seq, "model_id": model, "collection_id": owner, "n": n, "alpha": alpha, "count": len(ids)}))
     return DbaSpace(ids, augmented, ann, seq)
 
 

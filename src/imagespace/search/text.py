@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import concepts as wordnet_concepts
+from ..atomic import atomic_write
 from ..collection import Collection
 from ..images import ImageError, load_pil
 from ..index import exact_search
@@ -197,9 +198,8 @@ def _load_classifier_rows(weights: str, digest: str, dim: int | None) -> np.ndar
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
 
 
 # -- CLIP: open vocabulary with a local model -----------------------------------------------
@@ -320,14 +320,13 @@ def _clip_image_vectors(collection, clip: _Clip, ids: list[int]) -> tuple[np.nda
     if todo:
         keys = sorted(cached)
         with _lock:
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-            np.savez(
-                tmp,
-                ids=np.asarray(keys, dtype=np.int64),
-                digests=np.asarray([cached[i][0] for i in keys]),
-                vectors=np.stack([cached[i][1] for i in keys]) if keys else np.zeros((0, 1), np.float32),
-            )
-            os.replace(tmp, path)
+            with atomic_write(path, suffix=".npz") as tmp:
+                np.savez(
+                    tmp,
+                    ids=np.asarray(keys, dtype=np.int64),
+                    digests=np.asarray([cached[i][0] for i in keys]),
+                    vectors=np.stack([cached[i][1] for i in keys]) if keys else np.zeros((0, 1), np.float32),
+                )
     have = [i for i in ids if i in cached and i in rows]
     if not have:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 1), dtype=np.float32)

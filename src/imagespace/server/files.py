@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..collection import Row
 from ..embed import content_digest
 from ..images import ImageError, load_pil, read_bytes
@@ -109,6 +110,5 @@ class ThumbnailCache:
         except ImageError as e:
             raise SourceRefused(f"image {row.id} cannot be read: {e}") from None
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        im.save(tmp, "JPEG", quality=82)
-        os.replace(tmp, path)
+        with atomic_write(path, per_thread=True) as tmp:
+            im.save(tmp, "JPEG", quality=82)

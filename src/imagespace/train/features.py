@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..models.base import EmbeddingModel
 from .augment import AugmentConfig, augment_batch, hflip
 from .data import ImageSet, decode_all
@@ -93,6 +93,5 @@ def _load(path: Path, key: str) -> dict | None:
 
 def _save(path: Path, key: str, feats: np.ndarray, ok: np.ndarray, done: int, failures: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, key=key, features=feats, ok=ok, done=done, failures=json.dumps(failures))
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=".npz") as tmp:
+        np.savez(tmp, key=key, features=feats, ok=ok, done=done, failures=json.dumps(failures))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
+
 CHECKPOINT = "checkpoint.pt"
 RUN_FILE = "train-run.json"  # the settings a run was started with; --resume must agree
 RAY_STORAGE = "ray"  # an --engine ray run's checkpoints (Ray Train's storage)
@@ -58,9 +60,8 @@ def load_run_settings(out: Path) -> dict:
 
 
 def save_checkpoint(out: Path, state: dict) -> None:
-    tmp = out / f"{CHECKPOINT}.{os.getpid()}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out / CHECKPOINT)
+    with atomic_write(out / CHECKPOINT) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(out: Path) -> dict | None:
