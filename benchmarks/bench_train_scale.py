@@ -62,12 +62,13 @@ def _cifar_subset(work: Path, per_class: int) -> Path:
     return out
 
 
-def _train(args: list[str], out: Path) -> dict:
+def _train(args: list[str], out: Path, threads: int | None = None) -> dict:
     """One CLI run; its metrics, wall time and peak RSS of the driver process."""
     cmd = [sys.executable, "-m", "imagespace", "train", *args, "--out", str(out), "--overwrite", "--json",
            "--no-compare"]
     started = time.perf_counter()
-    r = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    r = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if r.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
@@ -93,14 +94,15 @@ def part_ray(work: Path, a, rows: list) -> None:
     for seed in (0, 1):
         for engine in ("local", "ray"):  # interleaved, so machine load falls on both alike
             extra = _ray_args() if engine == "ray" else []
-            res = _train([*scratch, "--seed", str(seed), *extra], work / f"scratch-{engine}-{seed}")
+            res = _train([*scratch, "--seed", str(seed), *extra], work / f"scratch-{engine}-{seed}",
+                         a.local_threads if engine == "local" else None)
             rows.append({"part": "ray", "mode": "scratch", "engine": engine, "seed": seed, **res})
             print(json.dumps(rows[-1]), flush=True)
     ft = ["--data", str(_need(FLOWERS12 / "train")), "--mode", "finetune", "--epochs", "1", "--batch-size", "16",
           "--image-size", str(a.ft_size)]
     for engine in ("local", "ray"):
         extra = _ray_args() if engine == "ray" else []
-        res = _train([*ft, "--seed", "0", *extra], work / f"finetune-{engine}")
+        res = _train([*ft, "--seed", "0", *extra], work / f"finetune-{engine}", a.local_threads if engine == "local" else None)
         rows.append({"part": "ray", "mode": "finetune", "engine": engine, "seed": 0, **res})
         print(json.dumps(rows[-1]), flush=True)
 
@@ -202,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scratch-epochs", type=int, default=4)
     ap.add_argument("--ft-size", type=int, default=128)
     ap.add_argument("--rss-big", type=int, default=5000, help="images decoded at 224 px in the memory comparison")
+    ap.add_argument("--local-threads", type=int, default=None,
+                    help="OMP_NUM_THREADS of the single-process runs (default: PyTorch's, one per core); on a "
+                         "machine shared with other work, 2 threads ran 4x slower than 1 here")
     ap.add_argument("--full-minutes", type=float, default=1.0, help="time box of the 50,000-image streamed run")
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)

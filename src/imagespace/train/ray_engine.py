@@ -24,6 +24,7 @@ mode it trivially is).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -72,7 +73,9 @@ def train_on_ray(config: TrainConfig, recipe: Recipe, ds: ImageSet, train_idx: n
     progress.log(f"Ray Train: {workers} workers x {cpus:g} CPU, global batch {recipe.settings.batch_size} "
                  f"({recipe.settings.batch_size // workers}+ per worker), lr {recipe.settings.lr:g}; "
                  f"checkpoints in {out / RAY_STORAGE}")
-    with ray_session(config.address, quiet=not progress.enabled):
+    # Ray's driver prints cluster events ("A worker died...") on standard output from a
+    # background thread; standard output carries --json's one document, so they go to stderr.
+    with contextlib.redirect_stdout(sys.stderr), ray_session(config.address, quiet=not progress.enabled):
         trainer = TorchTrainer(
             _worker,
             train_loop_config={"job": job},
