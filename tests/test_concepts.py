@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from imagespace import concepts as C
 from imagespace.collection import Collection
+from imagespace.search import concepts as C
 
 from conftest import make_photo
 
@@ -26,7 +27,9 @@ def test_shipped_file_matches_the_stored_tag_names():
     net = C.wordnet()
     assert net.labels == imagenet_labels()  # tags are stored under these names
     assert net.offsets[0] == 1440764 and len(set(net.offsets)) == 1000  # n01440764 tench, in class order
-    assert (Path(C.__file__).parent / "data" / "WORDNET-LICENSE").is_file()
+    # The licence ships beside the extract, in the package's data folder (where wordnet() reads it).
+    assert resources.files("imagespace").joinpath("data", "WORDNET-LICENSE").is_file()
+    assert resources.files("imagespace").joinpath("data", C.DATA_FILE).is_file()
 
 
 def test_a_general_word_means_every_class_under_it():
@@ -130,7 +133,7 @@ def test_images_ranked_by_the_concepts_summed_probability(tagged):
 
 
 def test_classify_labels_become_words_of_the_collection(tagged):
-    from imagespace.user_labels import load_user_labels, save_user_labels
+    from imagespace.search.user_labels import load_user_labels, save_user_labels
 
     class P:  # what classify_collection returns, as far as the file cares
         def __init__(self, path, label, score):
@@ -204,9 +207,9 @@ def test_words_wordnet_does_not_know_fall_back_to_the_sentence_model_in_onnx(tag
 
 
 def test_a_trained_models_own_classes_are_words_too(tagged, tmp_path):
-    from imagespace.concept_search import concept_scores
+    from imagespace.search.concept_search import concept_scores
     from imagespace.models.model_dir import write_model_card
-    from imagespace.user_labels import model_labels
+    from imagespace.search.user_labels import model_labels
 
     write_model_card(tmp_path, name="mine", model_id="mine/1", labels=["sunflower", "tulip"])
     assert model_labels(str(tmp_path)) == ["sunflower", "tulip"]
@@ -232,7 +235,7 @@ def test_a_trained_models_own_classes_are_words_too(tagged, tmp_path):
 def test_tag_postings_follow_the_rows(tagged, tmp_path):
     import shutil
 
-    from imagespace.tag_postings import FILE, tag_postings
+    from imagespace.search.tag_postings import FILE, tag_postings
 
     db = tmp_path / "db"
     shutil.copytree(tagged["db"], db)

@@ -20,6 +20,8 @@ PACKAGE = "imagespace"
 # out, the schema's migrations. The duplicate pass's cache is a database file of its own
 # (safe to delete, never the collection's), and that module owns all of its SQL.
 SQL_MODULES = {"imagespace.collection", "imagespace.migrations", "imagespace.analysis.pair_cache"}
+# The query side's words modules: in search/, with nothing left at their old top-level paths.
+WORDS_MODULES = ("concepts", "concept_search", "tag_postings", "user_labels", "sentence_onnx")
 
 
 def module_files() -> dict[str, Path]:
@@ -137,7 +139,15 @@ def test_the_layout_imports_one_way():
     below_rows = reaches("imagespace.collection")
     assert not {m for m in below_rows if m.startswith(("imagespace.index", "imagespace.models", "imagespace.search"))}
     assert not {m for m in reaches("imagespace.index") if m.startswith(("imagespace.search", "imagespace.indexing"))}
-    for library in ("imagespace.search", "imagespace.indexing", "imagespace.analysis.duplicates"):
+    # Nothing below the query side reaches it: not the rows, the indexes, the indexing, the models.
+    for lower in ("imagespace.indexing", "imagespace.models"):
+        assert not {m for m in reaches(lower) if m.startswith("imagespace.search")}, lower
+    # The words modules (WordNet concepts, their ranking, tag postings, user labels, the
+    # sentence fallback) belong to the query side: they live in search/, each on the rules above.
+    searches = {m for m in graph if m == "imagespace.search" or m.startswith("imagespace.search.")}
+    for words in WORDS_MODULES:
+        assert f"imagespace.search.{words}" in searches and f"imagespace.{words}" not in graph, words
+    for library in (*sorted(searches), "imagespace.indexing", "imagespace.analysis.duplicates"):
         assert not {m for m in reaches(library) if m.startswith(("imagespace.cli", "imagespace.server"))}, library
 
 

@@ -180,7 +180,7 @@ def classify(
 ) -> None:
     """Learn your classes from labelled folders and label every image of the collection."""
     from ..analysis.classify import classify_collection, save_predictions, train_classifier
-    from ..user_labels import save_user_labels
+    from ..search.user_labels import save_user_labels
 
     with open_collection(db) as coll:
         _require_images(coll)

@@ -1,5 +1,10 @@
 """Search a collection: one query core (:class:`Searcher`), the ``--where`` language
-(:mod:`.filters`), words (:mod:`.text`), QE and DBA (:mod:`.rerank`), results (:mod:`.results`)."""
+(:mod:`.filters`), words (:mod:`.text`), QE and DBA (:mod:`.rerank`), results (:mod:`.results`).
+
+Words in detail: WordNet concepts and hedged tags (:mod:`.concepts`), ranking by a concept's
+summed probability (:mod:`.concept_search`) over the tag postings (:mod:`.tag_postings`), the
+``classify --train`` labels (:mod:`.user_labels`), the ONNX sentence fallback
+(:mod:`.sentence_onnx`)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .collection import Collection
+from ..collection import Collection
 from .concepts import Understanding, wordnet
 from .tag_postings import tag_postings
 from .user_labels import UserLabels

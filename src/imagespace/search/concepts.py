@@ -7,8 +7,8 @@ thing ImageNet has no class for means the classes of its nearest classed ancesto
 then ranked by the probability the network gave that concept: the sum of its classes' stored
 probabilities.
 
-Everything comes from ``data/wordnet-imagenet.json.gz``, derived once from WordNet 3.0 by
-``tools/build_wordnet.py`` (see that script and ``data/WORDNET-LICENSE``): the run time needs
+Everything comes from ``imagespace/data/wordnet-imagenet.json.gz``, derived once from WordNet 3.0 by
+``tools/build_wordnet.py`` (see that script and ``imagespace/data/WORDNET-LICENSE``): the run time needs
 no WordNet installation, no PyTorch and no sentence model, and loads in about 40 ms.
 
 This module knows words and classes only; ranking rows is ``text.py``'s job.

@@ -18,10 +18,10 @@ from ..collection import Collection, CollectionError
 from ..images import ImageError, decode, read_bytes
 from ..index import EXACT_LIMIT, VectorSearch, exact_search, open_index
 from ..models import create_model
+from .concept_search import concept_classes, concept_scores
 from .filters import ids_passing
 from .rerank import reranked
 from .results import Hit, QueryError, finish
-from ..concept_search import concept_classes, concept_scores
 from .text import classes_vector, clip_scores, explain, understand_words
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
-from .models.cache import cache_dir, file_digest
+from ..models.cache import cache_dir, file_digest
 
 MAX_TOKENS = 256  # the model's max_seq_length
 _OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",

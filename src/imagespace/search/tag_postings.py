@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 FILE = "tag-postings.npz"
 _cache: dict[str, TagPostings] = {}

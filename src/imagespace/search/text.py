@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import concepts as wordnet_concepts
 from ..atomic import atomic_write
 from ..collection import Collection
 from ..images import ImageError, load_pil
@@ -37,9 +36,10 @@ from ..index import exact_search
 from ..models.cache import cache_dir, file_digest, text_digest
 from ..models.labels import imagenet_labels
 from ..models.networks import NETWORKS
-from ..sentence_onnx import SentenceModelError, sentence_model
-from ..user_labels import UserLabels, load_user_labels, model_labels
+from . import concepts as wordnet_concepts
 from .results import QueryError
+from .sentence_onnx import SentenceModelError, sentence_model
+from .user_labels import UserLabels, load_user_labels, model_labels
 
 # A class name must be at least this similar to the words to count as what they mean:
 # on MiniLM, exact or near names score 0.65-1.0, while nonsense ("xqzv blorp") and

@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import write_text_atomic
-from .models.model_dir import MODEL_CARD
+from ..atomic import write_text_atomic
+from ..models.model_dir import MODEL_CARD
 
 FILE = "user-labels.json"
 

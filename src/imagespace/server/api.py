@@ -9,9 +9,9 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, field_validator
 
 from ..collection import Row
-from ..concepts import hedged_tag
 from ..names import readable_path
 from ..search import MAX_K, Hit
+from ..search.concepts import hedged_tag
 from .engine import Engine
 from .files import CONTENT_TYPES, DEFAULT_THUMB, THUMB_SIZES, ThumbnailCache, original_bytes
 from .security import COOKIE, token_matches
