@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -150,7 +151,8 @@ def test_the_demo_try_commands_are_one_line_each_and_run(indexed, tmp_path, caps
     assert printed == commands  # not broken across lines, even at 80 columns
     # the demo's own sample names are absent here: run them on this collection's photos
     first = commands[0].replace("astronaut.png", "image_0001.jpg")
-    out = subprocess.run(shlex.split(first), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # run from the folder they were printed in: under `make demo` they start `.venv/bin/...`
+    out = subprocess.run(shlex.split(first), capture_output=True, text=True, timeout=300, cwd=os.getcwd())
     assert out.returncode == 0, out.stderr
     assert "image_0001.jpg" in out.stdout
 
