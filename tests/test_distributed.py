@@ -116,7 +116,8 @@ def test_killed_ray_run_resumes_without_duplicates(ray_cluster, model, photo_fol
 
 
 def test_shards_built_on_ray_workers(ray_cluster, model, photo_folder, tmp_path):
-    from imagespace.index.shards import ShardedIndex, build_shards_on_ray, plan_shards
+    from imagespace.index.shards import ShardedIndex
+    from imagespace.sharding import build_shards_on_ray, plan_shards
 
     folder = photo_folder(8)
     plan = plan_shards([folder], 2, by="hash")

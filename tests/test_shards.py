@@ -8,7 +8,8 @@ import pytest
 from imagespace.indexing import sync
 from imagespace.collection import Collection
 from imagespace.search import Searcher
-from imagespace.index.shards import SHARD_STRIDE, ShardedIndex, build_shard, hash_shard, plan_shards
+from imagespace.index.shards import SHARD_STRIDE, ShardedIndex
+from imagespace.sharding import build_shard, hash_shard, plan_shards
 
 
 def test_plans_cover_every_file_once(photo_folder):
