@@ -133,22 +133,20 @@ def test_images_ranked_by_the_concepts_summed_probability(tagged):
 
 
 def test_classify_labels_become_words_of_the_collection(tagged):
-    from imagespace.search.user_labels import load_user_labels, save_user_labels
+    """The labels classify saves (the rows --where "label = ..." reads) are words for --text."""
+    from imagespace.search.user_labels import load_user_labels
 
-    class P:  # what classify_collection returns, as far as the file cares
-        def __init__(self, path, label, score):
-            self.path, self.label, self.score = path, label, score
-
-    photos = tagged["photos"]
-    preds = [P(str(photos / "p4.jpg"), "grandmas tub", 0.9), P(str(photos / "p1.jpg"), "grandmas tub", 0.6)]
     with Collection(tagged["db"], create=False) as coll:
-        path = save_user_labels(coll.root, ["grandmas tub", "other"], preds)
+        ids = {Path(r.path).name: r.id for r in coll.all_rows()}
+        coll.save_labels([(ids["p4.jpg"], "grandmas tub", 0.9, None), (ids["p1.jpg"], "grandmas tub", 0.6, None),
+                          (ids["p2.jpg"], "unknown", 0.2, "top probability 0.20 is below 0.5")])
+        assert load_user_labels(coll).classes == ["grandmas tub"]  # "unknown" is no word of the user's
     try:
-        assert load_user_labels(path.parent).classes == ["grandmas tub", "other"]
         got, scores, extra = _search(tagged["db"], "grandma's tubs", k=3, min_score=0.01)
         assert got == ["p4.jpg", "p1.jpg"] and extra["understood_as"][0]["how"] == "user"
     finally:
-        path.unlink()
+        with Collection(tagged["db"], create=False) as coll:
+            coll.save_labels([])
 
 
 def test_cli_words_import_no_torch_and_print_no_progress(tagged):

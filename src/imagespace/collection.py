@@ -376,6 +376,13 @@ class Collection:
             self.conn.executemany("INSERT INTO labels(id,label,score,reason) VALUES(?,?,?,?)", rows)
         return len(rows)
 
+    def saved_labels(self) -> dict[str, tuple[str, float]]:
+        """``path -> (label, score)`` of the rows still in the collection that a ``classify``
+        run labelled (see :meth:`save_labels`)."""
+        rows = self.conn.execute(
+            "SELECT i.path, l.label, l.score FROM labels l JOIN images i ON i.id = l.id ORDER BY i.path")
+        return {path: (label, float(score)) for path, label, score in rows}
+
     def prune_removed(self, upto_seq: int) -> None:
         """Forget removals that the saved index has already applied."""
         self.conn.execute("DELETE FROM removed WHERE seq<=?", (upto_seq,))

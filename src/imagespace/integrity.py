@@ -27,7 +27,7 @@ MAX_EXAMPLES = 10
 # An index entry whose vector is further than this from its row's vector is wrong.
 MIN_COSINE = 0.999
 MIN_COSINE_INT8 = 0.99
-# also search by words' files beside the index: tag-postings.npz and user-labels.json
+# also search by words' file beside the index: tag-postings.npz (user-labels.json: older collections)
 _TMP_NAME = re.compile(r"^(?:vectors\.(?:usearch|json|projection\.npy|rescore\.f32)|tag-postings\.npz|user-labels\.json)\.(\d+)\.tmp(?:\.npy|\.npz)?$")
 
 

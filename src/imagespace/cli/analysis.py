@@ -180,16 +180,15 @@ def classify(
 ) -> None:
     """Learn your classes from labelled folders and label every image of the collection."""
     from ..analysis.classify import classify_collection, save_predictions, train_classifier
-    from ..search.user_labels import save_user_labels
 
     with open_collection(db) as coll:
         _require_images(coll)
         clf = train_classifier(coll, train, min_probability=min_probability)
         predictions = classify_collection(coll, clf)
         if save:
-            save_predictions(coll, predictions)  # for --where "label = NAME"
-            # the folder names become words that search --text understands for this collection
-            save_user_labels(coll.root, clf.classes, [p for p in predictions if p.label in clf.classes])
+            # for --where "label = NAME", and the folder names become words that search --text
+            # understands for this collection
+            save_predictions(coll, predictions)
     counts: dict[str, int] = {}
     for p in predictions:
         counts[p.label] = counts.get(p.label, 0) + 1

@@ -66,7 +66,7 @@ def understand_words(collection: Collection, text: str) -> tuple[wordnet_concept
     --train`` labels, a trained model's classes), else (no WordNet noun in the words) the
     class names most like them by the sentence model; QueryError ("no concept matched")
     when none is close enough."""
-    user = load_user_labels(collection.root)
+    user = load_user_labels(collection)
     own_words = [*(user.classes if user else ()), *model_labels(collection.model_spec)]
     understanding = wordnet_concepts.understand(text, user_labels=own_words)
     if not understanding.concepts:
