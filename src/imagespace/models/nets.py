@@ -5,8 +5,8 @@ Imported only to export or to train; queries and indexing run the ONNX graph.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from .networks import BASE_ARCH, NETWORKS
+
+log = logging.getLogger(__name__)
 
 FEATURE_DIM = 1280
 # GeM pooling with p=3 beat average pooling on flowers12 (test against train: precision@1
@@ -72,7 +74,7 @@ def export_onnx(net, path: Path, input_size: int = NETWORKS[BASE_ARCH].input_siz
     An example batch of 1 can freeze the batch size into the graph, so the export uses 2
     and a dynamic batch axis; the ONNX output is then compared with PyTorch's.
     """
-    print(f"imagespace: exporting {path.name} to ONNX (once)...", file=sys.stderr)
+    log.info("exporting %s to ONNX (once)...", path.name)
     net = net.eval()
     example = torch.randint(0, 256, (2, input_size, input_size, 3), dtype=torch.uint8)
     with torch.no_grad():

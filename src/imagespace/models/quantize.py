@@ -28,8 +28,8 @@ model (``tests/test_int8_cpus.py``):
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,8 @@ import numpy as np
 from .base import EmbeddingModel
 from .cache import cache_dir, text_digest
 from .registry import register_model
+
+log = logging.getLogger(__name__)
 
 DEFAULT_OP_TYPES = ("Conv", "Gemm", "Add", "Clip")
 
@@ -175,7 +177,7 @@ def int8_model(fp32: EmbeddingModel, calibration: str | os.PathLike[str] | list[
     digest = text_digest(fp32.onnx_path.name, calib_name, PORTABLE_FORMAT, Path(__file__).read_text())
     out = cache_dir() / f"{fp32.name}-int8-{PORTABLE_FORMAT}-{digest}.onnx"
     if not out.is_file():
-        print(f"imagespace: quantising {fp32.name} to int8 (once), calibrated on {calib_name}...", file=sys.stderr)
+        log.info("quantising %s to int8 (once), calibrated on %s...", fp32.name, calib_name)
         quantize_onnx(fp32.onnx_path, out, calibration_pixels(paths, size=fp32.input_size))
     return EmbeddingModel(
         name=f"{fp32.name}-int8",
