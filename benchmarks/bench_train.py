@@ -26,15 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-FLOWERS12 = ROOT.parent / "shared" / "data" / "flowers12"
-CIFAR10_ZIP = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpg.zip"
-
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        raise SystemExit(f"bench_train: {path} is absent (it lives beside the project, in ../shared/data)")
-    return path
+from ._common import CIFAR10_ZIP, FLOWERS12, Skip, need
 
 
 def _embed(model, ds, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +63,7 @@ def _test_set_quality(model_dir: Path) -> tuple[dict, dict, np.ndarray, np.ndarr
     from imagespace.train.data import open_image_set
     from imagespace.train.metrics import retrieval_metrics
 
-    test = open_image_set(_need(FLOWERS12 / "test"))
+    test = open_image_set(need(FLOWERS12 / "test"))
     new_vecs, labels = _embed(create_model(str(model_dir)), test)
     pre_vecs, pre_labels = _embed(create_model(), test)
     return retrieval_metrics(new_vecs, labels), retrieval_metrics(pre_vecs, pre_labels), pre_vecs, pre_labels
@@ -85,7 +77,7 @@ def adapter(work: Path) -> dict:
 
     print("adapter on flowers12/train, evaluated on flowers12/test (leave-one-out within test)", flush=True)
     out = work / "adapter"
-    result = _train("adapter", _need(FLOWERS12 / "train"), out)
+    result = _train("adapter", need(FLOWERS12 / "train"), out)
     new, pre, pre_test, test_labels = _test_set_quality(out)
     x, y, train_pos, _ = _cached_train_features(out)
     rows = {"pretrained (GeM)": pre, "adapter (new)": new}
@@ -130,7 +122,7 @@ def losses(work: Path) -> dict:
     if not (out / "train-run.json").is_file():
         adapter(work)
     x, y, tr, va = _cached_train_features(out)
-    test = open_image_set(_need(FLOWERS12 / "test"))
+    test = open_image_set(need(FLOWERS12 / "test"))
     xt, kept, _ = extract_features(test, create_model(), work / "test-features.npz", views=1)
     yt = test.labels[kept]
     print("loss x head on cached features (train: flowers12/train minus the validation split)", flush=True)
@@ -152,7 +144,7 @@ def losses(work: Path) -> dict:
 def selfsup(work: Path) -> dict:
     print("self-supervised on the flowers12/train images (labels unused), evaluated on flowers12/test", flush=True)
     out = work / "selfsup"
-    result = _train("self-supervised", _need(FLOWERS12 / "train"), out)
+    result = _train("self-supervised", need(FLOWERS12 / "train"), out)
     new, pre, _, _ = _test_set_quality(out)
     print(f"  {'pretrained (GeM)':<40} {_fmt(pre)}", flush=True)
     print(f"  {'self-supervised (new)':<40} {_fmt(new)}", flush=True)
@@ -166,7 +158,7 @@ def scratch(work: Path, minutes: float, epochs: int, width: int) -> dict:
 
     print(f"scratch on cifar10 (from the zip), at most {minutes:g} minutes, width {width}", flush=True)
     out = work / "scratch"
-    result = _train("scratch", _need(CIFAR10_ZIP), out, max_minutes=minutes, epochs=epochs, width=width,
+    result = _train("scratch", need(CIFAR10_ZIP), out, max_minutes=minutes, epochs=epochs, width=width,
                     val_fraction=0.1, compare=False)
     m = result["metrics"]
     print(f"  {m['epochs']} epochs, stopped by {m['stopped']}, training {m['train_seconds']:.0f}s", flush=True)
@@ -211,4 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Skip as e:  # real data absent
+        sys.exit(f"bench_train: {e}")

@@ -35,15 +35,7 @@ import time
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-FLOWERS12 = ROOT.parent / "shared" / "data" / "flowers12"
-CIFAR10_ZIP = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpg.zip"
-
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        raise SystemExit(f"bench_train_scale: {path} is absent (it lives beside the project, in ../shared/data)")
-    return path
+from ._common import CIFAR10_ZIP, FLOWERS12, ROOT, Skip, need
 
 
 def _cifar_subset(work: Path, per_class: int) -> Path:
@@ -51,7 +43,7 @@ def _cifar_subset(work: Path, per_class: int) -> Path:
     if out.is_file():
         return out
     counts: dict[str, int] = {}
-    with zipfile.ZipFile(_need(CIFAR10_ZIP)) as src, zipfile.ZipFile(out, "w") as dst:
+    with zipfile.ZipFile(need(CIFAR10_ZIP)) as src, zipfile.ZipFile(out, "w") as dst:
         for name in sorted(src.namelist()):
             parts = name.split("/")
             if len(parts) != 3 or parts[0] != "train" or not parts[2]:
@@ -98,7 +90,7 @@ def part_ray(work: Path, a, rows: list) -> None:
                          a.local_threads if engine == "local" else None)
             rows.append({"part": "ray", "mode": "scratch", "engine": engine, "seed": seed, **res})
             print(json.dumps(rows[-1]), flush=True)
-    ft = ["--data", str(_need(FLOWERS12 / "train")), "--mode", "finetune", "--epochs", "1", "--batch-size", "16",
+    ft = ["--data", str(need(FLOWERS12 / "train")), "--mode", "finetune", "--epochs", "1", "--batch-size", "16",
           "--image-size", str(a.ft_size)]
     for engine in ("local", "ray"):
         extra = _ray_args() if engine == "ray" else []
@@ -174,7 +166,7 @@ def _rss_child(kind: str, limit: int, size: int) -> None:
 
 
 def part_rss(work: Path, a, rows: list) -> None:
-    _need(CIFAR10_ZIP)
+    need(CIFAR10_ZIP)
     for limit, size in ((50000, 32), (a.rss_big, 224)):
         for kind in ("memory", "stream"):
             r = subprocess.run([sys.executable, "-m", "benchmarks.bench_train_scale", "_rss", kind, str(limit),
@@ -226,4 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Skip as e:  # real data absent
+        sys.exit(f"bench_train_scale: {e}")
