@@ -212,6 +212,24 @@ def _choose(tried: list[tuple[float, float, dict]], target: float) -> tuple[dict
     return knobs, rec
 
 
+def _try_depths(truth: SampleTruth, cand: np.ndarray, sims: np.ndarray, depths: list[int], knobs_of, cost_of,
+                tried: list, sweep: list, target: float) -> float:
+    """Re-score the first ``depth`` candidates, for each depth cheapest first, recording every
+    try; returns the cost of the first that reaches ``target`` (more depth only costs more),
+    infinity if none does."""
+    if not _reaches(truth, cand, sims, target):  # not even with every candidate: one entry
+        depths = depths[-1:]
+    for depth in depths:
+        head = min(depth, cand.shape[1])
+        rec = recall_at_k(top_k_without_self(truth.ids, cand[:, :head], sims[:, :head], truth.k), truth.truth)
+        knobs, cost = knobs_of(depth), cost_of(depth)
+        tried.append((cost, rec, knobs))
+        sweep.append({**knobs, "recall": round(rec, 4)})
+        if rec >= target:
+            return cost
+    return np.inf
+
+
 # -- the sweeps ------------------------------------------------------------------------------
 
 
@@ -247,18 +265,9 @@ def tune_graph(index, truth: SampleTruth, target: float = TARGET_RECALL) -> Tuni
             sims = exact_scores(index._exact_vectors_sorted, truth.queries, cand)
             # re-scoring more than ef candidates would make the graph search with that ef
             steps = [r for r in RESCORE_STEPS if r <= ef]
-            if not _reaches(truth, cand, sims, target):  # not even with every candidate: one entry
-                steps = steps[-1:]
-            for rescored in steps:
-                head = min(rescored, cand.shape[1])
-                found = top_k_without_self(truth.ids, cand[:, :head], sims[:, :head], k)
-                rec = recall_at_k(found, want)
-                knobs = {"expansion_search": ef, "rerank": rescored}
-                tried.append((graph_cost(ef, rescored), rec, knobs))
-                sweep.append({**knobs, "recall": round(rec, 4)})
-                if rec >= target:
-                    best_cost = min(best_cost, graph_cost(ef, rescored))
-                    break  # more re-scoring at this ef only costs more
+            best_cost = min(best_cost, _try_depths(
+                truth, cand, sims, steps, lambda r: {"expansion_search": ef, "rerank": r},
+                lambda r: graph_cost(ef, r), tried, sweep, target))
     finally:
         graph.expansion_search = saved_ef
     knobs, rec = _choose(tried, target)
@@ -271,7 +280,6 @@ def tune_compressed(core, truth: SampleTruth, target: float = TARGET_RECALL) -> 
     its ``nprobe`` is left as it was."""
     started = time.perf_counter()
     k = truth.k
-    want = truth.truth
     n = len(core)
     nlist = int(core._ivf.nlist)
     list_length = n / max(nlist, 1)
@@ -294,19 +302,9 @@ def tune_compressed(core, truth: SampleTruth, target: float = TARGET_RECALL) -> 
             cand = core.candidates(truth.queries, depth)
             sims = exact_scores(fetch_sorted, truth.queries, cand)
             steps = [r for r in RERANK_STEPS if r <= depth] or [depth]
-            if not _reaches(truth, cand, sims, target):  # not even with every candidate: one entry
-                steps = steps[-1:]
-            for rerank in steps:
-                head = min(rerank, cand.shape[1])
-                found = top_k_without_self(truth.ids, cand[:, :head], sims[:, :head], k)
-                rec = recall_at_k(found, want)
-                knobs = {"nprobe": nprobe, "rerank": rerank}
-                cost = compressed_cost(nprobe, list_length, rerank)
-                tried.append((cost, rec, knobs))
-                sweep.append({**knobs, "recall": round(rec, 4)})
-                if rec >= target:
-                    best_cost = min(best_cost, cost)
-                    break
+            best_cost = min(best_cost, _try_depths(
+                truth, cand, sims, steps, lambda r: {"nprobe": nprobe, "rerank": r},
+                lambda r: compressed_cost(nprobe, list_length, r), tried, sweep, target))
     finally:
         core._ivf.nprobe = saved
     knobs, rec = _choose(tried, target)
