@@ -58,7 +58,9 @@ def duplicates(
     list_out: Annotated[
         Optional[Path],
         typer.Option("--list-out", help="Write the copies that are not kept to this file, one a line: the path, a tab, "
-                     "the kept file it copies, a tab, why. Only copies: never a kept file, a retake or a look-alike. "
+                     "the kept file it copies, a tab, why. Only copies: never a kept file, a retake, a look-alike or a "
+                     "copy that differs in a region. In names, backslash, tab, newline and other control characters "
+                     "are written as escapes (\\\\, \\t, \\n, \\xHH): decode each field, e.g. with bash's printf '%b'. "
                      "Nothing is deleted."),
     ] = None,
     db: DbOption = DEFAULT_DB,
@@ -86,8 +88,14 @@ def duplicates(
         "stats": report.stats,
     }
     if list_out is not None:
-        listed = [(m["path"], g["members"][0]["path"], m["reason"]) for g in explained if g["tier"] == "copy" for m in g["members"][1:]]
-        list_out.write_text("".join(f"{p}\t{kept}\t{' '.join(why.split())}\n" for p, kept, why in listed), encoding="utf-8")
+        listed = [(m["path"], g["members"][0]["path"], m["reason"]) for g in explained if g["tier"] == "copy"
+                  for m in g["members"][1:] if not m["kept"]]
+        from ..names import tsv_field
+
+        # Names are written escaped (tab, newline, backslash...), so each line holds exactly
+        # three fields and a reader gets the exact path back (README: "Reading --list-out").
+        list_out.write_bytes(b"".join(b"\t".join(tsv_field(f) for f in (p, kept, " ".join(why.split()))) + b"\n"
+                                      for p, kept, why in listed))
         payload["list_out"] = str(list_out)
         payload["extra_copies"] = len(listed)
 
@@ -95,13 +103,19 @@ def duplicates(
         c = console()
         for n, g in enumerate(p["details"], 1):
             kind = "copies" if g["tier"] == "copy" else "retakes"
-            head = "keep the first" if g["tier"] == "copy" else "the best shot first; pick yourself"
+            if g["tier"] == "copy":
+                head = "keep the first" if not any(m["kept"] for m in g["members"][1:]) else "keep those marked keep"
+            else:
+                head = "the best shot first; pick yourself"
             c.print(f"group {n}: {len(g['members'])} {kind}, {head}:", highlight=False)
-            for m in g["members"]:
-                mark = "keep" if m["kept"] else ("copy" if g["tier"] == "copy" else "shot")
+            for n_member, m in enumerate(g["members"]):
+                if g["tier"] == "copy":
+                    mark = "keep" if m["kept"] else "copy"
+                else:  # a retake group only suggests: the person picks, so nothing says keep
+                    mark = "best" if n_member == 0 else "shot"
                 sim = f" (similarity {m['similarity']:.2f})" if m.get("similarity") is not None else ""
                 c.print(f"  [{mark}] {m['path']}", highlight=False, markup=False)
-                if not m["kept"]:
+                if n_member > 0:
                     c.print(f"         {m['reason']}{sim}", highlight=False, markup=False)
         c.print(f"{len(p['groups'])} groups of copies, {len(p['retakes'])} groups of retakes")
         if "list_out" in p:
