@@ -2,8 +2,8 @@
 
 - a copy resized to another aspect ratio (a thumbnail box) is a copy, and the original kept;
 - `--list-out` names files with tabs and newlines so that a reader gets the exact paths;
-- copies that differ in one region (other text labels, a watermark) are said so and neither
-  is listed for deletion;
+- copies that differ in one region (other text labels, a watermark, a part painted another
+  colour) are said so and neither is listed for deletion;
 - a retake group only suggests the best shot: nothing in it says "keep".
 """
 
@@ -48,6 +48,17 @@ def drawing(label: str, seed: int = 40) -> Image.Image:
     return im
 
 
+def product(body: tuple[int, int, int], seed: int = 41) -> Image.Image:
+    """A catalogue photo of one product, its body painted ``body`` (the blue and the yellow
+    motorbike): the details on the body stay the same."""
+    im = scene(seed)
+    d = ImageDraw.Draw(im)
+    d.polygon([(180, 140), (460, 120), (520, 260), (150, 300)], fill=body)
+    d.ellipse((200, 190, 260, 250), fill=(40, 40, 40))
+    d.rectangle((330, 170, 420, 200), fill=(220, 220, 220))
+    return im
+
+
 def watermarked(im: Image.Image, text: str) -> Image.Image:
     """A shop's copy: its name stamped on a plain band in a corner."""
     im = im.copy()
@@ -71,6 +82,8 @@ def answers(tmp_path_factory):
     named.resize((400, 300), Image.Resampling.LANCZOS).save(photos / NEWLINE_NAME, quality=90)
     drawing("Fig. 1: inlet valve").save(photos / "figure_valve.png")
     drawing("Fig. 2: outlet pump").save(photos / "figure_pump.png")
+    product((30, 60, 200), seed=42).save(photos / "bike_blue.jpg", quality=92)
+    product((240, 210, 30), seed=42).resize((560, 420), Image.Resampling.LANCZOS).save(photos / "bike_yellow.jpg", quality=92)
     scene(41).save(photos / "studio.jpg", quality=92)
     watermarked(scene(41), "SHOP.COM").resize((560, 420), Image.Resampling.LANCZOS).save(photos / "studio_shop.jpg", quality=92)
     again = scene(22)
@@ -129,7 +142,8 @@ def test_list_out_gives_the_exact_paths_of_names_with_tabs_and_newlines(answers)
     assert {Path(from_tsv_field(line.split(b"\t")[0])).name for line in lines} == set(listed)
 
 
-@pytest.mark.parametrize("pair", [("figure_valve.png", "figure_pump.png"), ("studio.jpg", "studio_shop.jpg")])
+@pytest.mark.parametrize("pair", [("figure_valve.png", "figure_pump.png"), ("studio.jpg", "studio_shop.jpg"),
+                                  ("bike_blue.jpg", "bike_yellow.jpg")])
 def test_copies_that_differ_in_a_region_are_said_so_and_neither_is_listed(answers, pair):
     listed = {Path(_fields(line)[0]).name for line in answers["listing"].read_bytes().split(b"\n") if line}
     assert not set(pair) & listed, f"{pair} listed for deletion"
