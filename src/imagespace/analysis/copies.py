@@ -62,7 +62,7 @@ _AGREE_LEVELS = 10.0
 # see the note of this change; an evenly edited copy that reaches it is kept too (never
 # deleted wrongly), a region edit that does not is listed as before.
 _REGION_LEVELS = 30.0
-REGION_SHARE = 0.005
+REGION_SHARE = 0.003
 # Below this pixel agreement, points that fit a homography are a coincidence of patterns
 # (other photos of the train half reached 0.03), not one scene: retakes scored 0.34 and up.
 MIN_SCENE_AGREEMENT = 0.25
