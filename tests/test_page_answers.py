@@ -125,3 +125,25 @@ def test_map_regions_hold_one_kind_each_and_are_labelled_on_their_images(page, s
     # The page shows the labels.
     shown = page.evaluate("() => [...document.querySelectorAll('.map-label')].map(n => n.textContent)")
     assert sorted(shown) == sorted(g["label"] for g in regions)
+
+
+def test_map_thumbnails_that_fail_at_first_are_fetched_again_without_a_reload(page, server):
+    """A first visit asks the server for every thumbnail of the map at once; one that fails
+    then (a busy server, a dropped connection) must not leave its cell blank until reload.
+    Here each thumbnail's first request is answered 503 by the browser's network layer."""
+    failed: set[str] = set()
+
+    def first_fails(route):
+        key = route.request.url.split("?")[0] + route.request.url.split("size=")[-1][:4]
+        if key not in failed:
+            failed.add(key)
+            route.fulfill(status=503, body="busy")
+        else:
+            route.continue_()
+
+    page.route("**/thumb?*", first_fails)
+    page.click("nav a[href='#/map']")
+    page.wait_for_selector("#map-canvas[data-points]", timeout=900_000)
+    n = page.locator("#map-canvas").get_attribute("data-points")
+    page.wait_for_function(f"() => document.querySelector('#map-canvas').dataset.drawn === '{n}'", timeout=60_000)
+    assert failed, "no thumbnail was asked for"
