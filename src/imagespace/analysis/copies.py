@@ -243,7 +243,7 @@ class PairChecker:
         if shots is not None and shots >= _SAME_SHOT_SECONDS:
             v.tier, v.score = "retake", min(1.0, inliers / 100)
             v.reason = f"the same scene taken {shots:.2f} s apart ({_camera(facts_a, facts_b)}); {geometry}"
-        elif "shape" in self.signals and residual > MAX_RESIDUAL:
+        elif "shape" in self.signals and residual > (MAX_RESIDUAL if aspect == 1.0 else SQUASH_RESIDUAL):
             v.tier, v.score = "retake", min(1.0, inliers / 100)
             v.reason = f"the same scene from another viewpoint: {geometry}; {pixels}"
         elif "pixels" in self.signals and agreement < (
@@ -478,6 +478,10 @@ def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 # a scene (retakes) come in one frame shape, so this fit never applies to them.
 _MIN_ASPECT_CHANGE = 0.03
 _ASPECT_TOLERANCE = 0.03
+# Points found on a copy enlarged to another aspect ratio are blurred and placed less
+# precisely (a 640x480 picture stretched to 1000x1000: 1.7 px); the fit's agreement with
+# the frames' shapes is the evidence, so the miss may be larger than MAX_RESIDUAL.
+SQUASH_RESIDUAL = 2.5
 
 
 def _squash(src: np.ndarray, dst: np.ndarray, a: ImageFeatures, b: ImageFeatures):
@@ -537,11 +541,21 @@ def original_of(a, b, facts_a: CaptureFacts, facts_b: CaptureFacts,
     # More pixels win only when they hold more detail: an enlargement is the copy.
     enlarged = is_enlarged(verdict.band_ratio)
     squashed = "was resized to another aspect ratio and " if verdict.aspect_change != 1.0 else ""
-    if verdict.scale < 0.93:
+    if squashed:
+        # Scaled up along one side and down along the other: neither has more of the
+        # picture's detail for sure, so the pixel count does not decide.
+        root = float(np.sqrt(verdict.aspect_change))
+        sx, sy = verdict.scale * root, verdict.scale / root
+        mixed = min(sx, sy) < 1.0 < max(sx, sy)
+    else:
+        mixed = False
+    if mixed:
+        pass
+    elif verdict.scale < 0.93:
         if enlarged:
             return "b", f"was enlarged {1 / verdict.scale:.2f}x: more pixels, no more detail"
         return "a", f"{squashed}has fewer pixels ({verdict.scale:.2f}x)"
-    if verdict.scale > 1.07:
+    if verdict.scale > 1.07 and not mixed:
         if enlarged:
             return "a", f"was enlarged {verdict.scale:.2f}x: more pixels, no more detail"
         return "b", f"{squashed}has fewer pixels ({1 / verdict.scale:.2f}x)"
