@@ -63,6 +63,7 @@ _AGREE_LEVELS = 10.0
 # deleted wrongly), a region edit that does not is listed as before.
 _REGION_LEVELS = 30.0
 REGION_SHARE = 0.003
+REGION_SIDE = 320  # the grey images compared: a 4000x3000 JPEG decodes at 1/8, a caption still shows
 # Below this pixel agreement, points that fit a homography are a coincidence of patterns
 # (other photos of the train half reached 0.03), not one scene: retakes scored 0.34 and up.
 MIN_SCENE_AGREEMENT = 0.25
@@ -264,8 +265,11 @@ class PairChecker:
         h = getattr(v, "homography", None)
         if h is None:
             return 0.0, 0.0
-        ga = cv2.resize(grey_a, a.size, interpolation=cv2.INTER_AREA).astype(np.float32)
-        gb = cv2.resize(grey_b, b.size, interpolation=cv2.INTER_AREA).astype(np.float32)
+        # The fit maps a's points to b's at the sizes they were found; the grey images may
+        # be smaller (REGION_SIDE): carry the fit over.
+        ka, kb = grey_a.shape[1] / a.size[0], grey_b.shape[1] / b.size[0]
+        h = np.diag([kb, kb, 1.0]) @ h @ np.diag([1 / ka, 1 / ka, 1.0])
+        ga, gb = grey_a.astype(np.float32), grey_b.astype(np.float32)
         if v.mirror_first:
             ga = np.ascontiguousarray(ga[:, ::-1])
         # Compared at the resolution of the smaller: the detail the larger has over it is

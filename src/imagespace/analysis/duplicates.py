@@ -34,8 +34,8 @@ from ..collection import Collection, Row
 from ..images import CaptureFacts, ImageError, capture_facts, load_pil
 from ..index import open_index
 from ._threads import worker_threads
-from .copies import (SIGNALS, VERIFY_SIDE, FeatureMaker, ImageFeatures, PairChecker, PairVerdict, differs_in_region,
-                     original_of, region_note)
+from .copies import (REGION_SIDE, SIGNALS, VERIFY_SIDE, FeatureMaker, ImageFeatures, PairChecker, PairVerdict,
+                     differs_in_region, original_of, region_note)
 from .enlargement import MIN_SCALE, enlargement_ratio
 from .pair_cache import ImageSummary, PairCache
 
@@ -294,8 +294,8 @@ class _Verifier:
             # Where the two differ: evenly (an edit of the whole) or in one region (a caption,
             # marks, a recoloured part: information one of them lacks). Sharper than the thumbnails.
             try:
-                grey_a = np.asarray(load_pil(a.path, max_side=VERIFY_SIDE).convert("L"))
-                grey_b = np.asarray(load_pil(b.path, max_side=VERIFY_SIDE).convert("L"))
+                grey_a = np.asarray(load_pil(a.path, max_side=REGION_SIDE).convert("L"))
+                grey_b = np.asarray(load_pil(b.path, max_side=REGION_SIDE).convert("L"))
             except ImageError:
                 pass
             else:

@@ -62,7 +62,12 @@ def create_app(
     and load the model in the background at start-up, so that the first query is fast.
     """
     engine = Engine(db_path)
-    thumbs = ThumbnailCache(engine.root)
+    if engine.collection.writable:
+        thumbs = ThumbnailCache(engine.root)
+    else:  # read-only storage: thumbnails go to the user's cache, one folder per collection
+        from ..models.cache import cache_dir
+
+        thumbs = ThumbnailCache(cache_dir() / "read-only-collections" / (engine.collection.collection_id or "unknown"))
     if allowed_hosts is None and token is None:
         allowed_hosts = LOCAL_HOSTS
 
