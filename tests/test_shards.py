@@ -81,13 +81,13 @@ def test_sharded_engine_merges_like_one_collection_and_never_answers_short(photo
         sync(whole, [str(folder)], model, model_spec="efficientnet-lite0")
         _, vecs = whole.vectors()
         searcher = Searcher(whole, model)
-        expected = [[(h.path, h.score) for h in searcher.by_vector(q, k=5, offset=1)] for q in vecs[:4]]
+        expected = [[(h.path, h.score) for h in searcher.query(vector=q, k=5, offset=1).hits] for q in vecs[:4]]
     index_sharded(tmp_path / "shards", [folder], shards=3, by="folder")  # loose files: dealt one by one
     services = {n: ShardService(f) for n, f in enumerate(shard_folders(tmp_path / "shards"))}
     engine = ShardedEngine(tmp_path / "shards", {n: InProcess(s) for n, s in services.items()}, embed=None)
     assert engine.info()["images"] == 12
     for q, want in zip(vecs[:4], expected):
-        hits = engine.by_vector(q, k=5, offset=1)
+        hits = engine.query(vector=q, k=5, offset=1).hits
         assert [(h.path, round(h.score, 5)) for h in hits] == [(p, round(s, 5)) for p, s in want]
         assert engine.rows([hits[0].id])[hits[0].id].path == hits[0].path
         assert engine.similar(engine.row(hits[0].id), k=3)[0].id != hits[0].id
@@ -103,7 +103,7 @@ def test_sharded_engine_merges_like_one_collection_and_never_answers_short(photo
 
     engine.shards[1] = NoLiveReplica()
     with pytest.raises(ShardUnavailable, match="shard-001 has no live replica"):
-        engine.by_vector(vecs[0], k=5)
+        engine.query(vector=vecs[0], k=5)
     assert engine.health()["shards_answering"] == 2
     for s in services.values():
         s.close()

@@ -26,7 +26,7 @@ from ..search import QueryError
 from .api import build_router, build_session_router
 from .engine import Busy, EmptyCollection, Engine, Unavailable
 from .files import SourceRefused, ThumbnailCache
-from .sharded import ShardUnavailable
+from .sharded import NotServedFromShards, ShardUnavailable
 from .security import LOCAL_HOSTS, GuardMiddleware, require_token
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -44,6 +44,7 @@ ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (CollectionError, 409),  # locked by another run, wrong model
     (SourceRefused, 404),
     (Unavailable, 501),
+    (NotServedFromShards, 501),  # needs the whole collection in one place (server.sharded says why)
     (ShardUnavailable, 503),  # a shard with no live replica (server.ray_serve): retry shortly
 ]
 

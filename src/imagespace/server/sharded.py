@@ -28,8 +28,8 @@ import numpy as np
 
 from ..collection import Row
 from ..index.shards import SHARD_STRIDE, shard_name
-from ..search import Hit, QueryError
-from .engine import UPLOAD_MAX_PIXELS, EmptyCollection, IndexJob, Unavailable
+from ..search import Answer, Hit, QueryError
+from .engine import UPLOAD_MAX_PIXELS, IndexJob
 
 # The collection's folders are asked for by every image and thumbnail request: from the
 # shards at most this often (a re-index that adds a folder shows within this time).
@@ -44,6 +44,10 @@ WHOLE_COLLECTION = (
 
 class ShardUnavailable(Exception):
     """A shard with no live replica: its part of the answer is missing, so none is given."""
+
+
+class NotServedFromShards(Exception):
+    """A feature that needs the whole collection in one place (the message says which and why)."""
 
 
 class Pending(Protocol):
@@ -316,6 +320,15 @@ class ShardedEngine:
             raise QueryError(f"image {row.id} has not been embedded with the collection's current model yet: re-run index")
         return self.by_vector(vector, exclude=frozenset({row.id}), **opts)
 
+    def query(self, *, vector: np.ndarray | None = None, text: str | None = None, k: int = 10, offset: int = 0,
+              where: str | None = None, min_score: float | None = None) -> Answer:
+        """A query by vector or by words, as the one-process Engine answers it."""
+        if (vector is None) == (text is None):
+            raise QueryError("give exactly one of a vector or words (text)")
+        if text is not None:
+            return Answer(*self.by_text(text, k=k, offset=offset, where=where, min_score=min_score))
+        return Answer(self.by_vector(vector, k=k, offset=offset, where=where, min_score=min_score))
+
     def by_text(self, text: str, *, k: int, offset: int, where: str | None, min_score: float | None) -> tuple[list[Hit], dict]:
         """Words: each shard ranks its images by their stored concept probabilities (the same
         scale everywhere), merged by score; how the words were understood, from the first shard."""
@@ -326,30 +339,32 @@ class ShardedEngine:
     # -- not served from shards, and why -------------------------------------------------
 
     def recommend(self, like: list[int], unlike: list[int], k: int) -> list[Hit]:
-        raise Unavailable("recommendations are not served from a sharded collection yet: they re-rank the liked "
+        raise NotServedFromShards("recommendations are not served from a sharded collection yet: they re-rank the liked "
                           "images' neighbourhoods for diversity over one index; search by a liked image instead")
 
     def duplicates(self, threshold: float | None):
-        raise Unavailable(f"duplicate detection {WHOLE_COLLECTION}")
+        raise NotServedFromShards(f"duplicate detection {WHOLE_COLLECTION}")
 
     def duplicate_groups(self, threshold: float | None):
-        raise Unavailable(f"duplicate detection {WHOLE_COLLECTION}")
+        raise NotServedFromShards(f"duplicate detection {WHOLE_COLLECTION}")
 
     def clusters(self, k: int | None):
-        raise Unavailable(f"clustering {WHOLE_COLLECTION}")
+        raise NotServedFromShards(f"clustering {WHOLE_COLLECTION}")
 
     def layout(self, max_points: int):
-        raise Unavailable(f"the map {WHOLE_COLLECTION}")
+        raise NotServedFromShards(f"the map {WHOLE_COLLECTION}")
 
     def map_grid(self, *args, **kwargs):
-        raise Unavailable(f"the map {WHOLE_COLLECTION}")
+        raise NotServedFromShards(f"the map {WHOLE_COLLECTION}")
+
+    page_map = map_grid
 
     def job(self) -> IndexJob:
         return IndexJob()
 
     def start_indexing(self) -> IndexJob:
-        raise Unavailable("a sharded collection is indexed from the command line (imagespace index PATH --db DIR); "
+        raise NotServedFromShards("a sharded collection is indexed from the command line (imagespace index PATH --db DIR); "
                           "the shard replicas take the new rows in on their next query")
 
 
-__all__ = ["EmbedService", "EmptyCollection", "InProcess", "ShardService", "ShardUnavailable", "ShardedEngine", "global_id", "split_id"]
+__all__ = ["EmbedService", "InProcess", "NotServedFromShards", "ShardService", "ShardUnavailable", "ShardedEngine", "global_id", "split_id"]
