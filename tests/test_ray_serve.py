@@ -76,6 +76,10 @@ def test_sharded_on_ray_answers_as_the_single_process_server(servers):
         health = b.get("/api/health").json()
         assert health["images"] == 240 and health["shards"]["shards_answering"] == 2
         assert {n: d["running"] for n, d in health["shards"]["replicas"].items() if n.startswith("shard-")} == {"shard-000": 2, "shard-001": 2}
+        page = b.get("/")  # the same page, from the ingress
+        assert page.status_code == 200 and '<script src="/static/app.js"' in page.text
+        first = b.get("/api/images", params={"limit": 1, "offset": 150}).json()[0]  # browsing crosses shards
+        assert b.get(first["thumb"]).headers["content-type"] == "image/jpeg"
         # a whole-collection analysis says why it is not served from shards, as JSON
         r = b.get("/api/duplicates")
         assert r.status_code == 501 and "every vector" in r.json()["detail"]
@@ -114,3 +118,37 @@ def test_replica_killed_under_load_fails_no_request(servers):
                 break
             time.sleep(0.5)
         assert shards["shards_answering"] == 2 and shards["replicas"]["shard-001"]["running"] == 2, shards
+
+
+@pytest.mark.slow
+def test_calls_in_flight_on_a_killed_replica_are_sent_again():
+    """The retry itself, in this process: Serve's router only re-routes calls a replica had not
+    accepted; calls it was running when SIGKILLed fail with ActorDiedError unless sent again."""
+    import ray
+    from ray import serve
+
+    from imagespace.server.ray_serve import ServeClient
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0.1}, health_check_period_s=2)
+        class Slow:
+            def work(self, x: int) -> int:
+                time.sleep(1)
+                return os.getpid()
+
+            def pid(self) -> int:
+                return os.getpid()
+
+        client = ServeClient(serve.run(Slow.bind(), name="retry", route_prefix=None), "slow")
+        pids = {client.call("pid") for _ in range(20)}
+        assert len(pids) == 2
+        pending = [client.submit("work", i) for i in range(6)]
+        time.sleep(0.4)  # both replicas are now running calls
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        answered_by = [p.result() for p in pending]
+        assert victim not in answered_by and client.retried >= 1
+    finally:
+        serve.shutdown()
+        ray.shutdown()
