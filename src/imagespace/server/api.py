@@ -196,7 +196,7 @@ MinScore = Annotated[float | None, Query(ge=-1, le=1, description="drop results 
 def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
     r = APIRouter()
 
-    @r.get("/health", response_model=Health)
+    @r.get("/health", response_model=Health, response_model_exclude_none=True)  # "shards" only when sharded
     def health() -> Health:
         sharded = engine.health() if hasattr(engine, "health") else None
         if sharded is None:
