@@ -12,7 +12,7 @@ from imagespace.indexing import sync
 from imagespace.collection import Collection
 from imagespace.search import Searcher
 from imagespace.index.shards import SHARD_STRIDE, ShardedIndex
-from imagespace.server.sharded import InProcess, ShardedEngine, ShardService, ShardUnavailable
+from imagespace.server.sharded import ShardUnavailable, in_process_engine
 from imagespace.sharding import build_shard, hash_shard, index_sharded, plan_shards, shard_folders
 
 
@@ -83,8 +83,7 @@ def test_sharded_engine_merges_like_one_collection_and_never_answers_short(photo
         searcher = Searcher(whole, model)
         expected = [[(h.path, h.score) for h in searcher.query(vector=q, k=5, offset=1).hits] for q in vecs[:4]]
     index_sharded(tmp_path / "shards", [folder], shards=3, by="folder")  # loose files: dealt one by one
-    services = {n: ShardService(f) for n, f in enumerate(shard_folders(tmp_path / "shards"))}
-    engine = ShardedEngine(tmp_path / "shards", {n: InProcess(s) for n, s in services.items()}, embed=None)
+    engine = in_process_engine(tmp_path / "shards")
     assert engine.info()["images"] == 12
     for q, want in zip(vecs[:4], expected):
         hits = engine.query(vector=q, k=5, offset=1).hits
@@ -105,5 +104,22 @@ def test_sharded_engine_merges_like_one_collection_and_never_answers_short(photo
     with pytest.raises(ShardUnavailable, match="shard-001 has no live replica"):
         engine.query(vector=vecs[0], k=5)
     assert engine.health()["shards_answering"] == 2
-    for s in services.values():
-        s.close()
+    engine.close()
+
+
+def test_serve_without_ray_opens_every_shard_in_its_process(photo_folder, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from imagespace.server import create_app
+
+    folder = photo_folder(8)
+    index_sharded(tmp_path / "shards", [folder], shards=2)
+    app = create_app(tmp_path / "shards", engine=in_process_engine(tmp_path / "shards"))
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        r = http.post("/api/search/image", params={"k": 3}, files={"file": ("q.jpg", (folder / "img_004.jpg").read_bytes(), "image/jpeg")})
+        assert r.status_code == 200, r.text
+        top = r.json()["results"][0]
+        assert top["path"].endswith("img_004.jpg") and top["score"] > 0.99
+        assert http.get(f"/api/images/{top['id']}").json()["path"] == top["path"]
+        assert http.get("/api/health").json()["shards"]["shards_answering"] == 2
+        assert http.get("/api/clusters").status_code == 501

@@ -40,8 +40,15 @@ def serve(
     import uvicorn
 
     from ..server import create_app
+    from ..sharding import is_sharded
 
-    application = create_app(db, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), warm=True)
+    engine_in_process = None
+    if is_sharded(db):  # every shard opened in this process: the same API, one machine
+        from ..server.sharded import in_process_engine
+
+        engine_in_process = in_process_engine(db)
+    application = create_app(db, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), warm=True,
+                             engine=engine_in_process)
     shown = f"[{host}]" if ":" in host else host
     where = f"http://{shown}:{port}/" + (" (open it with /#token=TOKEN, or enter the token on the page)" if token else "")
     print(f"imagespace: serving {application.state.engine.root} at {where}; Ctrl+C stops", file=sys.stderr, flush=True)

@@ -134,6 +134,9 @@ class EmbedService:
         self.model = self.space.searcher.model
         self.input_size = self.model.input_size
 
+    def close(self) -> None:
+        self.space.close()
+
     def decode_upload(self, data: bytes) -> np.ndarray:
         """Uploaded bytes as the model's input (``ImageError`` when they are not an image)."""
         from ..images import decode
@@ -175,8 +178,9 @@ class ShardedEngine:
     """
 
     def __init__(self, root: str | Path, shards: dict[int, ShardClient], embed: Callable[[bytes], np.ndarray], *,
-                 topology: Callable[[], dict] | None = None):
+                 topology: Callable[[], dict] | None = None, on_close: Callable[[], None] | None = None):
         self.root = self.db_path = Path(root)
+        self._on_close = on_close
         self.shards = dict(shards)
         self._embed = embed
         self._topology = topology
@@ -185,7 +189,8 @@ class ShardedEngine:
         self.warmed = False
 
     def close(self) -> None:
-        pass
+        if self._on_close is not None:
+            self._on_close()
 
     # -- fan-out -------------------------------------------------------------------------
 
@@ -367,4 +372,21 @@ class ShardedEngine:
                           "the shard replicas take the new rows in on their next query")
 
 
-__all__ = ["EmbedService", "InProcess", "NotServedFromShards", "ShardService", "ShardUnavailable", "ShardedEngine", "global_id", "split_id"]
+def in_process_engine(root: str | Path) -> ShardedEngine:
+    """Every shard of the sharded collection at ``root`` opened in this process (``serve
+    --db DIR`` without Ray): the same answers, one machine, no replicas."""
+    from ..sharding import shard_folders
+
+    folders = [f for f in shard_folders(root) if f.is_dir()]
+    if not folders:
+        raise ValueError(f"{root} holds no shards yet: index some images first")
+    services = {int(f.name.rpartition("-")[2]): ShardService(f) for f in folders}
+    embedder = EmbedService(folders[0])
+    def close() -> None:
+        for service in (*services.values(), embedder):
+            service.close()
+
+    return ShardedEngine(root, {n: InProcess(s) for n, s in services.items()}, embedder.embed_upload, on_close=close)
+
+
+__all__ = ["EmbedService", "InProcess", "NotServedFromShards", "ShardService", "ShardUnavailable", "ShardedEngine", "global_id", "in_process_engine", "split_id"]
