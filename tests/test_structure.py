@@ -227,12 +227,3 @@ def test_the_server_imports_plainly():
                 offenders.append(f"{path.relative_to(SRC)}:{node.lineno}: __import__")
     assert not offenders, "importlib in server/:\n" + "\n".join(offenders)
 
-
-def test_tests_do_not_import_benchmarks():
-    offenders = []
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            if any(n == "benchmarks" or n.startswith("benchmarks.") for n in names):
-                offenders.append(f"{path.name}:{node.lineno}")
-    assert not offenders, "tests importing benchmarks (use the library):\n" + "\n".join(offenders)
