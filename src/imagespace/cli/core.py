@@ -77,11 +77,12 @@ def search(
         compile_where(where)  # a filter that cannot be read is a usage error: before any work
 
     with open_space(db, create=False, index_kind=index_kind) as space:
-        answer = space.query(
+        searcher = space.searcher
+        answer = searcher.query(
             image, like=like, text=text, text_model=text_model, qe=qe and text is None, dba=dba and text is None,
             k=k, where=where, min_score=min_score,
         )
-        answer.extra["index"] = space.searcher.answered_by()
+        answer.extra["index"] = searcher.answered_by()
     payload = answer.to_dict()
 
     def human(p: dict) -> None:
