@@ -136,8 +136,7 @@ def _deployments(replicas: int, model_replicas: int):
     @serve.deployment(num_replicas=model_replicas, ray_actor_options={"num_cpus": MODEL_CPUS}, max_ongoing_requests=32, **common)
     class Model:
         def __init__(self, shard_root: str):
-            os.environ["IMAGESPACE_THREADS"] = str(MODEL_THREADS)
-            self.service = EmbedService(shard_root)
+            self.service = EmbedService(shard_root, threads=MODEL_THREADS)
             self.service.embed([np.zeros((self.service.input_size,) * 2 + (3,), dtype=np.uint8)])  # ONNX Runtime's first run
 
         async def embed_upload(self, data: bytes) -> np.ndarray:

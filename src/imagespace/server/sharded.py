@@ -127,11 +127,11 @@ class ShardService:
 class EmbedService:
     """The collection's model, for uploaded queries (loaded through the first shard's ImageSpace)."""
 
-    def __init__(self, shard_root: str | Path):
+    def __init__(self, shard_root: str | Path, *, threads: int | None = None):
         from ..space import ImageSpace
 
-        self.space = ImageSpace(shard_root, create=False)
-        self.model = self.space.searcher.model
+        self.space = ImageSpace(shard_root, create=False, readonly=True, threads=threads)
+        self.model = self.space.model
         self.input_size = self.model.input_size
 
     def close(self) -> None:
