@@ -123,3 +123,14 @@ def test_serve_without_ray_opens_every_shard_in_its_process(photo_folder, tmp_pa
         assert http.get(f"/api/images/{top['id']}").json()["path"] == top["path"]
         assert http.get("/api/health").json()["shards"]["shards_answering"] == 2
         assert http.get("/api/clusters").status_code == 501
+
+
+def test_one_process_serve_never_loads_ray():
+    """`serve` without --engine ray keeps its start-up time: Ray is imported on the Ray path only."""
+    import subprocess
+    import sys
+
+    code = ("import sys, imagespace.cli.serve, imagespace.server.sharded, imagespace.server.ray_serve;"
+            "from imagespace.server import create_app; print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
