@@ -134,3 +134,19 @@ def test_one_process_serve_never_loads_ray():
             "from imagespace.server import create_app; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_model_comes_from_a_shard_that_holds_images(photo_folder, tmp_path, model):
+    from imagespace.server.sharded import EmbedService
+
+    folder = photo_folder(1)
+    index_sharded(tmp_path / "shards", [folder], shards=2)  # one of the two shards stays empty
+    sizes = {}
+    for f in shard_folders(tmp_path / "shards"):
+        with Collection(f, create=False) as c:
+            sizes[f] = len(c)
+    assert sorted(sizes.values()) == [0, 1]
+    empty_first = sorted(sizes, key=sizes.get)
+    embedder = EmbedService(empty_first)
+    assert embedder.model.model_id == model.model_id
+    embedder.close()

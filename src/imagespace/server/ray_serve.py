@@ -135,8 +135,8 @@ def _deployments(replicas: int, model_replicas: int):
 
     @serve.deployment(num_replicas=model_replicas, ray_actor_options={"num_cpus": MODEL_CPUS}, max_ongoing_requests=32, **common)
     class Model:
-        def __init__(self, shard_root: str):
-            self.service = EmbedService(shard_root, threads=MODEL_THREADS)
+        def __init__(self, shard_roots: list[str]):
+            self.service = EmbedService(shard_roots, threads=MODEL_THREADS)
             self.service.embed([np.zeros((self.service.input_size,) * 2 + (3,), dtype=np.uint8)])  # ONNX Runtime's first run
 
         async def embed_upload(self, data: bytes) -> np.ndarray:
@@ -196,7 +196,7 @@ def build_app(db: str | Path, *, replicas: int = 1, model_replicas: int | None =
         raise ValueError(f"{db} lacks {', '.join(missing)}: index it again ('imagespace index PATH... --db {db}')")
     shard, model, ingress = _deployments(replicas, model_replicas or replicas)
     shards = [shard.options(name=f.name).bind(str(f.resolve())) for f in folders]
-    return ingress.bind(str(Path(db).resolve()), shards, model.options(name="model").bind(str(folders[0].resolve())),
+    return ingress.bind(str(Path(db).resolve()), shards, model.options(name="model").bind([str(f.resolve()) for f in folders]),
                         token, max_upload_bytes)
 
 

@@ -125,13 +125,23 @@ class ShardService:
 
 
 class EmbedService:
-    """The collection's model, for uploaded queries (loaded through the first shard's ImageSpace)."""
+    """The collection's model, for uploaded queries, loaded through the ImageSpace of the first
+    shard of ``shard_roots`` that holds images (a shard may be empty: every shard shares the
+    model, and the ingress checks that they agree)."""
 
-    def __init__(self, shard_root: str | Path, *, threads: int | None = None):
+    def __init__(self, shard_roots: list[str | Path], *, threads: int | None = None):
+        from ..collection import EmptyCollectionError
         from ..space import ImageSpace
 
-        self.space = ImageSpace(shard_root, create=False, readonly=True, threads=threads)
-        self.model = self.space.model
+        for root in shard_roots:
+            self.space = ImageSpace(root, create=False, readonly=True, threads=threads)
+            try:
+                self.model = self.space.model
+                break
+            except EmptyCollectionError:
+                self.space.close()
+        else:
+            raise EmptyCollectionError(f"no shard of {Path(shard_roots[0]).parent} holds images yet: index some first")
         self.input_size = self.model.input_size
 
     def close(self) -> None:
@@ -381,7 +391,7 @@ def in_process_engine(root: str | Path) -> ShardedEngine:
     if not folders:
         raise ValueError(f"{root} holds no shards yet: index some images first")
     services = {int(f.name.rpartition("-")[2]): ShardService(f) for f in folders}
-    embedder = EmbedService(folders[0])
+    embedder = EmbedService(folders)
     def close() -> None:
         for service in (*services.values(), embedder):
             service.close()
