@@ -296,12 +296,12 @@ class _Verifier:
             # Where the two differ: evenly (an edit of the whole) or in one region (a caption,
             # marks, a recoloured part: information one of them lacks). Sharper than the thumbnails.
             try:
-                grey_a = np.asarray(load_pil(a.path, max_side=REGION_SIDE).convert("L"))
-                grey_b = np.asarray(load_pil(b.path, max_side=REGION_SIDE).convert("L"))
+                pixels_a = np.asarray(load_pil(a.path, max_side=REGION_SIDE).convert("RGB"))
+                pixels_b = np.asarray(load_pil(b.path, max_side=REGION_SIDE).convert("RGB"))
             except ImageError:
                 pass
             else:
-                verdict.region = round(self._tools()[1].region(grey_a, grey_b, fa, fb, verdict)[0], 4)
+                verdict.region = round(self._tools()[1].region(pixels_a, pixels_b, fa, fb, verdict)[0], 4)
                 if differs_in_region(verdict):
                     verdict.reason = f"{verdict.reason}; {region_note(verdict)}"
         with self._lock:
