@@ -139,6 +139,20 @@ class Collection:
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT INTO meta(key,value) VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
+    def try_set_meta(self, key: str, value: str) -> bool:
+        """``set_meta`` if the database can be written at once: never waits for a run that holds
+        the write lock, and fails quietly on a read-only collection (a derived value, such as
+        the weak line, is then simply measured again next time)."""
+        try:
+            self.conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                self.set_meta(key, value)
+            finally:
+                self.conn.execute("PRAGMA busy_timeout = 60000")
+        except sqlite3.Error:
+            return False
+        return True
+
     def _next_seq(self) -> int:
         """Within a transaction: the sequence number for this change."""
         seq = int(self.get_meta("seq") or 0) + 1

@@ -153,19 +153,22 @@ def recommend(
 ) -> None:
     """More images like the liked ones and unlike the disliked ones, varied, inputs excluded."""
     from ..analysis.recommend import recommend as run
+    from ..analysis.recommend import recommend_meaning
 
     with open_collection(db) as coll:
         _require_images(coll)
         like_ids = _ids_of(coll, like, "--like")
         unlike_ids = _ids_of(coll, unlike or [], "--unlike")
         hits = run(coll, like_ids, unlike_ids, k=k, dba=dba)
+        meaning = recommend_meaning(coll, hits, augmented=dba)
     payload = {
-        "results": [{"path": h.path, "score": round(h.score, 6), "tags": [t for t, _ in h.tags]} for h in hits],
+        "results": [{"path": h.path, "score": round(h.score, 6), "tags": [t for t, _ in h.tags], "weak": h.weak} for h in hits],
         "order": "diversified",
+        "scores": meaning.to_dict(),
     }
 
     def human(p: dict) -> None:
-        print_results(p["results"], note=DIVERSIFIED_NOTE if p["results"] else None)
+        print_results(p["results"], scores=p["scores"], note=DIVERSIFIED_NOTE if p["results"] else None)
 
     emit(as_json, payload, human)
 

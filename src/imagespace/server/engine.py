@@ -225,6 +225,11 @@ class Engine:
     def similar(self, row: Row, **opts) -> list[Hit]:
         return self.with_searcher(lambda s: s.query(like=row.path, **opts).hits)
 
+    def cosine_meaning(self) -> dict:
+        """What image-search scores mean in this collection, and its weak line (the same words
+        as the command line's)."""
+        return self.with_searcher(lambda s: s.judge_cosines([]).to_dict())
+
     def by_text(self, text: str, *, k: int, offset: int, where: str | None, min_score: float | None) -> tuple[list[Hit], dict]:
         self._load_text_side()  # first use: load the models without holding up other queries
         answer = self.with_searcher(lambda s: s.query(text=text, k=k, offset=offset, where=where, min_score=min_score))
@@ -233,7 +238,14 @@ class Engine:
     def recommend(self, like: list[int], unlike: list[int], k: int) -> list[Hit]:
         recommend = _optional("imagespace.analysis.recommend", "recommend", "recommendations")
         # the process's open index: no reload of the index file per request
-        return self.with_searcher(lambda s: recommend(s.collection, like=like, unlike=unlike, k=k, index=s.index))
+        recommend_meaning = _optional("imagespace.analysis.recommend", "recommend_meaning", "recommendations")
+
+        def run(s: Searcher) -> list[Hit]:
+            hits = recommend(s.collection, like=like, unlike=unlike, k=k, index=s.index)
+            recommend_meaning(s.collection, hits)  # marks the weak ones, as the command line does
+            return hits
+
+        return self.with_searcher(run)
 
     # -- analysis (own connection, cached until the rows change) -------------------------
 
