@@ -238,11 +238,10 @@ class Engine:
     def recommend(self, like: list[int], unlike: list[int], k: int) -> list[Hit]:
         recommend = _optional("imagespace.analysis.recommend", "recommend", "recommendations")
         # the process's open index: no reload of the index file per request
-        recommend_meaning = _optional("imagespace.analysis.recommend", "recommend_meaning", "recommendations")
 
         def run(s: Searcher) -> list[Hit]:
             hits = recommend(s.collection, like=like, unlike=unlike, k=k, index=s.index)
-            recommend_meaning(s.collection, hits)  # marks the weak ones, as the command line does
+            s.judge_cosines(hits)  # cosines: the weak ones marked, as the command line does
             return hits
 
         return self.with_searcher(run)
