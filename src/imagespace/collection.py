@@ -99,7 +99,9 @@ class Collection:
         if not db_path.exists():
             if not create:
                 raise CollectionError(
-                    f"no collection at {self.root}: run 'imagespace index PATH --db {self.root}' first"
+                    f"no collection at {self.root}: for a collection elsewhere give --db DIR (or set the "
+                    f"IMAGESPACE_DB environment variable to its folder); to make one here, run "
+                    f"'imagespace index PATH --db {self.root}'"
                 )
             try:
                 self.root.mkdir(parents=True, exist_ok=True)

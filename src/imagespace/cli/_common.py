@@ -132,6 +132,13 @@ def say(message: str) -> None:
 
 
 def open_collection(db: Path, create: bool = False):
-    from ..collection import Collection
+    from ..collection import DB_FILE, Collection
 
+    if not create and Path(db) == DEFAULT_DB and not (Path(db) / DB_FILE).exists():
+        # the default: the user may well have a collection, just not in this folder
+        raise Failure(
+            f"no collection in this folder ({Path(db).resolve()}, the default when neither --db nor "
+            f"IMAGESPACE_DB is given): give --db DIR for a collection elsewhere, or set IMAGESPACE_DB=DIR "
+            f"(e.g. in your shell profile) to use it by default; to make one here, run 'imagespace index PATH'"
+        )
     return Collection(db, create=create)

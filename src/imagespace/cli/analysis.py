@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..search import MAX_K
-from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_collection, print_results
+from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_collection, print_results, say
 
 DIVERSIFIED_NOTE = (
     "Order: diversified, not by score alone. Each pick balances its score (mean cosine to the liked "
@@ -270,5 +270,7 @@ def eval_(
             f"mAP {p['map']:.3f}, kNN accuracy {p['knn_accuracy']:.3f}, NMI {p['nmi']:.3f}",
             highlight=False,
         )
+        if p.get("warning"):
+            say("warning: " + p["warning"])
 
     emit(as_json, metrics, human)

@@ -110,7 +110,11 @@ def search(
         if p.get("understood_as"):
             say("understood as: " + ", ".join(
                 c["concept"] + (f" ({_classes(c['classes'])})" if c.get("classes") else "") for c in p["understood_as"]))
+        for reason in p.get("no_class", []):
+            say(f"not answered: {reason}")
         print_results(p["results"], scores=p.get("scores"))
+        for hint in p.get("hints", []):
+            say(hint)
 
     emit(as_json, payload, human)
 

@@ -20,6 +20,7 @@ from ..index import EXACT_LIMIT, VectorSearch, exact_search, open_index
 from ..models import create_model
 from .chance import chance_line
 from .concept_search import concept_classes, concept_names, concept_scores, is_weak
+from .filter_hints import where_hints
 from .filters import ids_passing
 from .rerank import reranked
 from .results import Hit, QueryError, finish
@@ -182,7 +183,15 @@ class Searcher:
         else:
             ids, scores = self._nearest(vector, want)
         hits = finish(self.collection, zip(ids, scores), exclude=exclude, **_page(opts))
-        return Answer(hits, {"scores": self.judge_cosines(hits, augmented=dba).to_dict()})
+        return self._hinted(Answer(hits, {"scores": self.judge_cosines(hits, augmented=dba).to_dict()}), where)
+
+    def _hinted(self, answer: Answer, where: str | None) -> Answer:
+        """An empty answer to a filter says which tag or label no image has (a typing error?)."""
+        if where and not answer.hits:
+            hints = where_hints(self.collection, where)
+            if hints:
+                answer.extra["hints"] = hints
+        return answer
 
     def judge_cosines(self, hits: list[Hit], *, augmented: bool = False):
         """Mark ``hits`` (cosine scores) weak below the collection's chance line; its meaning."""
@@ -255,7 +264,7 @@ class Searcher:
         for h in hits:
             labelled = user is not None and user.by_path.get(h.path, ("", 0.0))[0] in own
             h.weak = not labelled and is_weak(h.score, h.tags, names)
-        return Answer(hits[offset:], {**explain(understanding), "scores": probability_meaning().to_dict()})
+        return self._hinted(Answer(hits[offset:], {**explain(understanding), "scores": probability_meaning().to_dict()}), where)
 
 
 def search_text(searcher: Searcher, text: str, *, text_model=None, k: int = 10, where: str | None = None,
