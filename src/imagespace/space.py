@@ -10,7 +10,7 @@ values instead of JSON. It only assembles the library's parts (rows in
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,14 +82,18 @@ class ImageSpace:
     # -- indexing ----------------------------------------------------------------------------
 
     def index(self, paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, batch_size: int = 32,
-              workers: int | None = None, progress: bool = False) -> SyncReport:
+              workers: int | None = None, progress: bool | None = None,
+              on_progress: Callable[[int, int], None] | None = None) -> SyncReport:
         """Add new, changed and removed images under ``paths``, incrementally (as ``imagespace index``).
 
         Args:
             paths: image files or folders (scanned recursively); ``~`` is expanded.
             batch_size: images per model call.
             workers: decoding threads (default: one per core).
-            progress: show a progress bar on standard error.
+            progress: show a progress bar (images/s, time left) on standard error; by default
+                when standard error is a terminal or a notebook, never in a pipe or a log file.
+            on_progress: ``on_progress(done, total)``, called before the first batch and after
+                each (e.g. to drive a progress bar of your own).
 
         Returns:
             A :class:`~imagespace.indexing.SyncReport` (``.added``, ``.updated``,
@@ -103,8 +107,11 @@ class ImageSpace:
             paths = [paths]
         spec = self.model_spec
         model = self._model_for(spec)
+        if progress is None:
+            progress = _interactive()
         report = sync(self.collection, [os.path.expanduser(os.fspath(p)) for p in paths], model,
-                      model_spec=spec, batch_size=batch_size, workers=workers, progress=progress)
+                      model_spec=spec, batch_size=batch_size, workers=workers, progress=progress,
+                      on_progress=on_progress)
         if self._searcher is not None:
             self._searcher.refresh()
         return report
@@ -274,3 +281,12 @@ def open(root: str | os.PathLike[str], model: str | os.PathLike[str] | None = No
         >>> hits = space.search("query.jpg", k=5, where="width > 1000")  # doctest: +SKIP
     """
     return ImageSpace(root, model, create=create)
+
+
+def _interactive() -> bool:
+    """Is someone watching standard error: a terminal, or a Jupyter notebook (Rich draws there)?"""
+    import sys
+
+    if sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
+        return True
+    return "ipykernel" in sys.modules

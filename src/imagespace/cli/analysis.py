@@ -98,7 +98,11 @@ def duplicates(
             head = "keep the first" if g["tier"] == "copy" else "the best shot first; pick yourself"
             c.print(f"group {n}: {len(g['members'])} {kind}, {head}:", highlight=False)
             for m in g["members"]:
-                mark = "keep" if m["kept"] else ("copy" if g["tier"] == "copy" else "shot")
+                # a retake group keeps nothing by itself: its first is only the best shot ("pick yourself")
+                if g["tier"] == "copy":
+                    mark = "keep" if m["kept"] else "copy"
+                else:
+                    mark = "best" if m["kept"] else "shot"
                 sim = f" (similarity {m['similarity']:.2f})" if m.get("similarity") is not None else ""
                 c.print(f"  [{mark}] {m['path']}", highlight=False, markup=False)
                 if not m["kept"]:
