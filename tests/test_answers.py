@@ -243,3 +243,20 @@ def test_readme_explains_every_kind_of_score():
     section = readme.split("### What a score means", 1)[1].split("\n## ", 1)[0]
     for kind in ("image cosine", "word probability", "recommend", "classify probability", "duplicates similarity"):
         assert kind in section.lower(), kind
+
+
+def test_ray_training_that_succeeds_is_quiet(tmp_path):
+    """``train --engine ray`` on a terminal-less run with progress: the driver's lines and the
+    workers' own progress, not Ray's placement, checkpoint and controller notices (58 lines
+    here, 72 on a user's machine, before)."""
+    pytest.importorskip("ray.train")
+    from test_train import make_classes
+
+    data = make_classes(tmp_path / "data", n_classes=3, per_class=5, size=(32, 32))
+    r = run_cli("train", "--data", data, "--out", tmp_path / "model", "--mode", "scratch", "--epochs", "2",
+                "--batch-size", "4", "--width", "4", "--image-size", "16", "--no-compare", "--engine", "ray",
+                "--workers", "2", "--worker-cpus", "1", timeout=900)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert not [line for line in lines if "pid=" in line or "Failed to query" in line], r.stderr
+    assert any("epoch 2" in line for line in lines) and len(lines) <= 15, r.stderr
