@@ -131,8 +131,10 @@ def say(message: str) -> None:
     print(message, file=sys.stdout if sys.stdout.isatty() else sys.stderr, flush=True)
 
 
-def open_collection(db: Path, create: bool = False):
-    from ..collection import DB_FILE, Collection
+def open_space(db: Path, *, create: bool = True, **options):
+    """The collection at ``--db`` as an :class:`imagespace.ImageSpace` (``create=False``: it must exist)."""
+    from ..collection import DB_FILE
+    from ..space import ImageSpace
 
     if not create and Path(db) == DEFAULT_DB and not (Path(db) / DB_FILE).exists():
         # the default: the user may well have a collection, just not in this folder
@@ -141,4 +143,4 @@ def open_collection(db: Path, create: bool = False):
             f"IMAGESPACE_DB is given): give --db DIR for a collection elsewhere, or set IMAGESPACE_DB=DIR "
             f"(e.g. in your shell profile) to use it by default; to make one here, run 'imagespace index PATH'"
         )
-    return Collection(db, create=create)
+    return ImageSpace(db, create=create, **options)

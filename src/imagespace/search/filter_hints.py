@@ -11,7 +11,7 @@ collection's stored tags and the general concepts above them ("dog" above "beagl
 from __future__ import annotations
 
 from ..collection import Collection
-from .concepts import HEDGE_MAX_CLASSES, wordnet
+from .word_concepts import HEDGE_MAX_CLASSES, wordnet
 from .filters import _tokenize, ids_passing
 from .tag_postings import tag_postings
 

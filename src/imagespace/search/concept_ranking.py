@@ -1,6 +1,6 @@
 """Rank a collection's images by the probability the network gave a concept.
 
-A concept (concepts.py) is a set of ImageNet classes, or one of the collection's own labels
+A concept (word_concepts.py) is a set of ImageNet classes, or one of the collection's own labels
 (user_labels.py). An image's score is the sum of the stored probabilities of the concept's
 classes among its tags (the network's top classes; a trained model's own classes): "dog"
 scores a photo tagged 0.5 beagle, 0.2 basset and 0.1 bathtub at 0.7. A user label's
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..collection import Collection
-from .concepts import Understanding, wordnet
+from .word_concepts import Understanding, wordnet
 from .tag_postings import tag_postings
 from .user_labels import UserLabels
 
