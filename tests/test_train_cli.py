@@ -46,6 +46,11 @@ def test_adapter_model_indexes_and_searches(tmp_path):
     results = json.loads(found.stdout)["results"]
     assert results[0]["path"] == str(query.resolve()) and results[0]["score"] > 0.99
 
+    # eval on the very folder the model learnt from: its figures say so (issue 26, item 11)
+    ev = run_cli("eval", "--data", data, "--db", db)
+    assert ev.returncode == 0, ev.stderr
+    assert "warning: these are the model's training images" in ev.stdout + ev.stderr
+
 
 def test_bad_input_gives_clear_messages(tmp_path):
     # Each call starts Python and PyTorch, so only what the CLI adds is checked here (exit
