@@ -49,10 +49,13 @@ class ChanceLine:
 def chance_line(collection: Collection) -> ChanceLine | None:
     """The collection's weak line, measured now if it was never measured or is out of date;
     None when the collection holds fewer than ``MIN_IMAGES`` images."""
-    model_id, n, seq = collection.model_id, len(collection), collection.seq
+    model_id, seq = collection.model_id, collection.seq
+    saved = _saved(collection)
+    if saved is not None and saved.model_id == model_id and saved.seq == seq:
+        return saved  # nothing written since: no count of the rows (a search stays a few ms)
+    n = len(collection)
     if model_id is None or n < MIN_IMAGES:
         return None
-    saved = _saved(collection)
     if saved is not None and saved.model_id == model_id and _still_current(saved, n, seq):
         return saved
     line = measure(collection)
