@@ -16,7 +16,7 @@ shrunk by a tenth (any change at all while it is small).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -57,6 +57,8 @@ def chance_line(collection: Collection) -> ChanceLine | None:
     if model_id is None or n < MIN_IMAGES:
         return None
     if saved is not None and saved.model_id == model_id and _still_current(saved, n, seq):
+        saved = replace(saved, seq=seq)  # still right for this many images: stamped current
+        _save(collection, saved)
         return saved
     line = measure(collection)
     if line is not None:
