@@ -97,14 +97,17 @@ def test_weak_line_is_measured_on_the_collection_and_refreshed(flowers, tmp_path
     assert line == pytest.approx(np.percentile(pairs, PERCENTILE), abs=1e-3)
     assert line != 0.5 and f"weak below {line:.2f}" in doc["scores"]["weak_rule"]
     assert all(x["weak"] == (x["score"] < line) for x in doc["results"])
-    # the same collection with unrelated pictures added: measured again, and lower
+    # the same collection with other pictures added: measured again, on what it holds now
     photos = tmp_path / "synthetic"
     photos.mkdir()
     for i in range(40):
         make_photo(100 + i).save(photos / f"s{i}.jpg", quality=90)
     assert run_cli("index", photos, "--db", db).returncode == 0
     again = json.loads(run_cli("search", "--like", query, "--db", db, "--json").stdout)["scores"]
-    assert again["weak_below"] < line
+    assert run_cli("export", "--out", out, "--db", db).returncode == 0
+    v = np.load(out)["embedding"]
+    assert len(v) == 120 and again["weak_below"] != line
+    assert again["weak_below"] == pytest.approx(np.percentile((v @ v.T)[np.triu_indices(len(v), 1)], PERCENTILE), abs=1e-3)
     # the page's API gives the same words for the same collection
     from fastapi.testclient import TestClient
 
