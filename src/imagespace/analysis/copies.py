@@ -383,21 +383,26 @@ def _region(ga: np.ndarray, gb: np.ndarray, inside: np.ndarray,
     saturation keeps the grey). Compression, noise, resampling and a slight misalignment stay
     inside those ranges; a caption, a watermark, marks or a part painted another colour do
     not, and lie in one place."""
-    import cv2
-
     differ = _differ(ga, gb, inside)
-    if colours is not None and differ.any():
+    found = _largest_patch(differ, inside)
+    if colours is not None and found[0] >= REGION_SHARE:  # the colours can only take some away
         ca, cb = colours
         in_colour = np.zeros_like(differ)
         for c in range(ca.shape[2]):
             in_colour |= _differ(np.ascontiguousarray(ca[..., c]), np.ascontiguousarray(cb[..., c]), inside)
-        differ &= in_colour
+        found = _largest_patch(differ & in_colour, inside)
+    return found
+
+
+def _largest_patch(differ: np.ndarray, inside: np.ndarray) -> tuple[float, float]:
+    import cv2
+
     total = int(differ.sum())
     if total == 0:
         return 0.0, 0.0
     # The strokes and words of one caption or mark join into one patch, whose area counts
     # (text is thin: its differing pixels alone are few); isolated pixels stay apart, small.
-    side = max(3, round(0.02 * max(ga.shape))) | 1
+    side = max(3, round(0.02 * max(differ.shape))) | 1
     joined = cv2.dilate(differ.astype(np.uint8), np.ones((side, side), np.uint8))
     joined &= inside.astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
