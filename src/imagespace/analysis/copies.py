@@ -362,13 +362,6 @@ class PairChecker:
         return agreement, covered_a, covered_b
 
 
-def _local_std(img: np.ndarray, side: int = 5) -> np.ndarray:
-    import cv2
-
-    mean = cv2.blur(img, (side, side))
-    return np.sqrt(np.maximum(cv2.blur(img * img, (side, side)) - mean * mean, 0.0))
-
-
 def _region(ga: np.ndarray, gb: np.ndarray, inside: np.ndarray,
             colours: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
     """Where two aligned images differ beyond one global tone change and beyond a pixel of
