@@ -149,7 +149,7 @@ def build_vectors(n: int, workdir: Path, n_queries: int, settings_json: str, bud
     index = CompressedIndex(CompressedIndex.train(sample, n, settings), lambda ids: None, settings)
     del sample
     t_train = time.perf_counter() - t0
-    say(f"  trained in {t_train:.0f} s (nlist {index._ivf.nlist})")
+    say(f"  trained in {t_train:.0f} s (nlist {index.nlist})")
     best_s = np.full((n_queries, 10), -np.inf, dtype=np.float32)
     best_i = np.full((n_queries, 10), -1, dtype=np.int64)
     t_truth = cpu_truth = 0.0

@@ -101,7 +101,7 @@ def reduced_graph(data: Synthetic, store: np.ndarray | None):
     sample = data.chunk(0, min(data.n, PROJECTION_SAMPLE), seed=1)  # chunks are alike: the first will do
     projection = fit_projection(sample, settings.reduce_dim)
     t_fit = time.perf_counter() - t
-    index: Index = VectorIndex._new(settings.reduce_dim, settings)
+    index: Index = VectorIndex.new_graph(settings.reduce_dim, settings)
     t = time.perf_counter()
     for start, x in data.chunks():
         index.add(np.arange(start, start + len(x)), np.ascontiguousarray(x @ projection))
@@ -206,7 +206,7 @@ def bench_size(n: int, n_queries: int, with_collection: bool) -> None:
         if os.environ.get("IMAGESPACE_BENCH_F32_GRAPH"):
             from imagespace.index.hnsw import IndexSettings
 
-            full = VectorIndex._new(DIM, IndexSettings())
+            full = VectorIndex.new_graph(DIM, IndexSettings())
             t = time.perf_counter()
             for start, x in data.chunks():
                 full.add(np.arange(start, start + len(x)), x)

@@ -105,7 +105,7 @@ def ece(conf: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
 
 
 def calibration(cache: Path) -> None:
-    from imagespace.analysis.classify import MIN_PROBABILITY, _logits, _softmax, fit_classifier
+    from imagespace.analysis.classify import MIN_PROBABILITY, fit_classifier
     from imagespace.analysis.labelled import LabelledSet
 
     header(f"classify calibration: {EXAMPLES} examples a class from train, {DRAWS} draws, reported on test")
@@ -117,9 +117,8 @@ def calibration(cache: Path) -> None:
             rng = np.random.default_rng(seed)
             pick = np.concatenate([rng.choice(np.flatnonzero(ltr == c), EXAMPLES, replace=False) for c in np.unique(ltr)])
             clf = fit_classifier(LabelledSet([""] * len(pick), list(ltr[pick]), vtr[pick], []))
-            logits = _logits(clf.model, vte)
             for name, t, floor in (("before", 1.0, 0.15), ("after", clf.temperature, MIN_PROBABILITY)):
-                p = _softmax(logits / t)
+                p = clf.probabilities(vte, temperature=t)
                 conf, right = p.max(1), (clf.model.classes_[p.argmax(1)] == lte).astype(float)
                 unknown = conf < floor
                 found[name].append((ece(conf, right), conf.max(), float(np.median(conf)), right.mean(),

@@ -59,10 +59,12 @@ class Classifier:
     n_examples: int
     temperature: float = 1.0  # logits are divided by it (fitted on cross-validated predictions)
 
-    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities (n, classes), columns in ``self.model.classes_`` order."""
+    def probabilities(self, vectors: np.ndarray, temperature: float | None = None) -> np.ndarray:
+        """Calibrated class probabilities (n, classes), columns in ``self.model.classes_`` order;
+        ``temperature=1.0`` gives them before calibration."""
+        t = self.temperature if temperature is None else temperature
         with single_threaded():
-            return _softmax(_logits(self.model, vectors) / self.temperature)
+            return _softmax(_logits(self.model, vectors) / t)
 
     def predict(self, vectors: np.ndarray) -> list[tuple[str, float]]:
         """(label, probability) per vector; ``unknown`` where nothing fits."""

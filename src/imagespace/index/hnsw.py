@@ -226,7 +226,7 @@ class VectorIndex:
             sample = [vecs[::step] for _, vecs in collection.iter_vectors()]
             sample = np.concatenate(sample) if sample else np.zeros((0, collection.dim), np.float32)
             projection = fit_projection(sample, settings.reduce_dim)
-        me = cls(collection, cls._new(settings.reduce_dim or collection.dim, settings), seq, settings,
+        me = cls(collection, cls.new_graph(settings.reduce_dim or collection.dim, settings), seq, settings,
                  dirty=True, projection=projection)
         me.auto = auto
         truth = sample_truth(collection, count) if auto and not me._searches_exactly(count) else None
@@ -277,7 +277,9 @@ class VectorIndex:
         return np.ascontiguousarray(vectors @ self.projection)
 
     @staticmethod
-    def _new(dim: int, settings: IndexSettings):
+    def new_graph(dim: int, settings: IndexSettings):
+        """An empty usearch graph of ``dim`` dimensions built as ``settings`` say (the one an
+        index of this class holds; benchmarks fill one directly)."""
         from usearch.index import Index
 
         return Index(

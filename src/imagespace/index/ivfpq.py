@@ -79,6 +79,11 @@ class CompressedIndex:
         self._ivf = faiss.extract_index_ivf(index)
         self._ivf.nprobe = settings.nprobe
 
+    @property
+    def nlist(self) -> int:
+        """The number of inverted lists (cells) the index was trained with."""
+        return int(self._ivf.nlist)
+
     @staticmethod
     def train(sample: np.ndarray, n_total: int, settings: LargeSettings):
         """An empty FAISS index trained on ``sample`` for a collection of ``n_total`` vectors."""
