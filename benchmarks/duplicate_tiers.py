@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imagespace.analysis.synthetic import exif_for, retake
+
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS12 = ROOT.parent / "shared" / "data" / "flowers12"
 CAMERAS = [("Canon", "EOS 80D"), ("NIKON CORPORATION", "NIKON D7500"), ("Apple", "iPhone 12")]
@@ -56,22 +58,6 @@ class Item:
     kind: str  # original | copy | retake
     edit: str = ""
     species: str = ""
-
-
-# -- EXIF ---------------------------------------------------------------------------------
-
-
-def exif_for(camera: tuple[str, str] | None, taken: float | None):
-    from PIL import Image
-
-    exif = Image.Exif()
-    if camera is None or taken is None:
-        return exif
-    exif[0x010F], exif[0x0110] = camera
-    ifd = exif.get_ifd(0x8769)
-    ifd[0x9003] = time.strftime("%Y:%m:%d %H:%M:%S", time.gmtime(int(taken)))
-    ifd[0x9291] = f"{int(round((taken % 1) * 100)) % 100:02d}"
-    return exif
 
 
 # -- edits (copies) -------------------------------------------------------------------------
@@ -126,43 +112,6 @@ def _edits():
         return recompress(brightness(crop(mirror(im, r), r), r), r)
 
     return [resize, shrink, recompress, crop, rotate, brightness, colour, mirror, caption, border, mixed]
-
-
-# -- retakes --------------------------------------------------------------------------------
-
-
-def retake(im, r: random.Random):
-    """A second shot of the scene in ``im``: another viewpoint, parallax, light and noise."""
-    import cv2
-    from PIL import Image
-
-    rng = np.random.default_rng(r.randrange(2**32))
-    a = np.asarray(im.convert("RGB")).astype(np.float32)
-    h, w = a.shape[:2]
-    # Another viewpoint: the new frame sees a quadrilateral of the old one (each corner moved
-    # inwards 1-10% independently): a shift, a zoom and a perspective change at once.
-    inset = rng.uniform(0.01, 0.10, (4, 2)) * [w, h]
-    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]]) + np.float32(inset * [[1, 1], [-1, 1], [-1, -1], [1, -1]])
-    dst = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
-    m = cv2.getPerspectiveTransform(src, dst)
-    # Parallax: near and far things move by different amounts, a smooth field up to ~1%.
-    amp = 0.01 * max(w, h)
-    field = rng.uniform(-amp, amp, (2, 3, 4)).astype(np.float32)
-    dx = cv2.resize(field[0], (w, h), interpolation=cv2.INTER_CUBIC)
-    dy = cv2.resize(field[1], (w, h), interpolation=cv2.INTER_CUBIC)
-    inv = np.linalg.inv(m)
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    xs2, ys2 = xs + dx, ys + dy
-    den = inv[2, 0] * xs2 + inv[2, 1] * ys2 + inv[2, 2]
-    mapx = ((inv[0, 0] * xs2 + inv[0, 1] * ys2 + inv[0, 2]) / den).astype(np.float32)
-    mapy = ((inv[1, 0] * xs2 + inv[1, 1] * ys2 + inv[1, 2]) / den).astype(np.float32)
-    out = cv2.remap(a, mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    # Light from another side, and a different exposure.
-    angle = rng.uniform(0, 2 * np.pi)
-    ramp = (np.cos(angle) * (xs / w - 0.5) + np.sin(angle) * (ys / h - 0.5))
-    gain = rng.uniform(0.85, 1.15) * (1.0 + rng.uniform(0.25, 0.45) * ramp)
-    out = out * gain[..., None] + rng.normal(0, rng.uniform(3, 7), out.shape)
-    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
 
 
 # -- scenes -------------------------------------------------------------------------------

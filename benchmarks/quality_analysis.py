@@ -4,10 +4,10 @@ query expansion / DBA, and search by words.
     python -m benchmarks.quality_analysis            # from the project root
     python -m benchmarks.quality_analysis --db DIR   # reuse a collection of flowers12
 
-The duplicate test set is built here, in code: every flowers12 photo, plus edited copies of
-some of them (resized, recompressed, cropped 8-15%, rotated 4-10 degrees, brighter or
-darker, recoloured, mirrored, with text, with a border, and a mix), so the other photos of
-each species are the distractors. flowers12 itself holds pairs of the same photo saved
+The duplicate test set is built in code (imagespace.analysis.synthetic): every flowers12
+photo, plus edited copies of some of them (resized, recompressed, cropped 8-15%, rotated
+4-10 degrees, brighter or darker, recoloured, mirrored, with text, with a border, and a
+mix), so the other photos of each species are the distractors. flowers12 itself holds pairs of the same photo saved
 twice; they are found by comparing pixels (independently of the method measured) and count
 as duplicates too.
 """
@@ -15,11 +15,7 @@ as duplicates too.
 from __future__ import annotations
 
 import argparse
-import io
-import itertools
 import os
-import random
-import shutil
 import sys
 import tempfile
 import time
@@ -27,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from imagespace.analysis.evaluate import merge_groups, pair_precision_recall, pairs_of, ranking_scores
+from imagespace.analysis.synthetic import build_duplicate_set, same_scene
+
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS12 = ROOT.parent / "shared" / "data" / "flowers12"
-# Two files whose 64x64 grey pixels differ by less than this (RMS, 0-255) are one photo.
-_SAME_PIXELS_RMS = 6.0
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -39,153 +36,6 @@ _SAME_PIXELS_RMS = 6.0
 def flowers12_files(root: Path = FLOWERS12, species: list[str] | None = None) -> list[Path]:
     files = sorted(root.glob("*/*/*.jpg"))
     return [f for f in files if species is None or f.parent.name in species]
-
-
-def _edits():
-    from PIL import Image, ImageDraw, ImageEnhance, ImageOps
-
-    def resize(im, r):
-        return im.resize((int(im.width * 1.6), int(im.height * 1.6)), Image.Resampling.BICUBIC)
-
-    def shrink(im, r):
-        return im.resize((im.width * 2 // 3, im.height * 2 // 3), Image.Resampling.BILINEAR)
-
-    def recompress(im, r):
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=25)
-        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-    def crop(im, r):
-        f = r.uniform(0.08, 0.15)
-        w, h = im.size
-        dx, dy = int(w * f), int(h * f)
-        x0, y0 = r.randint(0, dx), r.randint(0, dy)
-        return im.crop((x0, y0, x0 + w - dx, y0 + h - dy))
-
-    def rotate(im, r):
-        return im.rotate(r.choice([-1, 1]) * r.uniform(4, 10), resample=Image.Resampling.BICUBIC)
-
-    def brightness(im, r):
-        return ImageEnhance.Brightness(im).enhance(r.choice([0.7, 1.35]))
-
-    def colour(im, r):
-        return ImageEnhance.Color(ImageEnhance.Contrast(im).enhance(1.2)).enhance(r.choice([0.3, 1.7]))
-
-    def mirror(im, r):
-        return ImageOps.mirror(im)
-
-    def text(im, r):
-        im = im.copy()
-        d = ImageDraw.Draw(im)
-        d.text((10, im.height - 30), "(c) holiday 2019", fill=(255, 255, 255))
-        d.rectangle((5, 5, 90, 25), fill=(200, 30, 30))
-        return im
-
-    def border(im, r):
-        return ImageOps.expand(im, border=r.randint(10, 24), fill=r.choice([(255, 255, 255), (0, 0, 0)]))
-
-    def mixed(im, r):
-        return recompress(brightness(crop(mirror(im, r), r), r), r)
-
-    return [resize, shrink, recompress, crop, rotate, brightness, colour, mirror, text, border, mixed]
-
-
-def same_photo_groups(files: list[Path]) -> list[set[str]]:
-    """Groups of files that hold the same photo, by their pixels (per species folder name)."""
-    from PIL import Image
-
-    groups: list[set[str]] = []
-    by_species: dict[str, list[Path]] = {}
-    for f in files:
-        by_species.setdefault(f.parent.name, []).append(f)
-    for members in by_species.values():
-        px = np.stack([np.asarray(Image.open(f).convert("L").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float32).ravel() for f in members])
-        sq = (px**2).sum(1)
-        rms = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * px @ px.T, 0) / px.shape[1])
-        for a, b in zip(*np.where(np.triu(rms < _SAME_PIXELS_RMS, 1))):
-            groups.append({str(members[a]), str(members[b])})
-    return _merge(groups)
-
-
-def build_duplicate_set(out: Path, files: list[Path], copies: int, seed: int = 0) -> list[set[str]]:
-    """Copy ``files`` to ``out/originals`` and write ``copies`` edited copies to ``out/copies``.
-
-    Returns the true groups of duplicates (paths under ``out``).
-    """
-    from PIL import Image
-
-    rng = random.Random(seed)
-    (out / "originals").mkdir(parents=True, exist_ok=True)
-    (out / "copies").mkdir(parents=True, exist_ok=True)
-    name = {f: f"{f.parts[-3]}_{f.parts[-2]}_{f.name}" for f in files}
-    for f in files:
-        shutil.copy(f, out / "originals" / name[f])
-    groups = [{str(out / "originals" / name[Path(p)]) for p in g} for g in same_photo_groups(files)]
-    edits = _edits()
-    for n, f in enumerate(rng.sample(files, copies)):
-        edit = edits[n % len(edits)]
-        copy = out / "copies" / f"{Path(name[f]).stem}__{edit.__name__}.jpg"
-        edit(Image.open(f).convert("RGB"), rng).save(copy, quality=90)
-        groups.append({str(out / "originals" / name[f]), str(copy)})
-    return _merge(groups)
-
-
-def _merge(groups: list[set[str]]) -> list[set[str]]:
-    merged: list[set[str]] = []
-    for g in groups:
-        g = set(g)
-        for other in [m for m in merged if m & g]:
-            g |= other
-            merged.remove(other)
-        merged.append(g)
-    return merged
-
-
-def same_scene(path_a: str, path_b: str) -> bool:
-    """Do two files show one photo, however cropped or shifted? Pixels, not the method measured:
-    SIFT matches give a homography, and the grey pixels of the overlap must then agree.
-
-    flowers12 holds, besides files saved twice, the same photo cropped at different offsets
-    (the Oxford set was cut from larger originals); the pixel comparison of whole files above
-    cannot see those, this check can, and a person looking at them agrees.
-    """
-    import cv2
-    from PIL import Image
-
-    a = np.asarray(Image.open(path_a).convert("L"))
-    b = np.asarray(Image.open(path_b).convert("L"))
-    sift = cv2.SIFT_create()
-    for flip in (False, True):
-        src = np.ascontiguousarray(a[:, ::-1]) if flip else a
-        ka, da = sift.detectAndCompute(src, None)
-        kb, db = sift.detectAndCompute(b, None)
-        if da is None or db is None or len(da) < 8 or len(db) < 8:
-            continue
-        good = [m[0] for m in cv2.BFMatcher().knnMatch(da, db, k=2) if len(m) == 2 and m[0].distance < 0.75 * m[1].distance]
-        if len(good) < 8:
-            continue
-        h, _ = cv2.findHomography(np.float32([ka[g.queryIdx].pt for g in good]), np.float32([kb[g.trainIdx].pt for g in good]), cv2.RANSAC, 4.0)
-        if h is None:
-            continue
-        warped = cv2.warpPerspective(src, h, (b.shape[1], b.shape[0]))
-        mask = cv2.warpPerspective(np.ones_like(src), h, (b.shape[1], b.shape[0])) > 0
-        if mask.mean() < 0.4:
-            continue
-        diff = warped[mask].astype(np.float32) - b[mask].astype(np.float32)
-        # Brightness/colour edits shift the grey levels: compare after removing the mean.
-        if float(np.sqrt(((diff - diff.mean()) ** 2).mean())) < 20.0:
-            return True
-    return False
-
-
-def pairs_of(groups) -> set[tuple[str, str]]:
-    return {tuple(sorted(p)) for g in groups for p in itertools.combinations(sorted(g), 2)}
-
-
-def pair_precision_recall(predicted, truth) -> tuple[float, float, int, int]:
-    pred, true = pairs_of(predicted), pairs_of(truth)
-    tp = len(pred & true)
-    return (tp / len(pred) if pred else 1.0), (tp / len(true) if true else 1.0), len(pred), len(true)
 
 
 def index_folder(folder: Path | list[Path], db: Path):
@@ -285,15 +135,7 @@ def measure_rerank(coll) -> dict:
         return np.stack([expand_query(queries[i], db[nb[i]], s[i, nb[i]], QE_ALPHA) for i in range(len(queries))])
 
     def scores(queries, db):
-        s = queries @ db.T
-        aps, p1, p10 = [], [], []
-        for i in range(len(queries)):
-            rel = dl[np.argsort(-s[i], kind="stable")] == ql[i]
-            hits = np.cumsum(rel)
-            aps.append(float((hits / np.arange(1, len(rel) + 1))[rel].mean()))
-            p1.append(rel[0])
-            p10.append(rel[:10].mean())
-        return {"map": float(np.mean(aps)), "p@1": float(np.mean(p1)), "p@10": float(np.mean(p10))}
+        return ranking_scores(queries, ql, db, dl)
 
     d_dba = dba(d)
     return {
@@ -330,7 +172,7 @@ def measure_duplicates(work: Path, files: list[Path], copies: int) -> dict:
                 if pair not in checked:
                     checked[pair] = same_scene(*pair)
     recropped = [set(p) for p, same in checked.items() if same]
-    truth = _merge(truth + recropped)
+    truth = merge_groups(truth + recropped)
     out["true_pairs"] = len(pairs_of(truth))
     out["recropped_in_flowers12"] = len(recropped)
     for name, rep in reports.items():

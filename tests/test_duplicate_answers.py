@@ -12,19 +12,15 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from PIL import Image, ImageDraw, ImageFont
+from test_duplicate_tiers import scene
 
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.duplicate_tiers import retake  # noqa: E402
-from test_duplicate_tiers import scene  # noqa: E402
+from imagespace.analysis.synthetic import retake
 
 TAB_NAME = "copy\twith a tab.jpg"
 NEWLINE_NAME = "copy\nwith a newline.jpg"

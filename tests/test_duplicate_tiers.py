@@ -18,13 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.duplicate_tiers import exif_for, retake  # noqa: E402
-from imagespace.analysis.copies import FeatureMaker, PairChecker  # noqa: E402
-from imagespace.images import CaptureFacts, capture_facts, load_pil  # noqa: E402
+from imagespace.analysis.copies import FeatureMaker, PairChecker
+from imagespace.analysis.synthetic import exif_for, retake
+from imagespace.images import CaptureFacts, capture_facts, load_pil
 
 CAMERA = ("Canon", "EOS 80D")
 T0 = 1_700_000_000.25

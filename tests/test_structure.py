@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "imagespace"
@@ -227,3 +229,53 @@ def test_the_server_imports_plainly():
                 offenders.append(f"{path.relative_to(SRC)}:{node.lineno}: __import__")
     assert not offenders, "importlib in server/:\n" + "\n".join(offenders)
 
+
+
+# Tests and benchmarks both stand on the library: neither imports the other, and benchmarks
+# use only its public names (what a user of the library could write).
+ROOT = SRC.parent
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_tests_do_not_import_benchmarks():
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(n == "benchmarks" or n.startswith("benchmarks.") for n in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, "tests import benchmarks (move what they share into the library):\n" + "\n".join(offenders)
+
+
+def test_benchmarks_use_only_public_names():
+    """No ``from imagespace.x import _name``, no private module, no ``obj._attr`` (own ``self``
+    aside): a benchmark measures the library as its users can call it."""
+    offenders = []
+    for path in sorted((ROOT / "benchmarks").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith(PACKAGE):
+                names = node.module.split(".") + [a.name for a in node.names]
+                offenders += [f"{where}: {node.module} import {n}" for n in names if _private(n)]
+            elif isinstance(node, ast.Import):
+                offenders += [f"{where}: import {a.name}" for a in node.names if a.name.startswith(PACKAGE) and any(_private(p) for p in a.name.split("."))]
+            elif isinstance(node, ast.Attribute) and _private(node.attr):
+                if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                    offenders.append(f"{where}: {ast.unparse(node)}")
+    assert not offenders, "benchmarks reach private names of the library:\n" + "\n".join(offenders)
+
+
+def test_the_public_names_check_sees_private_reaches(tmp_path, monkeypatch):
+    """The check above must be able to fail: point it at a benchmark that reaches in."""
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "bench_x.py").write_text(
+        "from imagespace.analysis.classify import _softmax\nimport imagespace._hidden\nindex._ivf.nlist\nself._mine\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    with pytest.raises(AssertionError) as caught:
+        test_benchmarks_use_only_public_names()
+    text = str(caught.value)
+    assert "_softmax" in text and "imagespace._hidden" in text and "index._ivf" in text and "self._mine" not in text

@@ -4,10 +4,13 @@ Leave-one-out over the folder's images: precision@1 (is the nearest other image 
 class), mAP (mean average precision of the full ranking), kNN accuracy (majority of the 10
 nearest, ties to the closest) and cluster NMI (k-means with k = number of classes, against
 the labels). The same protocol as ../shared/data/README.md, so figures compare with it.
+Also the same measures for held-out queries against a database (``ranking_scores``) and,
+for a duplicate finder, pair precision and recall of its groups against the true groups.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import Counter
@@ -89,3 +92,42 @@ def evaluate_vectors(vectors: np.ndarray, labels: list[str], *, knn: int = KNN, 
         "knn": knn,
         "nmi": round(float(normalized_mutual_info_score(y, clusters)), 4),
     }
+
+
+def ranking_scores(queries: np.ndarray, query_labels, database: np.ndarray, database_labels) -> dict:
+    """mAP, precision@1 and @10 of ``queries`` ranked against ``database`` (unit vectors)."""
+    ql, dl = np.asarray(query_labels), np.asarray(database_labels)
+    s = queries @ database.T
+    aps, p1, p10 = [], [], []
+    for i in range(len(queries)):
+        rel = dl[np.argsort(-s[i], kind="stable")] == ql[i]
+        hits = np.cumsum(rel)
+        aps.append(float((hits / np.arange(1, len(rel) + 1))[rel].mean()))
+        p1.append(rel[0])
+        p10.append(rel[:10].mean())
+    return {"map": float(np.mean(aps)), "p@1": float(np.mean(p1)), "p@10": float(np.mean(p10))}
+
+
+def merge_groups(groups: list[set[str]]) -> list[set[str]]:
+    """Groups that share a member joined into one (the transitive closure of "same photo")."""
+    merged: list[set[str]] = []
+    for g in groups:
+        g = set(g)
+        for other in [m for m in merged if m & g]:
+            g |= other
+            merged.remove(other)
+        merged.append(g)
+    return merged
+
+
+def pairs_of(groups) -> set[tuple[str, str]]:
+    """Every pair (sorted) within each group."""
+    return {tuple(sorted(p)) for g in groups for p in itertools.combinations(sorted(g), 2)}
+
+
+def pair_precision_recall(predicted, truth) -> tuple[float, float, int, int]:
+    """Precision and recall of the pairs in ``predicted`` groups against ``truth`` groups, and
+    the number of pairs of each."""
+    pred, true = pairs_of(predicted), pairs_of(truth)
+    tp = len(pred & true)
+    return (tp / len(pred) if pred else 1.0), (tp / len(true) if true else 1.0), len(pred), len(true)
