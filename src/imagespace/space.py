@@ -135,7 +135,7 @@ class ImageSpace:
         k: int = 10,
         where: str | None = None,
         min_score: float | None = None,
-        qe: bool = False,
+        qe: bool | None = None,
         dba: bool = False,
         text_model: str | os.PathLike[str] | None = None,
     ) -> list[Hit]:
@@ -149,7 +149,9 @@ class ImageSpace:
             k: how many results.
             where: a filter, e.g. ``"width > 1000 and tag ~ dog"`` (``imagespace.WHERE_HELP``).
             min_score: drop results with a lower cosine similarity.
-            qe, dba: query expansion and database-side augmentation (better rankings).
+            qe: query expansion; ``None`` (default): as the collection's pipeline says (on for
+                collections made since it is the default, off for older ones).
+            dba: database-side augmentation (better rankings, slower).
             text_model: a local CLIP folder for open-vocabulary ``text``.
 
         Returns:

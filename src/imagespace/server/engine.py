@@ -217,7 +217,9 @@ class Engine:
 
         model = self.model()
         decoded = decode(data, size=model.input_size, max_pixels=UPLOAD_MAX_PIXELS)
-        return model.embed(decoded.pixels[None]).vectors[0]
+        raw = model.embed(decoded.pixels[None]).vectors[0]
+        with self._rows_lock:  # the collection's pipeline (its mean), as its stored vectors had
+            return self._rows_db.post_process(raw)
 
     def by_vector(self, vector: np.ndarray, **opts) -> list[Hit]:
         return self.with_searcher(lambda s: s.query(vector=vector, **opts).hits)
