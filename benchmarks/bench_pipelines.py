@@ -342,6 +342,12 @@ def grid() -> list[Pipeline]:
     return out
 
 
+# today's default, centring alone, the new default (centring + QE k=2 alpha=1), the old QE,
+# and DBA on top (an option)
+REPORTED = [Pipeline(), Pipeline(qe=2), Pipeline(post="centre"), Pipeline(post="centre", qe=2, qe_alpha=1.0),
+            Pipeline(post="centre", qe=2, qe_alpha=1.0, dba=3)]
+
+
 def tables(archs: list[str], pipes: list[Pipeline], columns) -> None:
     gem, labels = load(archs)
     print(f"  {'network, pipeline':<52}" + "".join(f"{c[:22]:>24}" for c in columns), flush=True)
@@ -362,6 +368,75 @@ def tables(archs: list[str], pipes: list[Pipeline], columns) -> None:
             print(f"  {arch.replace('efficientnet-', '') + ', ' + pipe.label():<52}" + "".join(f"{x:>24}" for x in cells), flush=True)
 
 
+# -- through the library: ImageSpace.search(like=...) ----------------------------------------
+
+
+def library_collection(root: Path, arch: str, pipeline: str) -> tuple[list[str], np.ndarray]:
+    """A collection of the cached vectors (clothing10 and flowers12, both halves, and the
+    cifar10 subset: about 8,400 rows) written through the collection's own write path, as
+    an indexing run writes them, then refitted as a run's end does. Returns (paths, labels),
+    labels unique across the sets."""
+    from imagespace.collection import Collection
+    from imagespace.embed import Embedded, FileInfo
+    from imagespace.models import create_model
+
+    gem, labels = load([arch])
+    names = ["clothing10-train", "clothing10-test", "flowers12-train", "flowers12-test", "cifar10-train", "cifar10-test"]
+    paths, labs = [], []
+    model = create_model(arch)
+    offset = {"clothing10": 0, "flowers12": 100, "cifar10": 200}
+    with Collection(root) as coll:
+        coll.bind_model(model.model_id, arch, 1280, pipeline)
+        for name in names:
+            vecs = unit(gem[(arch, name)][:, GEM_PS.index(3.0)])
+            lab = labels[name] + offset[name.split("-")[0]]
+            batch = []
+            for i, (v, lab_i) in enumerate(zip(vecs, lab)):
+                path = f"/bench/{name}/{i:05d}.jpg"
+                batch.append(Embedded(FileInfo(path, 1, 1, f"{name}-{i}"), v, [], 1, 1, "JPEG"))
+                paths.append(path)
+                labs.append(int(lab_i))
+            for s in range(0, len(batch), 256):
+                coll.write_embedded(batch[s : s + 256], [])
+        coll.refit_pipeline()
+    return paths, np.array(labs)
+
+
+def library_queries(arch: str = "efficientnet-lite0", n_queries: int = 400, k: int = 1000) -> None:
+    """P@1, AP@k and ms a query of ``space.search(like=..., k=k)`` over 400 fixed queries
+    (clothing10/test and flowers12/test photos; the collection holds everything else as
+    distractors), for today's raw collection and the centred one, with and without QE/DBA."""
+    import imagespace
+
+    rng = np.random.default_rng(0)
+    header(f"space.search(like=..., k={k}), {n_queries} queries from clothing10/test + flowers12/test, {arch}")
+    print("  P@1 / AP@1000 / ms a query (median of the queries); the machine is shared: compare rows, not runs")
+    quick = os.environ.get("NO_DBA")
+    for pipeline, options in (("raw", [dict(qe=False), dict(qe=True)] + ([] if quick else [dict(qe=True, dba=True)])),
+                              ("centred", [dict(qe=False), dict()] + ([] if quick else [dict(qe=None, dba=True)]))):
+        with tempfile.TemporaryDirectory() as tmp:
+            paths, labs = library_collection(Path(tmp) / "c", arch, pipeline)
+            test = [i for i, p in enumerate(paths) if "-test/" in p and "cifar" not in p]
+            chosen = rng.choice(test, size=min(n_queries, len(test)), replace=False)
+            space = imagespace.open(Path(tmp) / "c")
+            label_of = dict(zip(paths, labs))
+            for opts in options:
+                space.search(like=paths[chosen[0]], k=k, **opts)  # warm: index, DBA file
+                p1, aps, times = [], [], []
+                for q in chosen:
+                    t = time.perf_counter()
+                    hits = space.search(like=paths[q], k=k, **opts)
+                    times.append(time.perf_counter() - t)
+                    rel = np.array([label_of[h.path] == labs[q] for h in hits])
+                    total = int((labs == labs[q]).sum()) - 1
+                    p1.append(float(rel[0]))
+                    hit_ranks = np.nonzero(rel)[0] + 1
+                    aps.append(float((np.arange(1, len(hit_ranks) + 1) / hit_ranks).sum() / max(min(total, k), 1)))
+                label = f"{pipeline}, " + (", ".join(f"{a}={b}" for a, b in opts.items()) or "defaults")
+                print(f"  {label:<40} {np.mean(p1):.3f} / {np.mean(aps):.3f} / {1000 * np.median(times):.1f} ms", flush=True)
+            space.close()
+
+
 if __name__ == "__main__":
     archs = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
     if len(sys.argv) > 1 and sys.argv[1] == "embed":
@@ -369,7 +444,9 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "tune":
         header("TUNING halves: each photo of the half queries the rest of it (P@1 / mAP)")
         tables(archs, grid(), list(TUNE))
+    elif len(sys.argv) > 1 and sys.argv[1] == "library":
+        for arch in sys.argv[2:] or ["efficientnet-lite0"]:
+            library_queries(arch, n_queries=int(os.environ.get("QUERIES", "400")))
     else:
         header("REPORT halves (never tuned on): P@1 / mAP")
-        tables(archs, [Pipeline(), Pipeline(post="centre"), Pipeline(post="centre", qe=2), Pipeline(post="centre", qe=2, dba=3)],
-               list(REPORT) + ["instance:clothing10", "instance:flowers12"])
+        tables(archs, REPORTED, list(REPORT) + ["instance:clothing10", "instance:flowers12"])
