@@ -34,6 +34,14 @@ class CollectionError(Exception):
     """The collection cannot be used as asked (wrong model, locked, missing...)."""
 
 
+class EmptyCollectionError(CollectionError):
+    """The collection holds no embedded image yet: nothing to search or analyse.
+
+    The one error for it everywhere (Python, the command line, the API), raised by
+    :meth:`Collection.require_images`.
+    """
+
+
 @dataclass
 class Row:
     id: int
@@ -102,7 +110,9 @@ class Collection:
         if not db_path.exists():
             if not create:
                 raise CollectionError(
-                    f"no collection at {self.root}: run 'imagespace index PATH --db {self.root}' first"
+                    f"no collection at {self.root}: for a collection elsewhere give --db DIR (or set the "
+                    f"IMAGESPACE_DB environment variable to its folder); to make one here, run "
+                    f"'imagespace index PATH --db {self.root}'"
                 )
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -144,6 +154,20 @@ class Collection:
 
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT INTO meta(key,value) VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+    def try_set_meta(self, key: str, value: str) -> bool:
+        """``set_meta`` if the database can be written at once: never waits for a run that holds
+        the write lock, and fails quietly on a read-only collection (a derived value, such as
+        the weak line, is then simply measured again next time)."""
+        try:
+            self.conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                self.set_meta(key, value)
+            finally:
+                self.conn.execute("PRAGMA busy_timeout = 60000")
+        except sqlite3.Error:
+            return False
+        return True
 
     def _next_seq(self) -> int:
         """Within a transaction: the sequence number for this change."""
@@ -258,6 +282,11 @@ class Collection:
             return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim or 0), dtype=np.float32)
         out_ids = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
         return out_ids, np.frombuffer(b"".join(p[1] for p in pairs), dtype=np.float32).reshape(len(pairs), -1)
+
+    def require_images(self) -> None:
+        """Raise :class:`EmptyCollectionError` unless the collection holds embedded images."""
+        if self.model_id is None or len(self) == 0:
+            raise EmptyCollectionError(f"the collection at {self.root} is empty: index some images first")
 
     def check_model(self, model_id: str) -> None:
         """Refuse vectors from any model but the one that made the collection."""
