@@ -299,8 +299,8 @@ class ImageSpace:
             k: how many results.
             where: a filter, e.g. ``"width > 1000 and tag ~ dog"`` (``imagespace.WHERE_HELP``).
             min_score: drop results with a lower cosine similarity.
-            qe: query expansion; ``None`` (default): as the collection's pipeline says (on for
-                collections made since it is the default, off for older ones).
+            qe: query expansion; ``None`` (default): as the collection's pipeline says
+                (``info``; off for now: scores are then against the expanded query).
             dba: database-side augmentation (better rankings, slower).
             text_model: a local CLIP folder for open-vocabulary ``text``.
 

@@ -103,7 +103,7 @@ def search(
     min_score: Annotated[Optional[float], typer.Option(min=-1.0, max=1.0, help="Drop results scoring below this: a cosine (-1 to 1) for images, a probability (0 to 1) for --text.")] = None,
     text_model: Annotated[Optional[Path], typer.Option(help="A local CLIP model folder for open-vocabulary --text.")] = None,
     index_kind: Annotated[str, typer.Option("--index", help="auto (by size), hnsw (in memory) or ivfpq (compressed, on disk, re-ranked).")] = "auto",
-    qe: Annotated[Optional[bool], typer.Option("--qe/--no-qe", help="Query expansion for IMAGE/--like: the query averaged with its top 2 neighbours. Default: as the collection's pipeline says ('info'): on for centred collections (the default since 2026-12), off for older ones.")] = None,
+    qe: Annotated[Optional[bool], typer.Option("--qe/--no-qe", help="Query expansion for IMAGE/--like: the query averaged with its top 2 neighbours. Default: as the collection's pipeline says ('info'; off for now).")] = None,
     dba: Annotated[bool, typer.Option("--dba/--no-dba", help="Database-side augmentation for IMAGE/--like (flowers12 mAP 0.72 -> 0.80, 0.84 with --qe); scores are then against augmented vectors.")] = False,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,

@@ -149,8 +149,8 @@ class Searcher:
             like: an image already in the collection (it is left out of the answer).
             text: words (matched to ImageNet concepts, or through ``text_model``, a local
                 CLIP folder).
-            qe: query expansion (not for ``text``); ``None``: the collection's pipeline
-                decides (on for ``centred`` collections, the default; off for ``raw``).
+            qe: query expansion (not for ``text``); ``None``: as the collection's pipeline
+                says (``info``; off for now, see :mod:`imagespace.vector_pipeline`).
             dba: database-side augmentation (not for ``text``).
             where: a filter in the ``--where`` language (:mod:`imagespace.search.filters`).
             min_score: drop results with a lower cosine similarity.
@@ -185,7 +185,7 @@ class Searcher:
         allowed = ids_passing(self.collection, where) if where else None
         expansion = self.collection.pipeline.query_expansion
         if qe is None:
-            qe = expansion is not None
+            qe = self.collection.pipeline.expands_by_default
         if qe or dba:
             knobs = {} if expansion is None else {"qe_neighbours": expansion[0], "qe_alpha": expansion[1]}
             ids, scores = reranked(self.collection, self.index, vector, want, allowed=allowed, exclude=exclude,
