@@ -118,3 +118,17 @@ def test_export_says_what_the_vectors_are(tmp_path):
     assert line["vectors"] == "centred-v1"
     side = json.loads((tmp_path / "v.jsonl.pipeline.json").read_text())
     assert side["vectors"] == "centred-v1" and len(side["mean"]) == 64
+
+
+def test_weak_line_is_measured_again_after_a_refit(tmp_path):
+    from imagespace.search.chance import MIN_IMAGES, chance_line
+
+    root = tmp_path / "c"
+    with Collection(root) as coll:
+        coll.bind_model("m", "m", 64)
+        coll.write_embedded(_rows(0, max(MIN_IMAGES, MIN_ROWS_TO_FIT), 0), [])  # raw until the run's end refits
+        before = chance_line(coll)
+        assert coll.refit_pipeline()  # as many images as before: only the mean tells the line is stale
+        after = chance_line(coll)
+        assert before is not None and after is not None
+        assert after.value < before.value - 0.1  # centred vectors: unrelated pairs score lower
