@@ -80,6 +80,15 @@ class Engine:
         self._text_ready = False
         self.warmed = False
 
+    def thumbnail_folder(self) -> Path:
+        """Where thumbnails are kept: the collection folder, or, on read-only storage, a
+        folder of the user's cache, one per collection."""
+        if self.space.collection.writable:
+            return self.root
+        from ..models.cache import cache_dir
+
+        return cache_dir() / "read-only-collections" / (self.space.collection.collection_id or "unknown")
+
     def close(self) -> None:
         # A running indexing run is not waited for: it commits batch by batch, and the next
         # run finishes what it had not.
