@@ -45,7 +45,7 @@ def _samples() -> np.ndarray:
     return np.stack([load_image(f"{skimage_data.data_dir}/{n}").pixels for n in SAMPLES])
 
 
-def _vectors_on_avx2_cpu(onnx_path, pixels: np.ndarray, tmp_path) -> np.ndarray:
+def _vectors_on_avx2_cpu(onnx_path, pixels: np.ndarray, tmp_path, timeout: float = 600) -> np.ndarray:
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip(f"emulating an AVX2-only x86 CPU needs an x86-64 host, not {platform.machine()}")
     if QEMU is None:
@@ -55,7 +55,7 @@ def _vectors_on_avx2_cpu(onnx_path, pixels: np.ndarray, tmp_path) -> np.ndarray:
     args = json.dumps({"pixels": str(tmp_path / "pixels.npy"), "out": str(tmp_path / "vectors.npy"),
                        "onnx": str(onnx_path)})
     done = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", _EMULATED, args],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     # the emulated CPU is the one the issue is about: AVX2, and no AVX-512 nor VNNI
@@ -91,7 +91,7 @@ def test_int8_model_gives_the_same_vectors_on_a_cpu_without_vnni(tmp_path):
 # are several times those spreads, and a test-photo-against-train precision@1 is not checked:
 # on 240 queries one query is 0.004 and its standard error 0.011, so a 0.01 bound passed on one
 # CPU and failed on another.
-MIN_MEAN_COSINE = 0.975  # u8s7 0.982; 8-bit weights saturating on the emulated AVX2 CPU: see below
+MIN_MEAN_COSINE = 0.975  # u8s7 0.982; 8-bit weights saturating on the emulated AVX2 CPU 0.953
 MAX_MAP_LOSS = 0.01      # ~9 standard errors of the paired mAP difference
 MAX_NET_LOST_QUERIES = 15  # of 960 (1.6%); the null spread of lost - gained is ~3
 
@@ -158,15 +158,16 @@ def test_signed_8bit_weights_saturate_on_a_cpu_without_vnni(tmp_path):
 @pytest.mark.slow
 def test_the_flowers12_bar_catches_8bit_weights_saturating_on_a_cpu_without_vnni(flowers12, tmp_path):
     """The flowers12 check above fails the model it was written against: 8-bit weights on the
-    emulated AVX2 CPU (every 40th photo: the emulator runs the network about 1000x slower)."""
+    emulated AVX2 CPU (every 80th photo: the emulator runs the network about 1000x slower).
+    Measured: cosine 0.946 on average on these 12 (0.953 on every 20th), 0.982 with 7-bit weights."""
     from imagespace.images import load_image
     from imagespace.models import create_model
     from imagespace.models.quantize import calibration_pixels, default_calibration_paths, quantize_onnx
 
     paths, _ = _flowers12_photos(flowers12)
-    pixels = np.stack([load_image(p).pixels for p in paths[::40]])
+    pixels = np.stack([load_image(p).pixels for p in paths[::80]])
     fp32 = create_model()
     calib = calibration_pixels(default_calibration_paths(), size=fp32.input_size)
     u8s8 = quantize_onnx(fp32.onnx_path, tmp_path / "u8s8.onnx", calib, fmt="u8s8")
-    shortfall = _cosine_shortfall(fp32.embed(pixels).vectors, _vectors_on_avx2_cpu(u8s8, pixels, tmp_path))
+    shortfall = _cosine_shortfall(fp32.embed(pixels).vectors, _vectors_on_avx2_cpu(u8s8, pixels, tmp_path, timeout=1800))
     assert shortfall is not None, "8-bit weights on the emulated AVX2 CPU passed the cosine bar"
