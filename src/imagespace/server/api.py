@@ -32,6 +32,7 @@ class Item(BaseModel):
     height: int
     size: int
     thumb: str = Field(description="URL of a 256 px thumbnail (add &size=128|512|1024)")
+    weak: bool | None = Field(default=None, description="probably not what was asked for, by the answer's scores.weak_rule")
 
     _text_path = field_validator("path")(lambda v: readable_path(v))  # names need not be UTF-8
 
@@ -46,6 +47,7 @@ class Results(BaseModel):
     k: int
     offset: int
     understood_as: list[dict] | None = None
+    scores: dict | None = Field(default=None, description="what the scores mean: {kind, meaning, weak_rule, weak_below}")
 
 
 class ImageDetails(BaseModel):
@@ -59,6 +61,7 @@ class ImageDetails(BaseModel):
     thumb: str
     file: str
     neighbours: list[Item]
+    scores: dict | None = Field(default=None, description="what the neighbours' scores mean: {kind, meaning, weak_rule, weak_below}")
 
     _text_path = field_validator("path")(lambda v: readable_path(v))
 
@@ -135,6 +138,7 @@ class Health(BaseModel):
     images: int
     indexing: str
     warm: bool = Field(description="models loaded and index open (serve warms them at start-up)")
+    shards: dict | None = Field(default=None, description="a sharded collection (serve --engine ray): how many shards and replicas answer")
 
 
 class Recommend(BaseModel):
@@ -189,15 +193,19 @@ def get_row(engine: Engine, row_id: int) -> Row:
 K = Annotated[int, Query(ge=1, le=MAX_K, description="number of results")]
 Offset = Annotated[int, Query(ge=0, le=10_000, description="results to skip (paging)")]
 Where = Annotated[str | None, Query(max_length=500, description="filter, e.g. \"tag = daisy and width > 500\"")]
-MinScore = Annotated[float | None, Query(ge=-1, le=1, description="drop results below this cosine similarity")]
+MinScore = Annotated[float | None, Query(ge=-1, le=1, description="drop results scoring below this (a cosine; for words a probability)")]
 
 
 def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
     r = APIRouter()
 
-    @r.get("/health", response_model=Health)
+    @r.get("/health", response_model=Health, response_model_exclude_none=True)  # "shards" only when sharded
     def health() -> Health:
-        return Health(status="ok", images=engine.info()["images"], indexing=engine.job().state, warm=engine.warmed)
+        sharded = engine.health() if hasattr(engine, "health") else None
+        if sharded is None:
+            return Health(status="ok", images=engine.info()["images"], indexing=engine.job().state, warm=engine.warmed)
+        status = "ok" if sharded["shards_answering"] == sharded["shards"] else "degraded"
+        return Health(status=status, images=sharded.pop("images"), indexing="idle", warm=engine.warmed, shards=sharded)
 
     @r.get("/info")
     def info() -> dict:
@@ -209,7 +217,8 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
         k: K = 24, offset: Offset = 0, where: Where = None, min_score: MinScore = None,
     ) -> Results:
         answer = engine.query(text=q, k=k, offset=offset, where=where, min_score=min_score)
-        return Results(results=items(engine, answer.hits), k=k, offset=offset, understood_as=answer.extra.get("understood_as"))
+        return Results(results=items(engine, answer.hits), k=k, offset=offset, understood_as=answer.extra.get("understood_as"),
+                       scores=answer.extra.get("scores"))
 
     @r.post("/search/image", response_model=Results, summary="Search by an uploaded image (multipart field 'file')")
     def search_image(
@@ -217,8 +226,8 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
         k: K = 24, offset: Offset = 0, where: Where = None, min_score: MinScore = None,
     ) -> Results:
         vector = engine.embed_upload(file.file.read())
-        hits = engine.query(vector=vector, k=k, offset=offset, where=where, min_score=min_score).hits
-        return Results(results=items(engine, hits), k=k, offset=offset)
+        answer = engine.query(vector=vector, k=k, offset=offset, where=where, min_score=min_score)
+        return Results(results=items(engine, answer.hits), k=k, offset=offset, scores=answer.extra.get("scores"))
 
     @r.get("/images/{image_id}", response_model=ImageDetails, summary="An image's details and nearest neighbours")
     def image(image_id: int, k: K = 12) -> ImageDetails:
@@ -227,13 +236,13 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
         return ImageDetails(
             id=row.id, path=row.path, size=row.size, width=row.width, height=row.height, format=row.format,
             tags=[Tag(label=t, score=s) for t, s in row.tags], thumb=thumb_url(row),
-            file=f"/api/images/{row.id}/file", neighbours=items(engine, hits),
+            file=f"/api/images/{row.id}/file", neighbours=items(engine, hits), scores=engine.cosine_meaning(),
         )
 
     @r.get("/images/{image_id}/similar", response_model=Results, summary="Search by a stored image")
     def similar(image_id: int, k: K = 24, offset: Offset = 0, where: Where = None, min_score: MinScore = None) -> Results:
         hits = engine.similar(get_row(engine, image_id), k=k, offset=offset, where=where, min_score=min_score)
-        return Results(results=items(engine, hits), k=k, offset=offset)
+        return Results(results=items(engine, hits), k=k, offset=offset, scores=engine.cosine_meaning())
 
     @r.get("/images/{image_id}/thumb", response_class=FileResponse, summary="A JPEG thumbnail (cached)")
     def thumbnail(
@@ -284,7 +293,7 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
         if missing:
             raise HTTPException(404, f"no image with id {missing[0]} in the collection")
         hits = engine.recommend(body.like, body.unlike, body.k)
-        return Results(results=items(engine, hits), k=body.k, offset=0)
+        return Results(results=items(engine, hits), k=body.k, offset=0, scores=engine.cosine_meaning())
 
     @r.get("/duplicates", response_model=Duplicates, summary="Groups of near-duplicate images")
     def duplicates(threshold: Annotated[float | None, Query(gt=0, le=1)] = None) -> Duplicates:
