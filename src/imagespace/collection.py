@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .vector_pipeline import DEFAULT_KIND, KINDS, RAW, VectorPipeline
+
 DB_FILE = "collection.sqlite"
 SCHEMA_VERSION = 1
 
@@ -77,7 +79,8 @@ CREATE TABLE IF NOT EXISTS images (
     height INTEGER NOT NULL,
     format TEXT NOT NULL,
     tags TEXT NOT NULL,          -- JSON: [[label, probability], ...], best first
-    embedding BLOB NOT NULL,     -- float32, L2-normalised
+    embedding BLOB NOT NULL,     -- float32, L2-normalised, after the collection's pipeline (meta "pipeline")
+    raw BLOB,                    -- float32, the network's own vector; NULL in raw collections (it is the embedding)
     model TEXT NOT NULL,         -- model_id of the model that made the embedding
     seq INTEGER NOT NULL,        -- change sequence number of the last write
     indexed_at REAL NOT NULL
@@ -116,14 +119,26 @@ class Collection:
             except OSError as e:  # e.g. --db names a file, or a folder we may not write
                 raise CollectionError(f"cannot make a collection folder at {self.root}: {e.strerror or e}") from None
         self.db_path = db_path
+        # Why the collection cannot be written (read-only storage, or a folder or database
+        # this user may not write), or None. Reading works either way; writing says this.
+        self.read_only_reason = _read_only_reason(self.root, db_path)
+        if self.read_only_reason is not None and not db_path.exists():
+            self.require_writable("making a collection")
         try:
-            self.conn = sqlite3.connect(db_path, timeout=60, isolation_level=None, check_same_thread=False)
+            if self.read_only_reason is None:
+                self.conn = sqlite3.connect(db_path, timeout=60, isolation_level=None, check_same_thread=False)
+            else:
+                self.conn = _connect_read_only(db_path)
             self.conn.text_factory = _decode_text  # file names need not be UTF-8
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; never corrupt
+            if self.read_only_reason is None:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; never corrupt
             self.conn.execute("PRAGMA foreign_keys=ON")
-            if not readonly:
+            if not readonly and self.read_only_reason is None:
                 self.conn.executescript(_SCHEMA)
+                columns = {r[1] for r in self.conn.execute("PRAGMA table_info(images)")}
+                if "raw" not in columns:  # collections made before the vector pipeline
+                    self.conn.execute("ALTER TABLE images ADD COLUMN raw BLOB")
                 if self.get_meta("schema_version") is None:
                     self.set_meta("schema_version", str(SCHEMA_VERSION))
                 if self.get_meta("collection_id") is None:  # ties derived files to this database
@@ -191,11 +206,91 @@ class Collection:
         d = self.get_meta("dim")
         return int(d) if d else None
 
-    def bind_model(self, model_id: str, spec: str, dim: int) -> None:
+    def bind_model(self, model_id: str, spec: str, dim: int, pipeline: str | None = None) -> None:
+        """Embed with ``model_id`` from now on (a new collection, or re-embedding with another
+        model). The vector pipeline starts afresh with it (``pipeline``: a kind of
+        :mod:`imagespace.vector_pipeline`, default the default): a mean learnt on another
+        network's vectors means nothing for the new ones."""
+        kind = pipeline or DEFAULT_KIND
+        if kind not in KINDS:
+            raise CollectionError(f"unknown vector pipeline {kind!r}: use one of {', '.join(KINDS)}")
         with self.transaction():
             self.set_meta("model_id", model_id)
             self.set_meta("model_spec", spec)
             self.set_meta("dim", str(dim))
+            self.set_meta("pipeline", VectorPipeline(kind).to_json())
+
+    # -- the vector pipeline (see imagespace.vector_pipeline) ------------------------------
+
+    _pipeline_cache: tuple[str | None, VectorPipeline] | None = None
+
+    @property
+    def pipeline(self) -> VectorPipeline:
+        """The post-processing every stored vector of the current model went through.
+        Collections made before it existed have none: ``raw``, as they always answered."""
+        text = self.get_meta("pipeline")
+        cached = self._pipeline_cache
+        if cached is None or cached[0] != text:
+            cached = self._pipeline_cache = (text, VectorPipeline.from_json(text))
+        return cached[1]
+
+    def post_process(self, raw: np.ndarray) -> np.ndarray:
+        """Query vectors comparable with the stored ones, from the network's raw vectors."""
+        return self.pipeline.apply(raw)
+
+    def refit_pipeline(self, force: bool = False) -> bool:
+        """Learn the pipeline again when the collection has outgrown it (or ``force``), and
+        rewrite every stored vector under it, all in one transaction: readers see either the
+        old mean and old vectors or the new ones, never a mix, whatever kills the process.
+        Every rewritten row gets the change's sequence number, so the index catches up from
+        the rows as after any change. Returns whether it refitted."""
+        with self.transaction():
+            current = self.pipeline
+            model = self.model_id
+            count = self.count(model)
+            if not (current.wants_refit(count) or (force and current.kind != RAW and count)):
+                return False
+            total = np.zeros(self.dim or 0, dtype=np.float64)
+            for _, vecs in self._iter_raw(model):
+                total += vecs.sum(0, dtype=np.float64)
+            fitted = current.refitted(total, count)
+            seq = self._next_seq()
+            for ids, vecs in self._iter_raw(model):
+                stored = fitted.apply(vecs)
+                self.conn.executemany(
+                    "UPDATE images SET embedding=?, seq=? WHERE id=?",
+                    [(v.tobytes(), seq, int(i)) for i, v in zip(ids, stored)],
+                )
+            self.set_meta("pipeline", fitted.to_json())
+            return True
+
+    def _iter_raw(self, model_id: str | None, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, raw network vectors) of ``model_id``'s rows, in chunks."""
+        last = -1
+        while True:
+            pairs = self.conn.execute(
+                "SELECT id, coalesce(raw, embedding) FROM images WHERE model=? AND id>? ORDER BY id LIMIT ?",
+                (model_id, last, chunk),
+            ).fetchall()
+            if not pairs:
+                return
+            ids = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
+            yield ids, np.frombuffer(b"".join(p[1] for p in pairs), dtype=np.float32).reshape(len(pairs), -1)
+            last = int(ids[-1])
+
+    def raw_vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, the network's own vectors) of the current model's rows ``ids`` (for exports)."""
+        pairs = []
+        ids = list(ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            q = (f"SELECT id, coalesce(raw, embedding) FROM images WHERE model=? AND id IN "
+                 f"({','.join('?' * len(chunk))}) ORDER BY id")
+            pairs.extend(self.conn.execute(q, [self.model_id, *chunk]).fetchall())
+        if not pairs:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim or 0), dtype=np.float32)
+        out_ids = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
+        return out_ids, np.frombuffer(b"".join(p[1] for p in pairs), dtype=np.float32).reshape(len(pairs), -1)
 
     def require_images(self) -> None:
         """Raise :class:`EmptyCollectionError` unless the collection holds embedded images."""
@@ -211,11 +306,27 @@ class Collection:
                 f"collection's model, or re-index with --model to re-embed it."
             )
 
+    @property
+    def writable(self) -> bool:
+        """Whether changes can be saved (False on read-only storage: searches still work)."""
+        return self.read_only_reason is None
+
+    def require_writable(self, doing: str = "this command") -> None:
+        """Refuse a change up front, saying the collection is read-only and why."""
+        if self.read_only_reason is not None:
+            raise CollectionError(
+                f"the collection at {self.root} is read-only ({self.read_only_reason}): {doing} must write to it. "
+                "'imagespace search', 'info', 'duplicates' and 'clusters' read it as it is; to change it, copy the folder somewhere writable "
+                "and use --db to point at the copy"
+            )
+
     def transaction(self) -> _Transaction:
+        self.require_writable("saving changes")
         return _Transaction(self.conn)
 
     def lock(self) -> _RunLock:
         """An exclusive lock for a writing run (indexing); a second run fails fast."""
+        self.require_writable("indexing")
         return _RunLock(self.root / "index.lock")
 
     # -- reading -------------------------------------------------------------------------
@@ -347,18 +458,23 @@ class Collection:
         model = self.model_id
         with self.transaction():
             seq = self._next_seq()
+            # Read inside the transaction: a refit cannot slip in between, so every vector
+            # of the batch is stored under the pipeline the meta table names.
+            pipeline = self.pipeline
+            keep_raw = pipeline.kind != RAW
             for e in items:
+                raw = np.asarray(e.vector, dtype=np.float32)
                 self.conn.execute(
-                    """INSERT INTO images(path,size,mtime_ns,digest,width,height,format,tags,embedding,model,seq,indexed_at)
-                       VALUES(CAST(? AS TEXT),?,?,?,?,?,?,?,?,?,?,?)
+                    """INSERT INTO images(path,size,mtime_ns,digest,width,height,format,tags,embedding,raw,model,seq,indexed_at)
+                       VALUES(CAST(? AS TEXT),?,?,?,?,?,?,?,?,?,?,?,?)
                        ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,
                          digest=excluded.digest, width=excluded.width, height=excluded.height,
-                         format=excluded.format, tags=excluded.tags, embedding=excluded.embedding,
+                         format=excluded.format, tags=excluded.tags, embedding=excluded.embedding, raw=excluded.raw,
                          model=excluded.model, seq=excluded.seq, indexed_at=excluded.indexed_at""",
                     (
                         _sql_path(e.file.path), e.file.size, e.file.mtime_ns, e.file.digest, e.width, e.height, e.format,
-                        json.dumps([[t, s] for t, s in e.tags]), np.asarray(e.vector, dtype=np.float32).tobytes(),
-                        model, seq, now,
+                        json.dumps([[t, s] for t, s in e.tags]), pipeline.apply(raw).tobytes(),
+                        raw.tobytes() if keep_raw else None, model, seq, now,
                     ),
                 )
                 self.conn.execute("DELETE FROM failures WHERE path=CAST(? AS TEXT)", (_sql_path(e.file.path),))
@@ -544,6 +660,34 @@ class Collection:
                 return
             yield rows
             last = rows[-1][0]
+
+
+def _read_only_reason(root: Path, db_path: Path) -> str | None:
+    """Why nothing can be written under ``root`` (a WAL database writes two files beside
+    itself, so the folder must be writable too), or None when it can."""
+    if os.access(root, os.W_OK) and (not db_path.exists() or os.access(db_path, os.W_OK)):
+        return None
+    try:
+        if os.statvfs(root).f_flag & os.ST_RDONLY:
+            return "it is on read-only storage"
+    except OSError:
+        pass
+    return "this user may not write to it"
+
+
+def _connect_read_only(db_path: Path) -> sqlite3.Connection:
+    """The database opened for reading only, creating no file beside it.
+
+    A WAL database is normally read through its -shm file, which a reader must be able to
+    create. When the -wal and -shm files are both there (the collection was not closed
+    cleanly, or a writer with rights is at work) SQLite reads them as they are; when not,
+    the database file holds everything and is opened as immutable: no locks, no side files.
+    """
+    from urllib.parse import quote
+
+    side = [db_path.with_name(db_path.name + s).exists() for s in ("-wal", "-shm")]
+    uri = f"file:{quote(os.fsencode(str(db_path)))}?mode=ro" + ("" if all(side) else "&immutable=1")
+    return sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
 
 
 def _abspath(path: str | os.PathLike[str]) -> str:

@@ -197,7 +197,9 @@ class Engine:
         """The query vector of uploaded image bytes (``ImageError`` when they are not an image)."""
         model = self.model()
         decoded = decode(data, size=model.input_size, max_pixels=UPLOAD_MAX_PIXELS)
-        return model.embed(decoded.pixels[None]).vectors[0]
+        raw = model.embed(decoded.pixels[None]).vectors[0]
+        with self._rows_lock:  # the collection's pipeline (its mean), as its stored vectors had
+            return self._rows_db.post_process(raw)
 
     def query(self, **opts) -> Answer:
         """:meth:`ImageSpace.query` under the search lock (``vector=``, ``like=``, ``text=`` ...)."""
