@@ -115,14 +115,14 @@ def embed_bytes(name: str, arch: str, items) -> tuple[np.ndarray, np.ndarray]:
     """(pooled (n, len(GEM_PS), 1280), logits (n, 1000)), cached. ``items``: a callable
     giving the list of bytes (so nothing is read when the cache holds it)."""
     from imagespace.images import decode
-    from imagespace.models.base import _make_session
+    from imagespace.models.base import make_session
     from imagespace.models.networks import network
 
     vec_path, logit_path = CACHE / f"{name}-{arch}-gem.npy", CACHE / f"{name}-{arch}-logits.npy"
     if vec_path.is_file() and logit_path.is_file():
         return np.load(vec_path).astype(np.float32), np.load(logit_path).astype(np.float32)
     size = network(arch).input_size
-    session = _make_session(graph(arch), ["CPUExecutionProvider"], None)
+    session = make_session(graph(arch), ["CPUExecutionProvider"], None)
     data = items()
     pooled, logits = [], []
     t = time.perf_counter()

@@ -250,9 +250,16 @@ def test_tests_do_not_import_benchmarks():
     assert not offenders, "tests import benchmarks (move what they share into the library):\n" + "\n".join(offenders)
 
 
+def _root_name(node: ast.AST) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
 def test_benchmarks_use_only_public_names():
-    """No ``from imagespace.x import _name``, no private module, no ``obj._attr`` (own ``self``
-    aside): a benchmark measures the library as its users can call it."""
+    """No ``from imagespace.x import _name``, no private module, no ``obj._attr``: a benchmark
+    measures the library as its users can call it. Reached through a benchmark's own ``self``
+    (a torch module it defines, say) is its own business."""
     offenders = []
     for path in sorted((ROOT / "benchmarks").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -262,9 +269,8 @@ def test_benchmarks_use_only_public_names():
                 offenders += [f"{where}: {node.module} import {n}" for n in names if _private(n)]
             elif isinstance(node, ast.Import):
                 offenders += [f"{where}: import {a.name}" for a in node.names if a.name.startswith(PACKAGE) and any(_private(p) for p in a.name.split("."))]
-            elif isinstance(node, ast.Attribute) and _private(node.attr):
-                if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
-                    offenders.append(f"{where}: {ast.unparse(node)}")
+            elif isinstance(node, ast.Attribute) and _private(node.attr) and _root_name(node) not in ("self", "cls"):
+                offenders.append(f"{where}: {ast.unparse(node)}")
     assert not offenders, "benchmarks reach private names of the library:\n" + "\n".join(offenders)
 
 
@@ -272,10 +278,10 @@ def test_the_public_names_check_sees_private_reaches(tmp_path, monkeypatch):
     """The check above must be able to fail: point it at a benchmark that reaches in."""
     (tmp_path / "benchmarks").mkdir()
     (tmp_path / "benchmarks" / "bench_x.py").write_text(
-        "from imagespace.analysis.classify import _softmax\nimport imagespace._hidden\nindex._ivf.nlist\nself._mine\n"
+        "from imagespace.analysis.classify import _softmax\nimport imagespace._hidden\nindex._ivf.nlist\nself._mine.x._also\n"
     )
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     with pytest.raises(AssertionError) as caught:
         test_benchmarks_use_only_public_names()
     text = str(caught.value)
-    assert "_softmax" in text and "imagespace._hidden" in text and "index._ivf" in text and "self._mine" not in text
+    assert "_softmax" in text and "imagespace._hidden" in text and "index._ivf" in text and "_mine" not in text
