@@ -30,7 +30,7 @@ class FileInfo:
     path: str
     size: int
     mtime_ns: int
-    digest: str  # blake2b-128 of the bytes: finds moved and identical files
+    digest: str  # of the bytes (content_digest): finds moved and identical files
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,43 @@ class Failed:
     mtime_ns: int | None = None
 
 
-def content_digest(data: bytes) -> str:
+# The digest tells a changed file from a touched one, finds moved files and identical bytes;
+# it is not a defence against files made to collide. XXH3-128 runs at memory speed (0.2 ms
+# for a 2.6 MB photo against 2.9 ms for blake2b-128). Its digests carry a prefix; digests
+# without one are the blake2b-128 of collections made before, still read and compared as
+# such, so an existing collection does not re-embed anything.
+DIGEST_PREFIX = "xxh128:"
+
+
+def content_digest(data: bytes | memoryview) -> str:
+    """The digest stored for new rows: ``xxh128:`` and 32 hex digits."""
+    import xxhash
+
+    return DIGEST_PREFIX + xxhash.xxh3_128_hexdigest(data)
+
+
+def legacy_digest(data: bytes | memoryview) -> str:
+    """blake2b-128, the digest of rows written before XXH3 (32 hex digits, no prefix)."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def digest_like(data: bytes | memoryview, stored: str) -> str:
+    """``data``'s digest in the form of ``stored`` (either kind), to compare with it."""
+    return content_digest(data) if stored.startswith(DIGEST_PREFIX) else legacy_digest(data)
+
+
+def digest_hex(digest: str) -> str:
+    """The hex digits of a stored digest of either kind (for short tags: ETags, file names)."""
+    return digest.rpartition(":")[2]
 
 
 def file_digest(path: str) -> str:
     return content_digest(read_bytes(path))
+
+
+def file_matches(path: str, stored: str) -> bool:
+    """Whether the file's bytes have the digest ``stored`` (of either kind). Raises ImageError."""
+    return digest_like(read_bytes(path), stored) == stored
 
 
 def default_workers() -> int:

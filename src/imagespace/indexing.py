@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .collection import Collection
-from .embed import embed_files, file_digest
+from .embed import content_digest, embed_files, file_matches, legacy_digest
+from .images import read_bytes
 from .images import is_image_path
 from .index import open_index
 
@@ -189,9 +190,12 @@ def plan_changes(collection: Collection, scan: Scan, model_id: str) -> Plan:
     for path, st in new_paths:
         if st.st_size in vanished_sizes:
             try:
-                digest = file_digest(path)
+                data = read_bytes(path)
             except Exception:  # noqa: BLE001 - unreadable now: the embed step reports it
-                digest = None
+                data = None
+            # Rows of older collections hold the older kind of digest: try both.
+            digest = None if data is None else next(
+                (d for d in (content_digest(data), legacy_digest(data)) if d in vanished), None)
             if digest in vanished:
                 old_path, row = vanished.pop(digest)
                 existing.pop(old_path, None)
@@ -216,7 +220,7 @@ _TRANSIENT_ERRORS = ("model failed on this batch", "unexpected error", "permissi
 
 def _same_digest(path: str, digest: str) -> bool:
     try:
-        return file_digest(path) == digest
+        return file_matches(path, digest)
     except Exception:  # noqa: BLE001
         return False
 
