@@ -108,7 +108,7 @@ def growth(counts: list[int], work: Path) -> list[dict]:
                     z.extract(name, folder)
         coll = index_folder(folder, work / f"db{n}")
         t0 = time.process_time()
-        report = duplicate_report(coll, use_cache=False)
+        report = duplicate_report(coll)
         cpu = time.process_time() - t0
         got = {"images": n, "cpu_ms_per_image": round(1000 * cpu / n, 2), "candidate_pairs": report.stats["candidate_pairs"],
                "copy_pairs": report.stats["copy_pairs"], "retake_pairs": report.stats["retake_pairs"]}

@@ -41,6 +41,7 @@ class Embedded:
     width: int
     height: int
     format: str
+    grey: np.ndarray | None = None  # DecodedImage.grey, when asked for (embed_files' grey_side)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _read_one(path: str, size: int) -> tuple[FileInfo, DecodedImage] | Failed:
+def _read_one(path: str, size: int, grey_side: int | None = None) -> tuple[FileInfo, DecodedImage] | Failed:
     try:
         st = os.stat(path)
     except OSError as e:
@@ -102,7 +103,7 @@ def _read_one(path: str, size: int) -> tuple[FileInfo, DecodedImage] | Failed:
     try:
         data = read_bytes(path)
         info = FileInfo(path, len(data), st.st_mtime_ns, content_digest(data))
-        return info, decode(data, size=size)
+        return info, decode(data, size=size, grey_side=grey_side)
     except ImageError as e:
         return Failed(path, str(e), st.st_size, st.st_mtime_ns)
     except Exception as e:  # noqa: BLE001 - one bad file must never end the run
@@ -117,8 +118,12 @@ def embed_files(
     workers: int | None = None,
     total: int | None = None,
     progress: bool = False,
+    grey_side: int | None = None,
 ) -> Iterator[list[Embedded | Failed]]:
-    """Yield, batch by batch, what became of each path: :class:`Embedded` or :class:`Failed`."""
+    """Yield, batch by batch, what became of each path: :class:`Embedded` or :class:`Failed`.
+
+    With ``grey_side``, each :class:`Embedded` of a large JPEG also carries the grey image
+    duplicate verification needs (see :func:`imagespace.images.decode`)."""
     workers = workers or default_workers()
     batch_size = max(1, int(batch_size))
     ahead = batch_size * 2 + workers * 2  # decoded or decoding images waiting for the model
@@ -132,7 +137,7 @@ def embed_files(
                 path = next(path_iter, None)
                 if path is None:
                     return
-                pending.append(pool.submit(_read_one, path, model.input_size))
+                pending.append(pool.submit(_read_one, path, model.input_size, grey_side))
 
         refill()
         # Load the model (if nothing has yet) while the workers decode the first batch,
@@ -166,7 +171,7 @@ def _run_model(model: EmbeddingModel, items: list[tuple[FileInfo, DecodedImage]]
     except Exception as e:  # noqa: BLE001 - e.g. out of memory on a GPU: keep the reason per file
         return [Failed(info.path, f"model failed on this batch: {e}", info.size, info.mtime_ns) for info, _ in items]
     return [
-        Embedded(info, output.vectors[i], output.tags[i], img.width, img.height, img.format)
+        Embedded(info, output.vectors[i], output.tags[i], img.width, img.height, img.format, img.grey)
         for i, (info, img) in enumerate(items)
     ]
 

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..images import CaptureFacts
+from ..images import VERIFY_SIDE, CaptureFacts
 from .enlargement import is_enlarged
 
 # Verification works on images of this size: enough keypoints, bounded cost per image.
 # 500 rather than 512: a 4000x3000 JPEG then decodes at 1/8 of its size.
-VERIFY_SIDE = 500
+# (VERIFY_SIDE, 500, is defined in images.py: indexing keeps that grey image for the pass.)
 _MIN_SIDE = 320
 _FEATURES = 1000
 _RATIO = 0.8
