@@ -53,6 +53,9 @@ CERTAIN_SIMILARITY = 0.99
 _PLAIN_POINTS = 60
 # Without verification the cosine alone decides; 0.95 kept precision above 0.9.
 UNVERIFIED_SIMILARITY = 0.95
+# Up to this many rows candidates come from an exact all-against-all product (about 1 ms of
+# CPU an image at the limit); beyond, from the ANN index.
+EXACT_CANDIDATES = 20_000
 # Features held in memory (about 160 KB an image at 500 px); beyond it they are read back
 # from the feature store beside the collection rather than computed again.
 _CACHE_BYTES = 512 * 1024 * 1024
@@ -179,18 +182,53 @@ def _identical_pairs(collection: Collection) -> dict[tuple[int, int], float]:
 
 
 def _candidates(collection: Collection, threshold: float, neighbours: int) -> dict[tuple[int, int], float]:
-    """Pairs (a < b) of nearest neighbours with cosine >= ``threshold``, from the ANN index."""
+    """Pairs (a < b) of nearest neighbours with cosine >= ``threshold``.
+
+    Every image asks for its neighbours, so this is an all-against-all search. Up to
+    ``EXACT_CANDIDATES`` rows it is exact, as one matrix product in blocks (the index's
+    exact mode compares query by query: 23 s at 10,000 rows, quadratic); beyond, the ANN
+    index searches use (graph or compressed), whose cost per image grows with the log of
+    the size."""
+    if collection.count(collection.model_id) <= EXACT_CANDIDATES:
+        ids, vectors = collection.vectors()
+        found, sims = _exact_neighbours(vectors, neighbours)
+        return _pairs_of(ids.tolist(), ids[found], sims, threshold)
     index = open_index(collection)  # the index searches use: the graph, or the compressed one
     pairs: dict[tuple[int, int], float] = {}
     for ids, vectors in collection.iter_vectors(chunk=4096):
         found, sims = index.search(vectors, neighbours + 1)
-        for r, me in enumerate(ids.tolist()):
-            for j, s in zip(found[r].tolist(), sims[r].tolist()):
-                if j < 0 or j == me or s < threshold:
-                    continue
-                key = (me, j) if me < j else (j, me)
-                if s > pairs.get(key, -2.0):
-                    pairs[key] = float(s)
+        pairs.update((k, v) for k, v in _pairs_of(ids.tolist(), found, sims, threshold).items() if v > pairs.get(k, -2.0))
+    return pairs
+
+
+def _exact_neighbours(vectors: np.ndarray, k: int, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and cosines of each row's ``k`` nearest other rows (unit vectors), best first."""
+    n = len(vectors)
+    k = min(k, n - 1)
+    found = np.zeros((n, max(k, 0)), dtype=np.int64)
+    sims = np.zeros((n, max(k, 0)), dtype=np.float32)
+    if k <= 0:
+        return found, sims
+    for start in range(0, n, block):
+        s = vectors[start : start + block] @ vectors.T
+        rows = np.arange(len(s))
+        s[rows, start + rows] = -np.inf  # not its own neighbour
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(s, top, axis=1), axis=1, kind="stable")
+        found[start : start + block] = np.take_along_axis(top, order, axis=1)
+        sims[start : start + block] = np.take_along_axis(s, found[start : start + block], axis=1)
+    return found, sims
+
+
+def _pairs_of(ids: list[int], found: np.ndarray, sims: np.ndarray, threshold: float) -> dict[tuple[int, int], float]:
+    pairs: dict[tuple[int, int], float] = {}
+    for r, me in enumerate(ids):
+        for j, s in zip(found[r].tolist(), sims[r].tolist()):
+            if j < 0 or j == me or s < threshold:
+                continue
+            key = (me, j) if me < j else (j, me)
+            if s > pairs.get(key, -2.0):
+                pairs[key] = float(s)
     return pairs
 
 
