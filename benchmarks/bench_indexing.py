@@ -66,7 +66,7 @@ _NETS: dict = {}
 
 def _torch_net(arch: str):
     if arch not in _NETS:
-        from imagespace.models.nets import build_embedding_net
+        from imagespace.models.torch_nets import build_embedding_net
         from imagespace.models.networks import network
 
         _NETS[arch] = build_embedding_net(network(arch).weights_path(), arch=arch)

@@ -37,7 +37,7 @@ def run(quick: bool = False) -> None:
 
     from imagespace.models import create_model
     from imagespace.models.efficientnet import default_weights_path
-    from imagespace.models.nets import build_embedding_net
+    from imagespace.models.torch_nets import build_embedding_net
     from imagespace.models.quantize import calibration_pixels, quantize_onnx
 
     header("model throughput and quality: PyTorch eager, ONNX Runtime fp32, int8")

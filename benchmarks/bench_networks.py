@@ -71,7 +71,7 @@ def multi_gem_onnx(arch: str, size: int) -> Path:
     import torch
     from torch import nn
 
-    from imagespace.models.nets import PIXEL_MEAN, PIXEL_SCALE, build_backbone, export_onnx
+    from imagespace.models.torch_nets import PIXEL_MEAN, PIXEL_SCALE, build_backbone, export_onnx
     from imagespace.models.networks import network
 
     class MultiGem(nn.Module):
@@ -89,9 +89,9 @@ def multi_gem_onnx(arch: str, size: int) -> Path:
 
 
 def _session(path: Path):
-    from imagespace.models.base import _make_session
+    from imagespace.models.base import make_session
 
-    return _make_session(path, ["CPUExecutionProvider"], None)
+    return make_session(path, ["CPUExecutionProvider"], None)
 
 
 def _run(session, pixels: np.ndarray) -> np.ndarray:

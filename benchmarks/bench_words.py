@@ -4,7 +4,7 @@
 
 Collections: 50 test images of each cifar10 class (500) and flowers12's test split (240).
 Each folder is answered by several words; half of them (DEV) were looked at while the rules
-of concepts.py were chosen, the other half (HELD_OUT) were written down at the same time and
+of word_concepts.py were chosen, the other half (HELD_OUT) were written down at the same time and
 only measured. flowers12 is measured twice: with ImageNet's classes only (its species are
 mostly not ImageNet classes, so this shows what the hierarchy alone gives) and after
 ``classify --train`` on flowers12's train split, whose folder names become the collection's
@@ -90,7 +90,6 @@ def _cifar_folder(folder: Path, per_class: int) -> Path:
 def _precision(db: Path, dev: dict, held_out: dict) -> dict:
     from imagespace.collection import Collection
     from imagespace.search import QueryError, Searcher
-    from imagespace.search import search_text
 
     result = {}
     with Collection(db, create=False) as coll:
@@ -100,7 +99,8 @@ def _precision(db: Path, dev: dict, held_out: dict) -> dict:
             for folder, ws in words.items():
                 for w in ws:
                     try:
-                        hits, extra = search_text(searcher, w, k=10)
+                        answer = searcher.query(text=w, k=10)
+                        hits, extra = answer.hits, answer.extra
                     except QueryError as e:
                         hits, extra = [], {"error": str(e)[:80]}
                     p = sum(Path(h.path).parent.name == folder for h in hits) / 10
@@ -115,7 +115,6 @@ def _precision(db: Path, dev: dict, held_out: dict) -> dict:
 def _times(db: Path, env: dict, runs: int) -> dict:
     from imagespace.collection import Collection
     from imagespace.search import Searcher
-    from imagespace.search import search_text
 
     # Cold: a new process each time, interleaved with the baseline of a search by a stored
     # image (the same start-up, index and rows, no words), so a busy machine shifts both.
@@ -130,10 +129,10 @@ def _times(db: Path, env: dict, runs: int) -> dict:
     warm = []
     with Collection(db, create=False) as coll:
         s = Searcher(coll)
-        search_text(s, "dog", k=10)
+        s.query(text="dog", k=10)
         for w in ["dog", "a sunflower", "cat or dog", "truck", "deer", "musical instrument"] * 3:
             t = time.perf_counter()
-            search_text(s, w, k=10)
+            s.query(text=w, k=10)
             warm.append(time.perf_counter() - t)
     return {"cli_cold_median": round(statistics.median(cold), 3), "cli_cold_max": round(max(cold), 3),
             "cli_cold_baseline_like_median": round(statistics.median(baseline), 3),

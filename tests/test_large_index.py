@@ -124,7 +124,7 @@ def test_indexing_and_analyses_use_the_compressed_index_and_build_no_graph(tmp_p
         assert meta["seq"] == coll.seq and meta["count"] == 14  # rebuilt: 2 new rows of 12 pass MAX_DELTA_SHARE
         searcher = Searcher(coll, model)
         assert isinstance(searcher.index, LargeIndex)  # searches go through the same index
-        hits = searcher.by_vector(coll.vectors([coll.row_by_path(photos / "new.jpg").id])[1][0], k=1)
+        hits = searcher.query(vector=coll.vectors([coll.row_by_path(photos / "new.jpg").id])[1][0], k=1).hits
         assert hits[0].path == str(photos / "new.jpg") and hits[0].score == pytest.approx(1.0, abs=1e-3)
         # the analyses search the same index: none of them builds the graph either
         from imagespace.analysis.duplicates import find_duplicates

@@ -116,7 +116,7 @@ def test_embeddings_are_unit_float32(model, pixels):
 def test_onnx_matches_pytorch(model, pixels):
     torch = pytest.importorskip("torch")
     from imagespace.models.efficientnet import default_weights_path
-    from imagespace.models.nets import build_embedding_net
+    from imagespace.models.torch_nets import build_embedding_net
 
     net = build_embedding_net(default_weights_path())
     with torch.no_grad():

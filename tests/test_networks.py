@@ -15,7 +15,7 @@ import imagespace.models
 from imagespace.collection import Collection
 from imagespace.models import create_model, list_models, model_info
 from imagespace.models.networks import NETWORKS
-from imagespace.search.text import _classifier_rows
+from imagespace.search.text import classifier_rows
 
 NEW = ("efficientnet-lite1", "efficientnet-lite2")
 
@@ -39,7 +39,7 @@ def test_every_network_is_registered_with_its_input_size():
 @pytest.mark.parametrize("arch", NEW)
 def test_network_loads_and_matches_pytorch(arch):
     torch = pytest.importorskip("torch")
-    from imagespace.models.nets import build_embedding_net
+    from imagespace.models.torch_nets import build_embedding_net
 
     model = create_model(arch)
     size = NETWORKS[arch].input_size
@@ -123,7 +123,7 @@ def test_a_collection_keeps_its_model_when_the_default_changes(tmp_path, monkeyp
         assert set(ids_before) <= set(rows) and len(rows) == 5  # same rows, new vectors
         assert coll.count(coll.model_id) == 5
         # words still reach the image vectors through this network's own ImageNet classifier
-        rows = _classifier_rows(coll)
+        rows = classifier_rows(coll)
         assert rows is not None and rows.shape == (1000, 1280)
     hits = cli("search", photos / "img_2.jpg", "-k", "1")["results"]
     assert hits[0]["path"].endswith("img_2.jpg") and hits[0]["score"] > 0.999

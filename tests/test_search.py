@@ -93,14 +93,14 @@ def assert_same_ranking(hits, expected):
 def test_image_query_matches_exact_search(coll, corpus, model, k):
     searcher = Searcher(coll, model)
     for q in [*sorted(corpus["queries"].iterdir()), corpus["a"] / "img_007.jpg", corpus["b"] / "img_020.png"]:
-        hits = searcher.by_image(q, k=k)
+        hits = searcher.query(q, k=k).hits
         assert len(hits) == min(k, 36)
         assert_same_ranking(hits, exact(coll, query_vector(model, q), k))
         assert all(hits[i].score >= hits[i + 1].score for i in range(len(hits) - 1))
 
 
 def test_an_indexed_image_finds_itself_with_score_one(coll, corpus, model):
-    hits = Searcher(coll, model).by_image(corpus["a"] / "img_011.jpg", k=3)
+    hits = Searcher(coll, model).query(corpus["a"] / "img_011.jpg", k=3).hits
     assert hits[0].path == str(corpus["a"] / "img_011.jpg")
     assert abs(hits[0].score - 1.0) < 1e-4
 
@@ -119,8 +119,8 @@ def test_hnsw_graph_agrees_with_exact(coll, corpus, model, monkeypatch):
         v = query_vector(model, q)
         everything = set(exact(coll, v, 1).truth)
         for hits, expected, may in (
-            (searcher.by_vector(v, k=10), exact(coll, v, 10), everything),
-            (searcher.by_vector(v, k=5, where="width >= 150"), exact(coll, v, 5, allowed), allowed),
+            (searcher.query(vector=v, k=10).hits, exact(coll, v, 10), everything),
+            (searcher.query(vector=v, k=5, where="width >= 150").hits, exact(coll, v, 5, allowed), allowed),
         ):
             assert len(hits) == len(expected)
             assert len({h.id for h in hits}) == len(hits)
@@ -141,12 +141,12 @@ def test_like_excludes_the_query_itself(coll, corpus):
     row = coll.row_by_path(target)
     ids, vecs = coll.vectors([row.id])
     for k in (1, 4, 35, 50):
-        hits = Searcher(coll).by_path(target, k=k)
+        hits = Searcher(coll).query(like=target, k=k).hits
         assert row.id not in {h.id for h in hits}
         assert len(hits) == min(k, 35)
         assert_same_ranking(hits, exact(coll, vecs[0], k, exclude={row.id}))
     # its byte-for-byte copy is another image and comes first
-    assert Searcher(coll).by_path(target, k=1)[0].path == str(corpus["b"] / "copy_of_003.jpg")
+    assert Searcher(coll).query(like=target, k=1).hits[0].path == str(corpus["b"] / "copy_of_003.jpg")
 
 
 def test_like_through_the_cli_with_k(coll, corpus):
@@ -156,7 +156,7 @@ def test_like_through_the_cli_with_k(coll, corpus):
     results = json.loads(out.stdout)["results"]
     assert len(results) == 4
     assert str(target) not in [r["path"] for r in results]
-    expected = [h.path for h in Searcher(coll).by_path(target, k=4)]
+    expected = [h.path for h in Searcher(coll).query(like=target, k=4).hits]
     assert [r["path"] for r in results] == expected
 
 
@@ -165,10 +165,10 @@ def test_min_score(coll, corpus, model):
     v = query_vector(model, q)
     full = exact(coll, v, 36)
     cut = full[5][1]  # the sixth best score: exactly six results reach it
-    hits = Searcher(coll, model).by_image(q, k=20, min_score=cut - 1e-6)
+    hits = Searcher(coll, model).query(q, k=20, min_score=cut - 1e-6).hits
     assert_same_ranking(hits, exact(coll, v, 6))
     assert all(h.score >= cut - 1e-6 for h in hits)
-    assert Searcher(coll, model).by_image(q, k=20, min_score=1.01) == []
+    assert Searcher(coll, model).query(q, k=20, min_score=1.01).hits == []
     # through the command line, with --like
     out = run_cli("search", "--like", corpus["a"] / "img_000.jpg", "--min-score", "0.999", "--db", corpus["db"], "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["results"] == []
@@ -222,10 +222,10 @@ def test_where_filters(coll, corpus, model):
     v = query_vector(model, sorted(corpus["queries"].iterdir())[1])
     for expr, predicate in filter_cases(coll, corpus):
         allowed = rows_matching(coll, predicate)
-        hits = searcher.by_vector(v, k=100, where=expr)
+        hits = searcher.query(vector=v, k=100, where=expr).hits
         assert {h.id for h in hits} == allowed, expr
         assert_same_ranking(hits, exact(coll, v, 100, allowed))
-        top3 = searcher.by_vector(v, k=3, where=expr)
+        top3 = searcher.query(vector=v, k=3, where=expr).hits
         assert_same_ranking(top3, exact(coll, v, 3, allowed))
     # at least some filters really cut the collection down, and not all to nothing
     sizes = {expr: len(rows_matching(coll, p)) for expr, p in filter_cases(coll, corpus)}
@@ -234,7 +234,7 @@ def test_where_filters(coll, corpus, model):
 
 def test_where_with_like(coll, corpus):
     target = corpus["a"] / "img_005.jpg"
-    hits = Searcher(coll).by_path(target, k=50, where="path like '%/a/%'")
+    hits = Searcher(coll).query(like=target, k=50, where="path like '%/a/%'").hits
     assert len(hits) == 17 and all("/a/" in h.path for h in hits)
     assert str(target) not in {h.path for h in hits}
 
@@ -273,7 +273,7 @@ def test_bad_filters_give_a_clear_error(coll, corpus, expr):
     if not expr:
         return  # an empty --where means no filter to the searcher
     with pytest.raises(QueryError):
-        Searcher(coll).by_path(corpus["a"] / "img_001.jpg", where=expr)
+        Searcher(coll).query(like=corpus["a"] / "img_001.jpg", where=expr).hits
 
 
 @pytest.mark.parametrize(
@@ -289,7 +289,7 @@ def test_bad_filters_give_a_clear_error(coll, corpus, expr):
 def test_no_sql_injection(coll, corpus, expr):
     sql, params = compile_where(expr)
     assert "DROP" not in sql and "1=1" not in sql and "OR '1'" not in sql  # values are bound parameters
-    hits = Searcher(coll).by_path(corpus["a"] / "img_001.jpg", k=100, where=expr)
+    hits = Searcher(coll).query(like=corpus["a"] / "img_001.jpg", k=100, where=expr).hits
     assert hits == []
     with closing(sqlite3.connect(corpus["db"] / DB_FILE)) as conn:
         assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 36
@@ -315,7 +315,7 @@ def test_unreadable_query_image_is_a_clear_error(coll, corpus, model, tmp_path):
     folder.mkdir()
     for bad in (text, cut, folder, tmp_path / "missing.jpg"):
         with pytest.raises(QueryError, match="cannot read query image"):
-            Searcher(coll, model).by_image(bad)
+            Searcher(coll, model).query(bad).hits
         out = run_cli("search", bad, "--db", corpus["db"], "--json")
         assert out.returncode == 1, (bad, out.stderr)
         assert out.stdout == ""
@@ -325,7 +325,7 @@ def test_unreadable_query_image_is_a_clear_error(coll, corpus, model, tmp_path):
 
 def test_like_a_path_not_in_the_collection(coll, corpus):
     with pytest.raises(QueryError, match="not in the collection"):
-        Searcher(coll).by_path(corpus["queries"] / "q0.jpg")
+        Searcher(coll).query(like=corpus["queries"] / "q0.jpg").hits
     out = run_cli("search", "--like", corpus["queries"] / "q0.jpg", "--db", corpus["db"])
     assert out.returncode == 1 and "not in the collection" in out.stderr and "Traceback" not in out.stderr
 
@@ -355,7 +355,7 @@ def test_collection_emptied_by_removal(tmp_path, model):
     make_photo(1).save(folder / "one.jpg")
     with Collection(tmp_path / "db") as coll:
         sync(coll, [str(folder)], model, model_spec=DEFAULT_MODEL)
-        assert len(Searcher(coll, model).by_image(folder / "one.jpg")) == 1
+        assert len(Searcher(coll, model).query(folder / "one.jpg").hits) == 1
         (folder / "one.jpg").unlink()
         assert sync(coll, [str(folder)], model, model_spec=DEFAULT_MODEL).removed == 1
         with pytest.raises(CollectionError, match="empty"):
@@ -364,4 +364,4 @@ def test_collection_emptied_by_removal(tmp_path, model):
 
 def test_query_vector_of_the_wrong_size(coll):
     with pytest.raises(QueryError, match="dimensions"):
-        Searcher(coll).by_vector(np.ones(10, np.float32))
+        Searcher(coll).query(vector=np.ones(10, np.float32)).hits

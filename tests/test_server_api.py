@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import types
 from pathlib import Path
@@ -15,6 +14,7 @@ from serverkit import build_collection, jpeg_bytes
 from imagespace.collection import Collection
 from imagespace.search import Hit
 from imagespace.server import create_app
+from imagespace.space import ImageSpace
 
 LOCAL = "http://127.0.0.1"
 
@@ -154,26 +154,26 @@ def test_internal_errors_never_show_a_trace(indexed, monkeypatch):
     assert "secret" not in r.text and "Traceback" not in r.text
 
 
-# -- analysis routes: the shaping is tested with stand-ins for the library functions -------
-
-
-def fake_module(monkeypatch, name: str, **attrs) -> None:
-    monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
+# -- analysis routes: the shaping is tested with stand-ins for the library's answers -------
 
 
 def test_duplicates_route_shapes_groups(client, indexed, monkeypatch):
+    from imagespace.analysis.duplicates import DuplicateGroups
+
     ids = ids_by_name(indexed[0])
     group = [ids["img_000.jpg"], ids["copy_000.jpg"], ids["small_000.png"]]
     seen = {}
 
-    def find_duplicates(collection, threshold=None, verify=True):
+    def duplicate_groups(space, threshold=None, *, verify=True, tier="all"):
         seen["threshold"] = threshold
-        return [group]
+        members = [{"id": i, "kept": n == 0, "reason": "", "score": None, "similarity": None} for n, i in enumerate(group)]
+        return DuplicateGroups([{"tier": "copy", "ids": group, "members": members}], {})
 
-    fake_module(monkeypatch, "imagespace.analysis.duplicates", find_duplicates=find_duplicates)
+    monkeypatch.setattr(ImageSpace, "duplicate_groups", duplicate_groups)
     r = client.get("/api/duplicates", params={"threshold": 0.5})
     assert r.status_code == 200, r.text
     assert [[x["id"] for x in g] for g in r.json()["groups"]] == [group] and seen["threshold"] == 0.5
+    assert [m["kept"] for m in r.json()["details"][0]["members"]] == [True, False, False]
 
 
 def test_clusters_route(client, indexed, monkeypatch):
@@ -182,8 +182,8 @@ def test_clusters_route(client, indexed, monkeypatch):
         clusters=[types.SimpleNamespace(id=0, label="daisy", ids=ids[:10]), types.SimpleNamespace(id=1, label="rose", ids=ids[10:17])],
         outliers=ids[17:],
     )
-    fake_module(monkeypatch, "imagespace.analysis.clusters", cluster_collection=lambda collection, k=None: result)
-    body = client.get("/api/clusters", params={"k": 2}).json()
+    monkeypatch.setattr(ImageSpace, "clusters", lambda space, k=None: result)
+    body = client.get("/api/clusters", params={"k": 3}).json()
     assert [(c["label"], c["size"]) for c in body["clusters"]] == [("daisy", 10), ("rose", 7)]
     assert [x["id"] for x in body["clusters"][0]["sample"]] == ids[:10] and body["outliers"] == ids[17:]
 
@@ -191,8 +191,8 @@ def test_clusters_route(client, indexed, monkeypatch):
 def test_map_route_scales_to_unit_square(client, indexed, monkeypatch):
     ids = np.array(sorted(ids_by_name(indexed[0]).values()))
     xy = np.stack([np.arange(len(ids)) * 3.0 - 7, np.linspace(5, 6, len(ids))], axis=1)
-    fake_module(monkeypatch, "imagespace.analysis.maps", layout=lambda collection, max_points=5000: (ids, xy))
-    points = client.get("/api/map").json()["points"]
+    monkeypatch.setattr(ImageSpace, "layout", lambda space, max_points=5000: (ids, xy))
+    points = client.get("/api/map", params={"max_points": 4000}).json()["points"]
     assert [p["id"] for p in points] == ids.tolist()
     assert points[0]["x"] == 0 and points[-1]["x"] == 1 and points[-1]["y"] == 1
     assert all(p["thumb"].startswith(f"/api/images/{p['id']}/thumb") for p in points)
@@ -202,11 +202,11 @@ def test_recommend_route(client, indexed, monkeypatch):
     ids = ids_by_name(indexed[0])
     calls = {}
 
-    def recommend(collection, like, unlike=(), k=10, index=None):
+    def recommend(collection, like, unlike=(), k=10, *, dba=False, index=None):
         calls.update(like=like, unlike=unlike, k=k)
         return [Hit(ids["img_009.jpg"], "ignored", 0.5, [("daisy", 0.9)], 1, 1, 1)]
 
-    fake_module(monkeypatch, "imagespace.analysis.recommend", recommend=recommend)
+    monkeypatch.setattr("imagespace.analysis.recommend.recommend", recommend)
     r = client.post("/api/recommend", json={"like": [ids["img_001.jpg"]], "unlike": [ids["img_002.jpg"]], "k": 3})
     assert r.status_code == 200, r.text
     assert [x["id"] for x in r.json()["results"]] == [ids["img_009.jpg"]]
@@ -234,15 +234,8 @@ def test_word_search_route_pages_and_passes_filters(client, indexed, monkeypatch
     assert client.get("/api/search", params={"q": ""}).status_code == 422
 
 
-def test_missing_library_feature_answers_501_with_a_message(client, monkeypatch):
-    fake_module(monkeypatch, "imagespace.analysis.maps")  # a module without layout()
-    r = client.get("/api/map")
-    assert r.status_code == 501 and "the map is not available" in r.json()["detail"]
-
-
 def test_real_duplicates_when_present(indexed):
-    """With the library's own find_duplicates (skipped, saying so, until it exists)."""
-    pytest.importorskip("imagespace.analysis.duplicates", reason="imagespace.analysis.duplicates not written yet")
+    """With the library's own duplicate detection."""
     ids = ids_by_name(indexed[0])
     with TestClient(create_app(indexed[0]), base_url=LOCAL) as c:
         r = c.get("/api/duplicates")
@@ -252,9 +245,7 @@ def test_real_duplicates_when_present(indexed):
 
 
 def test_real_recommend_and_clusters_when_present(indexed):
-    """With the library's own recommend() and cluster_collection() (skipped until they exist)."""
-    pytest.importorskip("imagespace.analysis.recommend", reason="imagespace.analysis.recommend not written yet")
-    pytest.importorskip("imagespace.analysis.clusters", reason="imagespace.analysis.clusters not written yet")
+    """With the library's own recommend() and cluster_collection()."""
     ids = ids_by_name(indexed[0])
     with TestClient(create_app(indexed[0]), base_url=LOCAL) as c:
         r = c.post("/api/recommend", json={"like": [ids["img_000.jpg"]], "unlike": [ids["img_001.jpg"]], "k": 5})

@@ -36,7 +36,7 @@ def test_sharded_search_equals_unsharded(photo_folder, tmp_path, model):
         ids, vecs = whole.vectors()
         searcher = Searcher(whole, model)
         queries = vecs[:5]
-        expected = [[(h.path, h.score) for h in searcher.by_vector(q, k=6)] for q in queries]
+        expected = [[(h.path, h.score) for h in searcher.query(vector=q, k=6).hits] for q in queries]
     plan = plan_shards([folder], 3, by="hash")
     assert sum(1 for p in plan.values() if p) >= 2
     for name, shard_paths in plan.items():  # each shard on its own, as separate workers would

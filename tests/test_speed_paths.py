@@ -163,7 +163,7 @@ def test_a_stored_image_query_imports_nothing_heavy(photo_folder, tmp_path):
         sync(coll, [str(folder)], create_model(), model_spec="efficientnet-lite0")
     code = (
         "import sys\nfrom imagespace.collection import Collection\nfrom imagespace.search import Searcher\n"
-        f"hits = Searcher(Collection({str(tmp_path / 'db')!r})).by_path({str(folder / 'img_000.jpg')!r}, k=2)\n"
+        f"hits = Searcher(Collection({str(tmp_path / 'db')!r})).query(like={str(folder / 'img_000.jpg')!r}, k=2).hits\n"
         "assert len(hits) == 2\n"
         "print(','.join(m for m in ('torch', 'sklearn', 'scipy', 'cv2', 'pandas', 'transformers', 'ray', 'onnxruntime')"
         " if m in sys.modules))"

@@ -22,7 +22,7 @@ PACKAGE = "imagespace"
 # duplicate pass's per-image features (feature_store).
 SQL_MODULES = {"imagespace.collection", "imagespace.migrations", "imagespace.analysis.pair_cache", "imagespace.feature_store"}
 # The query side's words modules: in search/, with nothing left at their old top-level paths.
-WORDS_MODULES = ("concepts", "concept_search", "tag_postings", "user_labels", "sentence_onnx")
+WORDS_MODULES = ("word_concepts", "concept_ranking", "tag_postings", "user_labels", "sentence_onnx")
 
 
 def module_files() -> dict[str, Path]:
@@ -191,3 +191,40 @@ def test_sql_lives_in_the_collection_only():
             if "execute(" in line or "executemany(" in line or "executescript(" in line or ".conn." in line:
                 offenders.append(f"{path.relative_to(SRC)}:{lineno}: {line.strip()}")
     assert not offenders, "SQL outside collection.py:\n" + "\n".join(offenders)
+
+
+# What only the library assembles (imagespace.space.ImageSpace): a model from its spec, a
+# searcher, an indexing run. The command line and the server ask an ImageSpace for them.
+ASSEMBLY_CALLS = {"create_model", "resolve_model_spec", "Searcher", "sync", "sync_with_ray"}
+
+
+def _front_modules() -> dict[str, Path]:
+    return {n: p for n, p in module_files().items() if n.startswith(("imagespace.cli", "imagespace.server"))}
+
+
+def test_the_cli_and_the_server_assemble_nothing_themselves():
+    offenders = []
+    for name, path in _front_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                f = node.func
+                called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+                if called in ASSEMBLY_CALLS:
+                    offenders.append(f"{path.relative_to(SRC)}:{node.lineno}: {called}(...)")
+    assert not offenders, "assembled outside imagespace.space (ask an ImageSpace):\n" + "\n".join(offenders)
+
+
+def test_the_server_imports_plainly():
+    """No importlib in server/: every import is visible to readers and to the graph above."""
+    offenders = []
+    for name, path in _front_modules().items():
+        if not name.startswith("imagespace.server"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "importlib" or n.startswith("importlib.") for n in names):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "__import__":
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}: __import__")
+    assert not offenders, "importlib in server/:\n" + "\n".join(offenders)
+

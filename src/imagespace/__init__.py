@@ -14,7 +14,8 @@ Names exported here:
 - :class:`Hit`: one search result (``path``, ``score``, ``tags``, ``width``, ``height``, ``size``);
 - :func:`create_model`, :func:`list_models`, :data:`DEFAULT_MODEL`: the embedding models;
 - :data:`WHERE_HELP`: the filter language of ``search(where=...)``;
-- the errors: :class:`CollectionError` (the collection cannot be used as asked),
+- the errors: :class:`CollectionError` (the collection cannot be used as asked; its
+  :class:`EmptyCollectionError`: nothing indexed yet, the same error from every door),
   :class:`QueryError` (a query cannot be answered), :class:`ImageError` (a file is not a
   readable image).
 
@@ -37,6 +38,7 @@ _EXPORTS = {
     "QueryError": "imagespace.search.results",
     "WHERE_HELP": "imagespace.search.filters",
     "CollectionError": "imagespace.collection",
+    "EmptyCollectionError": "imagespace.collection",
     "ImageError": "imagespace.images",
     "create_model": "imagespace.models.registry",
     "list_models": "imagespace.models.registry",
@@ -46,7 +48,7 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # what a type checker and an editor see: the same names, eagerly
-    from .collection import CollectionError
+    from .collection import CollectionError, EmptyCollectionError
     from .images import ImageError
     from .models.registry import DEFAULT_MODEL, create_model, list_models
     from .search.filters import WHERE_HELP

@@ -32,6 +32,14 @@ class CollectionError(Exception):
     """The collection cannot be used as asked (wrong model, locked, missing...)."""
 
 
+class EmptyCollectionError(CollectionError):
+    """The collection holds no embedded image yet: nothing to search or analyse.
+
+    The one error for it everywhere (Python, the command line, the API), raised by
+    :meth:`Collection.require_images`.
+    """
+
+
 @dataclass
 class Row:
     id: int
@@ -172,6 +180,11 @@ class Collection:
             self.set_meta("model_id", model_id)
             self.set_meta("model_spec", spec)
             self.set_meta("dim", str(dim))
+
+    def require_images(self) -> None:
+        """Raise :class:`EmptyCollectionError` unless the collection holds embedded images."""
+        if self.model_id is None or len(self) == 0:
+            raise EmptyCollectionError(f"the collection at {self.root} is empty: index some images first")
 
     def check_model(self, model_id: str) -> None:
         """Refuse vectors from any model but the one that made the collection."""

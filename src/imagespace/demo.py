@@ -80,7 +80,7 @@ def main(db: str = ".imagespace-demo") -> None:
             table.add_column("score", justify="right", no_wrap=True)
             table.add_column("neighbour", no_wrap=True)
             table.add_column("its tags", no_wrap=True, overflow="ellipsis")
-            for hit in searcher.by_path(query, k=3):
+            for hit in searcher.query(like=query, k=3).hits:
                 mark = "" if hit.score >= WEAK_MATCH else " weak"
                 table.add_row(f"{hit.score:.3f}{mark}", Path(hit.path).name, ", ".join(t for t, _ in hit.tags[:3]))
             out.print(table)
@@ -92,7 +92,7 @@ def main(db: str = ".imagespace-demo") -> None:
         edited = ImageOps.mirror(Image.open(images / "chelsea.png").convert("RGB")).resize((200, 132))
         buf = io.BytesIO()
         edited.save(buf, "JPEG", quality=60)
-        hit = searcher.by_image(buf.getvalue(), k=1)[0]
+        hit = searcher.query(buf.getvalue(), k=1).hits[0]
         out.print(f"\nA mirrored, shrunk JPEG copy of chelsea.png, not in the collection, finds "
                   f"[bold]{Path(hit.path).name}[/bold] at cosine {hit.score:.3f}.")
         out.print(f"\nThe collection is in {coll.root} ({len(coll)} images). Try:", highlight=False)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..collection import Collection, CollectionError
+from ..collection import Collection
 from ._threads import single_threaded
 from .labelled import LabelledFolderError, LabelledSet, embed_labelled
 
@@ -105,8 +105,7 @@ def train_classifier(
     cross_validate: bool = True,
 ) -> Classifier:
     """Learn the classes of ``train_dir`` (one sub-folder per class) on the collection's vectors."""
-    if collection.model_id is None:
-        raise CollectionError(f"the collection at {collection.root} is empty: index some images first")
+    collection.require_images()
     data = embed_labelled(collection, train_dir, min_per_class=2)
     with single_threaded():
         return fit_classifier(data, min_probability=min_probability, cross_validate=cross_validate)

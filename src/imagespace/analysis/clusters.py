@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..collection import Collection, CollectionError
+from ..collection import Collection
 from ._threads import single_threaded
 
 # Silhouette is measured on at most this many points per candidate k (it is O(n^2)).
@@ -47,6 +47,17 @@ class ClusterResult:
     auto_k: bool
     silhouette: float | None = None
     assignment: dict[int, int] = field(default_factory=dict)  # every id -> nearest cluster id, outliers too
+    paths: dict[int, str] = field(default_factory=dict)  # id -> path of every member (ImageSpace.clusters fills it)
+
+    def to_dict(self) -> dict:
+        """The ``clusters --json`` document: each cluster's label and paths, most typical first."""
+        return {
+            "clusters": [{"id": c.id, "label": c.label, "paths": [self.paths[i] for i in c.ids]} for c in self.clusters],
+            "outliers": [self.paths[i] for i in self.outliers],
+            "k": self.k,
+            "k_chosen_automatically": self.auto_k,
+            "silhouette": None if self.silhouette is None else round(self.silhouette, 4),
+        }
 
 
 def cluster_collection(collection: Collection, k: int | None = None, *, max_k: int = 30, seed: int = 0) -> ClusterResult:
@@ -56,10 +67,9 @@ def cluster_collection(collection: Collection, k: int | None = None, *, max_k: i
 
 
 def _cluster(collection: Collection, k: int | None, max_k: int, seed: int) -> ClusterResult:
+    collection.require_images()
     ids, raw = collection.vectors()
     n = len(ids)
-    if n == 0:
-        raise CollectionError(f"the collection at {collection.root} is empty: index some images first")
     if k is not None and k < 1:
         raise ValueError("the number of clusters must be at least 1")
     rng = np.random.default_rng(seed)

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -588,3 +590,56 @@ def explained_groups(report: DuplicateReport, tier: str = "all") -> list[dict]:
                             "similarity": sim})
         out.append({"tier": kind, "ids": list(g), "members": members})
     return out
+
+
+@dataclass
+class DuplicateGroups:
+    """The groups of one tier as people read them: every member by path, with why it is there.
+
+    Made by :meth:`imagespace.ImageSpace.duplicate_groups`; ``to_dict()`` is the
+    ``duplicates --json`` document, :meth:`write_list` the ``--list-out`` file.
+    """
+
+    groups: list[dict]  # explained_groups(): {"tier", "ids", "members": [{"id", "kept", "reason", "score", "similarity"}]}
+    paths: dict[int, str]  # id -> path of every member
+    stats: dict = field(default_factory=dict)
+
+    def _paths(self, tier: str) -> list[list[str]]:
+        return [[self.paths.get(m["id"], "") for m in g["members"]] for g in self.groups if g["tier"] == tier]
+
+    def copies(self) -> list[list[str]]:
+        """Copy groups by path, the one to keep first."""
+        return self._paths("copy")
+
+    def retakes(self) -> list[list[str]]:
+        """Retake groups by path, the best shot first."""
+        return self._paths("retake")
+
+    def extra_copies(self) -> list[tuple[str, str, str]]:
+        """(copy, the kept file it copies, why on one line) for every copy that is not kept."""
+        out = []
+        for g in self.groups:
+            if g["tier"] == "copy":
+                kept = self.paths.get(g["members"][0]["id"], "")
+                out += [(self.paths.get(m["id"], ""), kept, " ".join(m["reason"].split())) for m in g["members"][1:]]
+        return out
+
+    def write_list(self, out: str | os.PathLike[str]) -> int:
+        """Write the copies that are not kept to ``out``, one a line: path, tab, kept file, tab, why.
+
+        Only copies: never a kept file, a retake or a look-alike. Returns how many were written.
+        """
+        listed = self.extra_copies()
+        Path(out).write_text("".join(f"{p}\t{kept}\t{why}\n" for p, kept, why in listed), encoding="utf-8")
+        return len(listed)
+
+    def to_dict(self) -> dict:
+        """``{"groups", "retakes", "details", "stats"}``: copy and retake groups by path, then
+        each group with every member's path, reason, score and similarity."""
+        details = [
+            {"tier": g["tier"], "members": [{**{k: v for k, v in m.items() if k != "id"}, "path": self.paths.get(m["id"], "")}
+                                            for m in g["members"]]}
+            for g in self.groups
+        ]
+        return {"groups": self.copies(), "retakes": self.retakes(), "details": details, "stats": self.stats}
+

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..collection import Collection, CollectionError
+from ..collection import Collection
 from ..atomic import atomic_write, write_text_atomic
 from ._threads import single_threaded, worker_threads
 
@@ -36,9 +36,8 @@ def layout(collection: Collection, max_points: int = MAX_POINTS, *, seed: int = 
     """(ids, xy) for up to ``max_points`` images, xy scaled to [0, 1] on both axes."""
     # Pick the sample by id first and read only its vectors: 100,000 rows of 1,280 floats
     # are half a gigabyte that the layout never looks at.
+    collection.require_images()
     all_ids = np.asarray(collection.ids(), dtype=np.int64)
-    if not len(all_ids):
-        raise CollectionError(f"the collection at {collection.root} is empty: index some images first")
     rng = np.random.default_rng(seed)
     if len(all_ids) > max_points:
         all_ids = np.sort(rng.choice(all_ids, max_points, replace=False))

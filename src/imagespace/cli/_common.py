@@ -129,7 +129,8 @@ def say(message: str) -> None:
     print(message, file=sys.stdout if sys.stdout.isatty() else sys.stderr, flush=True)
 
 
-def open_collection(db: Path, create: bool = False):
-    from ..collection import Collection
+def open_space(db: Path, *, create: bool = True, **options):
+    """The collection at ``--db`` as an :class:`imagespace.ImageSpace` (``create=False``: it must exist)."""
+    from ..space import ImageSpace
 
-    return Collection(db, create=create)
+    return ImageSpace(db, create=create, **options)

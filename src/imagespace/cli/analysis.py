@@ -8,31 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from ..search import MAX_K
-from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_collection, print_results
+from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_space, print_results
 
 DIVERSIFIED_NOTE = (
     "Order: diversified, not by score alone. Each pick balances its score (mean cosine to the liked "
     "images, minus half its cosine to the nearest disliked one) against its likeness to the picks above it, "
     "so near-copies of one picture do not fill the list."
 )
-
-
-def _ids_of(coll, paths: list[Path], option: str) -> list[int]:
-    ids, unknown = [], []
-    for p in paths:
-        row = coll.row_by_path(p)
-        if row is None:
-            unknown.append(str(p))
-        else:
-            ids.append(row.id)
-    if unknown:
-        raise Failure(f"{option}: not in the collection (index them first): {', '.join(unknown)}")
-    return ids
-
-
-def _require_images(coll) -> None:
-    if coll.model_id is None or len(coll) == 0:
-        raise Failure(f"the collection at {coll.root} is empty: run 'imagespace index PATH --db {coll.root}' first")
 
 
 @app.command()
@@ -65,31 +47,17 @@ def duplicates(
     as_json: JsonOption = False,
 ) -> None:
     """Copies (safe to delete one) and retakes (pick the best), each explained; look-alikes are never grouped."""
-    from ..analysis.duplicates import TIERS, duplicate_report, explained_groups
+    from ..analysis.duplicates import TIERS
 
     if tier not in TIERS:
         raise Failure(f"--tier must be one of {', '.join(TIERS)}, not {tier!r}")
-    with open_collection(db) as coll:
-        _require_images(coll)
-        report = duplicate_report(coll, threshold=threshold, verify=verify)
-        explained = explained_groups(report, tier)
-        rows = coll.rows(m["id"] for g in explained for m in g["members"])
-    path = {i: r.path for i, r in rows.items()}
-    for g in explained:
-        for m in g["members"]:
-            m["path"] = path.get(m.pop("id"), "")
-        g.pop("ids")
-    payload: dict = {
-        "groups": [[m["path"] for m in g["members"]] for g in explained if g["tier"] == "copy"],
-        "retakes": [[m["path"] for m in g["members"]] for g in explained if g["tier"] == "retake"],
-        "details": explained,
-        "stats": report.stats,
-    }
+    with open_space(db, create=False) as space:
+        found = space.duplicate_groups(threshold, verify=verify, tier=tier)
+    payload = found.to_dict()
     if list_out is not None:
-        listed = [(m["path"], g["members"][0]["path"], m["reason"]) for g in explained if g["tier"] == "copy" for m in g["members"][1:]]
-        list_out.write_text("".join(f"{p}\t{kept}\t{' '.join(why.split())}\n" for p, kept, why in listed), encoding="utf-8")
+        written = found.write_list(list_out)
         payload["list_out"] = str(list_out)
-        payload["extra_copies"] = len(listed)
+        payload["extra_copies"] = written
 
     def human(p: dict) -> None:
         c = console()
@@ -117,19 +85,8 @@ def clusters(
     as_json: JsonOption = False,
 ) -> None:
     """Clusters of similar images, labelled from their tags, most typical images first."""
-    from ..analysis.clusters import cluster_collection
-
-    with open_collection(db) as coll:
-        _require_images(coll)
-        result = cluster_collection(coll, k=k)
-        rows = coll.rows([i for c in result.clusters for i in c.ids] + result.outliers)
-    payload = {
-        "clusters": [{"id": c.id, "label": c.label, "paths": [rows[i].path for i in c.ids]} for c in result.clusters],
-        "outliers": [rows[i].path for i in result.outliers],
-        "k": result.k,
-        "k_chosen_automatically": result.auto_k,
-        "silhouette": None if result.silhouette is None else round(result.silhouette, 4),
-    }
+    with open_space(db, create=False) as space:
+        payload = space.clusters(k).to_dict()
 
     def human(p: dict) -> None:
         c = console()
@@ -152,13 +109,11 @@ def recommend(
     as_json: JsonOption = False,
 ) -> None:
     """More images like the liked ones and unlike the disliked ones, varied, inputs excluded."""
-    from ..analysis.recommend import recommend as run
-
-    with open_collection(db) as coll:
-        _require_images(coll)
-        like_ids = _ids_of(coll, like, "--like")
-        unlike_ids = _ids_of(coll, unlike or [], "--unlike")
-        hits = run(coll, like_ids, unlike_ids, k=k, dba=dba)
+    with open_space(db, create=False) as space:
+        space.require_images()
+        like_ids = space.ids_of(like, "--like")
+        unlike_ids = space.ids_of(unlike or [], "--unlike")
+        hits = space.recommend(like_ids, unlike_ids, k=k, dba=dba)
     payload = {
         "results": [{"path": h.path, "score": round(h.score, 6), "tags": [t for t, _ in h.tags]} for h in hits],
         "order": "diversified",
@@ -179,16 +134,10 @@ def classify(
     as_json: JsonOption = False,
 ) -> None:
     """Learn your classes from labelled folders and label every image of the collection."""
-    from ..analysis.classify import classify_collection, save_predictions, train_classifier
-
-    with open_collection(db) as coll:
-        _require_images(coll)
-        clf = train_classifier(coll, train, min_probability=min_probability)
-        predictions = classify_collection(coll, clf)
-        if save:
-            # for --where "label = NAME", and the folder names become words that search --text
-            # understands for this collection
-            save_predictions(coll, predictions)
+    with open_space(db, create=False) as space:
+        # with --save the labels serve --where "label = NAME", and the folder names become
+        # words that search --text understands for this collection
+        clf, predictions = space.classify(train, min_probability=min_probability, save=save)
     counts: dict[str, int] = {}
     for p in predictions:
         counts[p.label] = counts.get(p.label, 0) + 1
@@ -223,13 +172,10 @@ def map_(
     as_json: JsonOption = False,
 ) -> None:
     """A 2-D map of the collection: thumbnails placed where their vectors fall."""
-    from ..analysis.maps import render_map
-
     if out.suffix.lower() not in (".png", ".html", ".htm"):
         raise Failure(f"--out must end in .png or .html, not {out.name!r}")
-    with open_collection(db) as coll:
-        _require_images(coll)
-        path = render_map(coll, out, max_points=max_points)
+    with open_space(db, create=False) as space:
+        path = space.map(out, max_points=max_points)
     emit(as_json, {"out": str(path)}, lambda p: console().print(f"wrote the map to {p['out']}", highlight=False))
 
 
@@ -240,18 +186,17 @@ def eval_(
     as_json: JsonOption = False,
 ) -> None:
     """Precision@1, mAP, kNN accuracy and cluster NMI of the collection's model on a labelled folder."""
-    from ..analysis.evaluate import evaluate_folder
-    from ..collection import Collection
+    from ..collection import DB_FILE
 
-    if (Path(db) / "collection.sqlite").exists():
-        with open_collection(db) as coll:
-            metrics = evaluate_folder(coll, data)
+    if (Path(db) / DB_FILE).exists():
+        with open_space(db, create=False) as space:
+            metrics = space.evaluate(data)
     else:
         # No collection: measure the default model on the folder, leaving nothing behind.
         import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="imagespace-eval-") as tmp, Collection(tmp, create=True) as coll:
-            metrics = evaluate_folder(coll, data)
+        with tempfile.TemporaryDirectory(prefix="imagespace-eval-") as tmp, open_space(tmp) as space:
+            metrics = space.evaluate(data)
 
     def human(p: dict) -> None:
         console().print(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import DEFAULT_DB, DbOption, JsonOption, app, console, emit, open_collection
+from ._common import DEFAULT_DB, DbOption, JsonOption, app, console, emit, open_space
 
 
 @app.command()
@@ -19,8 +19,8 @@ def check(
     from ..index.tuning import summary
     from ..integrity import check_collection
 
-    with open_collection(db) as coll:
-        report = check_collection(coll, repair=repair)
+    with open_space(db, create=False) as space:
+        report = check_collection(space.collection, repair=repair)
 
     def human(p: dict) -> None:
         c = console()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..search import MAX_K, WEAK_MATCH, WHERE_HELP
-from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_collection, print_results, say
+from ._common import DEFAULT_DB, DbOption, JsonOption, app, console, emit, open_space, print_results, say
 
 @app.command()
 def index(
@@ -27,32 +26,12 @@ def index(
     """Add new, changed and removed images to the collection, incrementally."""
     if engine not in ("local", "ray"):
         raise typer.BadParameter("--engine must be local or ray")
-    from ..collection import DB_FILE
     from ..images import IMAGE_EXTENSIONS
-    from ..indexing import sync
-    from ..models import create_model, resolve_model_spec
 
-    # Checked before the collection is made: a mistyped folder must not leave an empty one.
-    missing = [p for p in paths if not os.path.lexists(p)]
-    first_run = not (Path(db) / DB_FILE).exists()
-    if missing and (first_run or len(missing) == len(paths)):
-        names = ", ".join(str(p) for p in missing)
-        if first_run:
-            raise Failure(f"no such file or folder: {names} (nothing was indexed and no collection was made)")
-        raise Failure(f"no such file or folder: {names}; the collection at {Path(db).resolve()} is unchanged "
-                      "(its rows under a missing folder are kept, in case the folder is on a drive not mounted now)")
-
-    with open_collection(db, create=True) as coll:
-        spec = resolve_model_spec(model, coll.model_spec)
-        m = create_model(spec)
+    with open_space(db, model=model) as space:
         progress = sys.stderr.isatty() or not as_json
-        if engine == "ray":
-            from ..distributed import sync_with_ray
-
-            report = sync_with_ray(coll, [str(p) for p in paths], m, model_spec=spec, address=address, batch_size=batch_size, progress=progress)
-        else:
-            report = sync(coll, [str(p) for p in paths], m, model_spec=spec, batch_size=batch_size, workers=workers, progress=progress)
-        total = len(coll)
+        report = space.index(paths, batch_size=batch_size, workers=workers, progress=progress, engine=engine, address=address)
+        total = len(space)
 
     def human(r: dict) -> None:
         c = console()
@@ -92,13 +71,13 @@ def search(
     given = [x is not None for x in (image, text, like)]
     if sum(given) != 1:
         raise typer.BadParameter("give exactly one of IMAGE, --text WORDS or --like PATH")
-    from ..search import Searcher, compile_where
+    from ..search import compile_where
 
     if where is not None:
         compile_where(where)  # a filter that cannot be read is a usage error: before any work
 
-    with open_collection(db) as coll:
-        searcher = Searcher(coll, index_kind=index_kind)
+    with open_space(db, create=False, index_kind=index_kind) as space:
+        searcher = space.searcher
         answer = searcher.query(
             image, like=like, text=text, text_model=text_model, qe=qe and text is None, dba=dba and text is None,
             k=k, where=where, min_score=min_score,
@@ -122,14 +101,14 @@ def export(
     as_json: JsonOption = False,
 ) -> None:
     """Write every row with its vector to a file: Parquet, CSV, JSON lines or NumPy .npz."""
-    from ..export import ExportError, export_collection, export_format
+    from ..export import ExportError, export_format
 
     try:
         export_format(out)
     except ExportError as e:
         raise typer.BadParameter(str(e), param_hint="--out") from None
-    with open_collection(db) as coll:
-        n = export_collection(coll, out)
+    with open_space(db, create=False) as space:
+        n = space.export(out)
     emit(as_json, {"out": str(out), "rows": n}, lambda p: console().print(f"wrote {p['rows']} rows to {p['out']}"))
 
 
@@ -139,7 +118,8 @@ def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     from ..index import describe_index
     from ..index.tuning import summary as index_line
 
-    with open_collection(db) as coll:
+    with open_space(db, create=False) as space:
+        coll = space.collection
         last = coll.last_indexed_at()
         payload = {
             "db": str(coll.root),

@@ -46,7 +46,7 @@ class EmbeddingModel:
         if self._session is None:
             with _RUN_LOCK:  # one session, however many threads ask at once
                 if self._session is None:
-                    self._session = _make_session(self.onnx_path, self.providers, self.threads)
+                    self._session = make_session(self.onnx_path, self.providers, self.threads)
         return self._session
 
     @property
@@ -86,7 +86,7 @@ def available_providers() -> list[str]:
     return wanted + ["CPUExecutionProvider"]
 
 
-def _make_session(path: Path, providers: list[str] | None, threads: int | None):
+def make_session(path: Path, providers: list[str] | None, threads: int | None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()

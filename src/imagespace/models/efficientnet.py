@@ -25,7 +25,7 @@ INPUT_SIZE = NETWORKS[ARCH].input_size
 # reads "gem3-tf-resize{input size}-{EMBEDDING_VERSION}": Lite0's is the one it always had.
 EMBEDDING_VERSION = "v1"
 # Files whose text decides the exported graph: a change to any of them exports again.
-_GRAPH_SOURCES = ("efficientnet.py", "networks.py", "nets.py")
+_GRAPH_SOURCES = ("efficientnet.py", "networks.py", "torch_nets.py")
 
 
 def default_weights_path(arch: str = ARCH) -> Path:
@@ -48,7 +48,7 @@ def efficientnet(arch: str, weights: str | os.PathLike[str] | None = None, **kwa
     onnx_path = cache_dir() / f"{arch}-{code_digest}.onnx"
     if not onnx_path.is_file():
         # PyTorch only here, the first time: queries and indexing never import it.
-        from .nets import build_embedding_net, export_onnx
+        from .torch_nets import build_embedding_net, export_onnx
 
         export_onnx(build_embedding_net(weights_path, arch=arch), onnx_path, input_size=net.input_size)
     from .labels import imagenet_labels

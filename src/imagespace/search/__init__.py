@@ -1,18 +1,18 @@
 """Search a collection: one query core (:class:`Searcher`), the ``--where`` language
 (:mod:`.filters`), words (:mod:`.text`), QE and DBA (:mod:`.rerank`), results (:mod:`.results`).
 
-Words in detail: WordNet concepts and hedged tags (:mod:`.concepts`), ranking by a concept's
-summed probability (:mod:`.concept_search`) over the tag postings (:mod:`.tag_postings`), the
+Words in detail: WordNet concepts and hedged tags (:mod:`.word_concepts`), ranking by a concept's
+summed probability (:mod:`.concept_ranking`) over the tag postings (:mod:`.tag_postings`), the
 ``classify --train`` labels (:mod:`.user_labels`), the ONNX sentence fallback
 (:mod:`.sentence_onnx`)."""
 
 from __future__ import annotations
 
-from .core import Answer, Searcher, search_text
+from .core import Answer, Searcher
 from .filters import WHERE_FIELDS, WHERE_HELP, WHERE_SYNTAX, FilterError, compile_where, ids_passing
 from .results import MAX_K, WEAK_MATCH, Hit, QueryError
 
 __all__ = [
     "MAX_K", "WEAK_MATCH", "WHERE_FIELDS", "WHERE_HELP", "WHERE_SYNTAX", "Answer", "FilterError", "Hit", "QueryError",
-    "Searcher", "compile_where", "ids_passing", "search_text",
+    "Searcher", "compile_where", "ids_passing",
 ]

@@ -9,16 +9,17 @@ across queries and a ``min_score`` cut-off is meaningful.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..collection import Collection, CollectionError
+from ..collection import Collection
 from ..images import ImageError, decode, read_bytes
 from ..index import EXACT_LIMIT, VectorSearch, exact_search, open_index
-from ..models import create_model
-from .concept_search import concept_classes, concept_scores
+from ..models import EmbeddingModel, create_model
+from .concept_ranking import concept_classes, concept_scores
 from .filters import ids_passing
 from .rerank import reranked
 from .results import Hit, QueryError, finish
@@ -44,17 +45,20 @@ class Searcher:
         collection: an indexed collection.
         model: the collection's model, if already loaded (else loaded on the first image query).
         index_kind: ``auto``, ``hnsw`` or ``ivfpq`` (see :func:`imagespace.index.open_index`).
+        load_model: how to load the model on the first image query (default: ``create_model``
+            of the collection's spec); :class:`imagespace.ImageSpace` hands over its model cache.
 
     Example:
         >>> searcher = Searcher(Collection("photos.imagespace"))  # doctest: +SKIP
         >>> searcher.query(like="~/Pictures/cat.jpg", k=5, where="width > 1000").hits  # doctest: +SKIP
     """
 
-    def __init__(self, collection: Collection, model=None, index_kind: str = "auto"):
-        if collection.model_id is None or len(collection) == 0:
-            raise CollectionError(f"the collection at {collection.root} is empty: index some images first")
+    def __init__(self, collection: Collection, model=None, index_kind: str = "auto",
+                 load_model: Callable[[], EmbeddingModel] | None = None):
+        collection.require_images()
         self.collection = collection
         self._model = model
+        self._load_model = load_model
         if model is not None:
             collection.check_model(model.model_id)
         self._index: VectorSearch | None = None
@@ -64,7 +68,7 @@ class Searcher:
     def model(self):
         """The collection's embedding model, loaded on first use."""
         if self._model is None:
-            self._model = create_model(self.collection.model_spec)
+            self._model = self._load_model() if self._load_model is not None else create_model(self.collection.model_spec)
             self.collection.check_model(self._model.model_id)
         return self._model
 
@@ -175,20 +179,6 @@ class Searcher:
             ids, scores = self._nearest(vector, want)
         return Answer(finish(self.collection, zip(ids, scores), exclude=exclude, **_page(opts)))
 
-    # The three shapes of query the tests and older callers use; each is ``query``.
-
-    def by_image(self, image, **kw) -> list[Hit]:
-        """Hits for an image file or its bytes (see :meth:`query`)."""
-        return self.query(image, **kw).hits
-
-    def by_path(self, path, **kw) -> list[Hit]:
-        """Hits for an image already in the collection, itself left out (see :meth:`query`)."""
-        return self.query(like=path, **kw).hits
-
-    def by_vector(self, vector: np.ndarray, **kw) -> list[Hit]:
-        """Hits for a query vector (see :meth:`query`)."""
-        return self.query(vector=vector, **kw).hits
-
     # -- the parts -----------------------------------------------------------------------
 
     def _nearest(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +210,7 @@ class Searcher:
             scored, extra = clip_scores(coll, text, Path(text_model), coll.ids() if allowed is None else allowed,
                                         k + offset + len(exclude))
             return Answer(finish(coll, scored, k=k, offset=offset, min_score=min_score, exclude=exclude), extra)
-        # Ranked by the concepts' summed stored probabilities (see concept_search); when fewer
+        # Ranked by the concepts' summed stored probabilities (see concept_ranking); when fewer
         # images carry them than asked for, the rest come from the concepts' classifier rows
         # in vector space, scored 0 (no stored probability).
         understanding, user = understand_words(coll, text)
@@ -232,20 +222,6 @@ class Searcher:
             more = self.query(vector=vector, k=want - len(hits), where=where, exclude=set(exclude) | {h.id for h in hits})
             hits += [Hit(h.id, h.path, 0.0, h.tags, h.width, h.height, h.size) for h in more.hits]
         return Answer(hits[offset:], explain(understanding))
-
-
-def search_text(searcher: Searcher, text: str, *, text_model=None, k: int = 10, where: str | None = None,
-                min_score: float | None = None) -> tuple[list[Hit], dict]:
-    """Images for ``text`` and how the words were understood: ``searcher.query(text=...)``
-    as a pair (hits, the JSON answer's extra fields).
-
-    Example:
-        >>> hits, extra = search_text(searcher, "a dog", k=5)  # doctest: +SKIP
-        >>> extra["understood_as"][0]["concept"]
-        'dog'
-    """
-    answer = searcher.query(text=text, text_model=text_model, k=k, where=where, min_score=min_score)
-    return answer.hits, answer.extra
 
 
 def _page(opts: dict) -> dict:

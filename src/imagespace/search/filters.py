@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from ..collection import Collection
-from .concepts import HEDGE_CONFIDENCE, tag_concept_labels
+from .word_concepts import HEDGE_CONFIDENCE, tag_concept_labels
 from .results import QueryError
 
 

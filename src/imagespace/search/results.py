@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..collection import Collection, Row
-from .concepts import hedged_tag
+from .word_concepts import hedged_tag
 
 # The most results one query returns, in the CLI and the API alike. Beyond a thousand,
 # ranks mean little and a page of results with thumbnails grows past what a browser

@@ -1,8 +1,8 @@
 """Search by words.
 
-First through WordNet (concepts.py): a word names a set of ImageNet classes, or one of the
+First through WordNet (word_concepts.py): a word names a set of ImageNet classes, or one of the
 collection's own labels from ``classify --train``, and the images are ranked by the
-probability the network gave those classes (concept_search.py). This path imports neither
+probability the network gave those classes (concept_ranking.py). This path imports neither
 PyTorch nor the sentence model. Only words WordNet does not know fall back to the sentence
 model below.
 
@@ -36,7 +36,7 @@ from ..index import exact_search
 from ..models.cache import cache_dir, file_digest, text_digest
 from ..models.labels import imagenet_labels
 from ..models.networks import NETWORKS
-from . import concepts as wordnet_concepts
+from . import word_concepts as wordnet_concepts
 from .results import QueryError
 from .sentence_onnx import SentenceModelError, sentence_model
 from .user_labels import UserLabels, load_user_labels, model_labels
@@ -88,7 +88,7 @@ def explain(understanding: wordnet_concepts.Understanding) -> dict:
 def classes_vector(collection: Collection, classes: list[int]) -> np.ndarray | None:
     """A query vector for ImageNet ``classes``: their classifier rows summed, L2-normalised;
     None when the collection's model has no such rows."""
-    rows = _classifier_rows(collection)
+    rows = classifier_rows(collection)
     if rows is None or not classes:
         return None
     query = rows[classes].sum(0)
@@ -156,7 +156,7 @@ def _label_vectors() -> np.ndarray:
     return vecs
 
 
-def _classifier_rows(collection) -> np.ndarray | None:
+def classifier_rows(collection) -> np.ndarray | None:
     """The ImageNet classifier's rows (1000, dim), L2-normalised, if the collection's model has them.
 
     Only the pretrained EfficientNet-Lite networks are known to put their image vectors in

@@ -12,7 +12,7 @@ from ..collection import Row
 from ..embed import digest_hex
 from ..names import readable_path
 from ..search import MAX_K, Hit
-from ..search.concepts import hedged_tag
+from ..search.word_concepts import hedged_tag
 from .engine import Engine
 from .files import CONTENT_TYPES, DEFAULT_THUMB, THUMB_SIZES, ThumbnailCache, original_bytes
 from .security import COOKIE, token_matches
@@ -209,8 +209,8 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
         q: Annotated[str, Query(min_length=1, max_length=500, description="words")],
         k: K = 24, offset: Offset = 0, where: Where = None, min_score: MinScore = None,
     ) -> Results:
-        hits, extra = engine.by_text(q, k=k, offset=offset, where=where, min_score=min_score)
-        return Results(results=items(engine, hits), k=k, offset=offset, understood_as=extra.get("understood_as"))
+        answer = engine.query(text=q, k=k, offset=offset, where=where, min_score=min_score)
+        return Results(results=items(engine, answer.hits), k=k, offset=offset, understood_as=answer.extra.get("understood_as"))
 
     @r.post("/search/image", response_model=Results, summary="Search by an uploaded image (multipart field 'file')")
     def search_image(
@@ -218,7 +218,7 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
         k: K = 24, offset: Offset = 0, where: Where = None, min_score: MinScore = None,
     ) -> Results:
         vector = engine.embed_upload(file.file.read())
-        hits = engine.by_vector(vector, k=k, offset=offset, where=where, min_score=min_score)
+        hits = engine.query(vector=vector, k=k, offset=offset, where=where, min_score=min_score).hits
         return Results(results=items(engine, hits), k=k, offset=offset)
 
     @r.get("/images/{image_id}", response_model=ImageDetails, summary="An image's details and nearest neighbours")
@@ -290,10 +290,6 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
     @r.get("/duplicates", response_model=Duplicates, summary="Groups of near-duplicate images")
     def duplicates(threshold: Annotated[float | None, Query(gt=0, le=1)] = None) -> Duplicates:
         explained = engine.duplicate_groups(threshold)
-        if explained is None:  # a build whose duplicates module has groups only
-            groups = engine.duplicates(threshold)
-            rows = engine.rows([i for g in groups for i in g])
-            return Duplicates(groups=[row_items(rows, g) for g in groups])
         rows = engine.rows([i for g in explained for i in g["ids"]])
         details = [DuplicateGroup(tier=g["tier"], items=row_items(rows, g["ids"]), members=[DuplicateMember(**m) for m in g["members"]])
                    for g in explained]
@@ -325,7 +321,7 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
         scaled = (xy - lo) / ((hi - lo).clip(min=1e-12))
         rows = engine.rows([int(i) for i in ids])
         keep = [k for k, i in enumerate(ids) if int(i) in rows]
-        grid = engine.map_grid(max_points, round(aspect, 1), [int(ids[k]) for k in keep], scaled[keep], [rows[int(ids[k])].tags for k in keep])
+        grid = engine.page_map(max_points, round(aspect, 1), [int(ids[k]) for k in keep], scaled[keep], [rows[int(ids[k])].tags for k in keep])
         return MapOut(
             points=[
                 MapPoint(id=int(ids[k]), x=round(float(scaled[k][0]), 5), y=round(float(scaled[k][1]), 5),

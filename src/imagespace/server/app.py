@@ -24,7 +24,7 @@ from ..collection import CollectionError
 from ..images import ImageError
 from ..search import QueryError
 from .api import build_router, build_session_router
-from .engine import Busy, EmptyCollection, Engine, Unavailable
+from .engine import Busy, Engine
 from .files import SourceRefused, ThumbnailCache
 from .security import LOCAL_HOSTS, GuardMiddleware, require_token
 
@@ -38,11 +38,9 @@ log = logging.getLogger("imagespace.server")
 ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (ImageError, 415),  # an upload that is not a readable image
     (QueryError, 422),  # a bad filter, a query that cannot be answered as asked
-    (EmptyCollection, 409),
     (Busy, 409),
-    (CollectionError, 409),  # locked by another run, wrong model
+    (CollectionError, 409),  # empty (EmptyCollectionError), locked by another run, wrong model
     (SourceRefused, 404),
-    (Unavailable, 501),
 ]
 
 

@@ -1,8 +1,11 @@
-"""What one server process keeps open: the collection, one Searcher, the model, caches, jobs.
+"""What one server process keeps open: one ImageSpace, plus the locks and caches a server needs.
 
-Every answer comes from the library; this module only decides what is shared between
-requests (one Searcher and its index per process, the model loaded on first need) and
-guards it for use from the threads that serve requests.
+Every answer comes from the library: :class:`imagespace.ImageSpace` puts the collection, its
+model and its searcher together and guards them (the empty-collection error, the model
+check). This module only decides what is shared between requests (one ``ImageSpace`` with
+its searcher and index per process, its model loaded on first need and run one thread per
+query; a read-only connection for row lookups; results of analyses until the rows change)
+and guards it for use from the threads that serve requests.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.map_grid import map_grid
+from ..analysis.page_map import page_map
 from ..collection import Collection, CollectionError, Row
-from ..indexing import sync
-from ..models import create_model, resolve_model_spec
-from ..search import Hit, QueryError, Searcher
+from ..images import decode
+from ..search import Answer, Hit, QueryError, Searcher
 from ..search.text import warm as warm_words
+from ..space import ImageSpace
 
 # Uploaded queries are decoded under a tighter pixel limit than files on disk: a request
 # must never make the server hold gigabytes of pixels.
@@ -32,14 +35,6 @@ UPLOAD_MAX_PIXELS = 50_000_000
 # (measured under load: 62 ms against 105 ms with two threads for an image, 52 against
 # 751 ms for a sentence) and leaves the other cores to requests running beside it.
 QUERY_THREADS = 1
-
-
-class EmptyCollection(Exception):
-    """Nothing to search yet."""
-
-
-class Unavailable(Exception):
-    """A feature whose library part is not installed in this build."""
 
 
 class Busy(Exception):
@@ -66,15 +61,15 @@ class IndexJob:
 class Engine:
     def __init__(self, db_path: str | Path):
         self.db_path = Path(db_path)
-        self.collection = Collection(self.db_path, create=False)
-        self.root = self.collection.root
-        self._search_lock = threading.RLock()  # the Searcher and its SQLite connection
-        self._model_lock = threading.Lock()
+        # The queries' ImageSpace: its searcher, index and SQLite connection are used under
+        # _search_lock, one request at a time; its model from any thread.
+        self.space = ImageSpace(self.db_path, create=False, threads=QUERY_THREADS)
+        self.root = self.space.root
+        self._search_lock = threading.RLock()
+        self._searcher: Searcher | None = None  # the last one whose index was kept
+        self._model = None  # the space's model, handed out without waiting for the search lock
         self._rows_lock = threading.Lock()
-        self._rows_db = Collection(self.root, create=False, readonly=True)  # lookups for thumbnails
-        self._searcher: Searcher | None = None
-        self._searcher_model_id: str | None = None
-        self._model = None
+        self._rows_db = Collection(self.root, create=False, readonly=True)  # lookups for thumbnails, beside searches
         self._cache: dict[tuple, Any] = {}
         self._cache_lock = threading.Lock()
         self._job = IndexJob()
@@ -89,7 +84,7 @@ class Engine:
         # A running indexing run is not waited for: it commits batch by batch, and the next
         # run finishes what it had not.
         with self._search_lock, self._rows_lock:
-            self.collection.close()
+            self.space.close()
             self._rows_db.close()
 
     # -- shared objects ------------------------------------------------------------------
@@ -97,32 +92,19 @@ class Engine:
     def model(self):
         """The collection's embedding model, loaded on first need and kept."""
         with self._rows_lock:
-            spec, model_id = self._rows_db.model_spec, self._rows_db.model_id
-        with self._model_lock:
-            if self._model is None or self._model.model_id != model_id:
-                if spec is None:
-                    raise EmptyCollection("the collection has no model yet: index some images first")
-                model = create_model(spec, threads=QUERY_THREADS)
-                if model.model_id != model_id:
-                    raise CollectionError(
-                        f"the collection's model {spec!r} now makes vectors of {model.model_id!r}, "
-                        f"not {model_id!r}: re-index the collection"
-                    )
-                self._model = model
-            return self._model
+            model_id = self._rows_db.model_id
+        model = self._model
+        if model is None or model.model_id != model_id:
+            with self._search_lock:  # the ImageSpace's connection is the searches'
+                model = self._model = self.space.model
+        return model
 
     def _searcher_locked(self) -> Searcher:
-        coll = self.collection
-        if coll.model_id is None or len(coll) == 0:
-            raise EmptyCollection(f"the collection at {coll.root} is empty: index some images first")
-        if self._searcher is None or self._searcher_model_id != coll.model_id:
-            model = self._model if self._model is not None and self._model.model_id == coll.model_id else None
-            self._searcher = Searcher(coll, model=model)
-            self._searcher_model_id = coll.model_id
-            self._keep_index(self._searcher)
-        else:
-            self._searcher.refresh()
-        return self._searcher
+        searcher = self.space.searcher
+        if searcher is not self._searcher:  # opened (or reopened for a new model) just now
+            self._searcher = searcher
+            self._keep_index(searcher)
+        return searcher
 
     def _keep_index(self, searcher: Searcher) -> None:
         """Save an index that opening had to rebuild or catch up, so the next start loads it."""
@@ -130,7 +112,7 @@ class Engine:
         if not index.dirty:
             return
         try:
-            with self.collection.lock():  # not while an indexing run owns the collection
+            with self.space.collection.lock():  # not while an indexing run owns the collection
                 index.save_if_changed()
         except (CollectionError, OSError):
             pass  # the run saves the index itself; a read-only folder just rebuilds next time
@@ -165,7 +147,7 @@ class Engine:
                     torch.set_num_threads(QUERY_THREADS)
                 self.model()
                 self.with_searcher(lambda s: s.query(text="daisy", k=1))
-            except (QueryError, EmptyCollection, CollectionError):
+            except (QueryError, CollectionError):
                 pass
             self._text_ready = True
 
@@ -213,78 +195,59 @@ class Engine:
 
     def embed_upload(self, data: bytes) -> np.ndarray:
         """The query vector of uploaded image bytes (``ImageError`` when they are not an image)."""
-        from ..images import decode
-
         model = self.model()
         decoded = decode(data, size=model.input_size, max_pixels=UPLOAD_MAX_PIXELS)
         return model.embed(decoded.pixels[None]).vectors[0]
 
-    def by_vector(self, vector: np.ndarray, **opts) -> list[Hit]:
-        return self.with_searcher(lambda s: s.query(vector=vector, **opts).hits)
+    def query(self, **opts) -> Answer:
+        """:meth:`ImageSpace.query` under the search lock (``vector=``, ``like=``, ``text=`` ...)."""
+        if opts.get("text") is not None:
+            self._load_text_side()  # first use: load the models without holding up other queries
+        with self._search_lock:
+            return self._searcher_locked().query(**opts)
 
     def similar(self, row: Row, **opts) -> list[Hit]:
-        return self.with_searcher(lambda s: s.query(like=row.path, **opts).hits)
-
-    def by_text(self, text: str, *, k: int, offset: int, where: str | None, min_score: float | None) -> tuple[list[Hit], dict]:
-        self._load_text_side()  # first use: load the models without holding up other queries
-        answer = self.with_searcher(lambda s: s.query(text=text, k=k, offset=offset, where=where, min_score=min_score))
-        return answer.hits, answer.extra
+        return self.query(like=row.path, **opts).hits
 
     def recommend(self, like: list[int], unlike: list[int], k: int) -> list[Hit]:
-        recommend = _optional("imagespace.analysis.recommend", "recommend", "recommendations")
-        # the process's open index: no reload of the index file per request
-        return self.with_searcher(lambda s: recommend(s.collection, like=like, unlike=unlike, k=k, index=s.index))
+        with self._search_lock:
+            self._searcher_locked()
+            return self.space.recommend(like, unlike, k=k)  # the process's open index
 
     # -- analysis (own connection, cached until the rows change) -------------------------
 
-    def duplicates(self, threshold: float | None) -> list[list[int]]:
-        find_duplicates = _optional("imagespace.analysis.duplicates", "find_duplicates", "duplicate detection")
-        return self._cached(("duplicates", threshold), lambda c: find_duplicates(c, threshold=threshold))
-
-    def duplicate_groups(self, threshold: float | None) -> list[dict] | None:
-        """Copy and retake groups with each member's reason; None where the duplicates module
-        offers groups only."""
-        try:
-            report = _optional("imagespace.analysis.duplicates", "duplicate_report", "duplicate detection")
-            explain = _optional("imagespace.analysis.duplicates", "explained_groups", "duplicate detection")
-        except Unavailable:
-            return None
-        return self._cached(("duplicate_groups", threshold), lambda c: explain(report(c, threshold=threshold)))
+    def duplicate_groups(self, threshold: float | None) -> list[dict]:
+        """Copy and retake groups of row ids, each member with its reason."""
+        return self._cached(("duplicate_groups", threshold), lambda s: s.duplicate_groups(threshold).groups)
 
     def clusters(self, k: int | None):
-        cluster_collection = _optional("imagespace.analysis.clusters", "cluster_collection", "clustering")
-        return self._cached(("clusters", k), lambda c: cluster_collection(c, k=k))
+        return self._cached(("clusters", k), lambda s: s.clusters(k))
 
     def layout(self, max_points: int) -> tuple[np.ndarray, np.ndarray]:
-        layout = _optional("imagespace.analysis.maps", "layout", "the map")
-        return self._cached(("map", max_points), lambda c: layout(c, max_points=max_points))
+        return self._cached(("map", max_points), lambda s: s.layout(max_points))
 
-    def map_grid(self, max_points: int, aspect: float, ids: list[int], xy: np.ndarray, tags: list):
+    def page_map(self, max_points: int, aspect: float, ids: list[int], xy: np.ndarray, tags: list):
         """The layout as a grid of the window's shape, with labelled regions (cached like the layout)."""
-        key = ("map-grid", max_points, aspect, len(ids))
+        key = ("page-map", max_points, aspect, len(ids))
         seq = self.seq()
         with self._cache_lock:
             hit = self._cache.get(key)
             if hit is not None and hit[0] == seq:
                 return hit[1]
-        value = map_grid(xy, tags, aspect=aspect)
+        value = page_map(xy, tags, aspect=aspect)
         with self._cache_lock:
             self._cache[key] = (seq, value)
         return value
 
-    def _with_reader(self, fn: Callable[[Collection], Any]) -> Any:
-        with Collection(self.root, create=False, readonly=True) as c:
-            if c.model_id is None or len(c) == 0:
-                raise EmptyCollection(f"the collection at {c.root} is empty: index some images first")
-            return fn(c)
-
-    def _cached(self, key: tuple, compute: Callable[[Collection], Any]) -> Any:
+    def _cached(self, key: tuple, compute: Callable[[ImageSpace], Any]) -> Any:
         seq = self.seq()
         with self._cache_lock:
             hit = self._cache.get(key)
             if hit is not None and hit[0] == seq:
                 return hit[1]
-        value = self._with_reader(compute)
+        # a connection of its own: an analysis takes seconds, and searches go on meanwhile
+        with ImageSpace(self.root, create=False, readonly=True) as reader:
+            value = compute(reader)
         with self._cache_lock:
             self._cache[key] = (seq, value)
         return value
@@ -302,8 +265,8 @@ class Engine:
                 raise Busy("an indexing run is already going: follow it at GET /api/index")
             roots = self.roots()
             if not roots:
-                raise EmptyCollection("the collection has no folders yet: run 'imagespace index PATH' once first")
-            with self.collection.lock():  # fails fast if another process is indexing
+                raise CollectionError("the collection has no folders yet: run 'imagespace index PATH' once first")
+            with self.space.collection.lock():  # fails fast if another process is indexing
                 pass
             self._job = IndexJob(state="running", roots=roots, started_at=time.time())
             self._job_thread = threading.Thread(target=self._run_indexing, args=(roots,), name="imagespace-index", daemon=True)
@@ -316,10 +279,10 @@ class Engine:
                 self._job.done, self._job.total = done, total
 
         try:
-            with Collection(self.root, create=False) as c:
-                spec = resolve_model_spec(None, c.model_spec)
-                model = create_model(spec)  # all cores for batches (queries use one)
-                report = sync(c, roots, model, model_spec=spec, progress=False, on_progress=progress)
+            # its own ImageSpace: its own connection, and a model on all cores for batches
+            # (queries use one); the queries' searcher catches up with the rows on its next use
+            with ImageSpace(self.root, create=False) as run:
+                report = run.index(roots, progress=False, on_progress=progress)
             with self._job_lock:
                 self._job.state, self._job.report = "done", report.to_dict()
         except Exception as e:  # noqa: BLE001 - the run's failure is reported, never raised into a thread
@@ -334,18 +297,3 @@ def _reason(e: Exception) -> str:
     if isinstance(e, CollectionError | OSError | ValueError):
         return str(e)
     return f"{type(e).__name__}: {e}"
-
-
-def _optional(module: str, name: str, feature: str):
-    """A library function that may not be part of this build yet."""
-    import importlib
-
-    try:
-        found = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name is None or not module.startswith(e.name):
-            raise  # the module is there but something it needs is not: a real error
-        found = None
-    if found is None or not hasattr(found, name):
-        raise Unavailable(f"{feature} is not available in this version of imagespace ({module}.{name} is missing)")
-    return getattr(found, name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -182,10 +182,6 @@ def evaluate_head(head: ProjectionHead, x: np.ndarray, y: np.ndarray, train_x: n
     train = embed_with_head(head, train_x) if train_x is not None else None
     m = split_metrics(embed_with_head(head, x), y, train, train_y)
     return {"precision_at_1": m["precision_at_1"], "map": m["map"]}
-
-
-def settings_dict(settings: AdapterSettings) -> dict:
-    return asdict(settings)
 
 
 def _set_lr(opt: torch.optim.Optimizer, base: float, epoch: int, epochs: int) -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.nets import EmbeddingNet, build_backbone
+from ..models.torch_nets import EmbeddingNet, build_backbone
 from ..models.networks import BASE_ARCH, network
 from .augment import AugmentConfig, augment_batch
 from .losses import make_loss

@@ -16,7 +16,7 @@ import torch
 
 from ..models import create_model
 from ..models.base import EmbeddingModel
-from ..models.nets import build_embedding_net
+from ..models.torch_nets import build_embedding_net
 from ..models.networks import NETWORKS
 from . import adapter as adapter_mod
 from . import pixels as pixels_mod
@@ -24,7 +24,7 @@ from . import ray_engine
 from . import selfsup as selfsup_mod
 from .augment import AugmentConfig
 from .data import DataError, ImageSet, check_supervised, decode_all, open_image_set, split_validation
-from .export import export_model_dir, write_metrics
+from .export_model import export_model_dir, write_metrics
 from .features import extract_features
 from .metrics import retrieval_metrics, split_metrics, view_retrieval
 from .progress import TrainProgress
@@ -216,16 +216,6 @@ def _kept_split(feats, labels, kept, train_idx, val_idx):
     tr = np.array([pos[i] for i in train_idx if int(i) in pos], dtype=np.int64)
     va = np.array([pos[i] for i in val_idx if int(i) in pos], dtype=np.int64)
     return feats, labels[kept], tr, va
-
-
-def _decode_split(ds: ImageSet, train_idx, val_idx, size: int, progress: TrainProgress):
-    progress.start("decoding", total=len(ds))
-    pixels, kept, failures = decode_all(ds, size, on_progress=lambda k: progress.advance(k, images=k))
-    progress.stop()
-    for f in failures:
-        progress.log(f"skipped {f['path']}: {f['error']}")
-    _, y, tr, va = _kept_split(None, ds.labels, kept, train_idx, val_idx)
-    return pixels, y, tr, va, failures
 
 
 def _head_state(out: Path, resume: bool, progress: TrainProgress):

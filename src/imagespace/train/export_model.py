@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..models.model_dir import write_model_card
-from ..models.nets import export_onnx
+from ..models.torch_nets import export_onnx
 
 WEIGHTS = "weights.pt"
 ONNX = "model.onnx"

@@ -94,13 +94,13 @@ def export_onnx(net, path: Path, input_size: int = NETWORKS[BASE_ARCH].input_siz
             opset_version=17,
             dynamo=False,
         )
-    from .base import _make_session
+    from .base import make_session
 
     check = torch.randint(0, 256, (3, input_size, input_size, 3), dtype=torch.uint8)
     with torch.no_grad():
         expected = net(check)
     expected = expected[0] if isinstance(expected, tuple) else expected
-    got = _make_session(tmp, ["CPUExecutionProvider"], None).run(None, {"pixels": check.numpy()})[0]
+    got = make_session(tmp, ["CPUExecutionProvider"], None).run(None, {"pixels": check.numpy()})[0]
     a = expected.numpy()
     cos = (a * got).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(got, axis=1) + 1e-12)
     if cos.min() < min_cosine:

@@ -49,7 +49,7 @@ def grid_shape(n: int, aspect: float) -> tuple[int, int]:
     return cols, rows
 
 
-def map_grid(xy: np.ndarray, tags: list[list[tuple[str, float]]], aspect: float = 1.0, seed: int = 0) -> MapGrid:
+def page_map(xy: np.ndarray, tags: list[list[tuple[str, float]]], aspect: float = 1.0, seed: int = 0) -> MapGrid:
     """Cells for the layout ``xy`` (n, 2) in [0, 1], and labelled regions; ``tags`` per image."""
     n = len(xy)
     cols, rows = grid_shape(n, aspect)

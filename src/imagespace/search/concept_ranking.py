@@ -1,6 +1,6 @@
 """Rank a collection's images by the probability the network gave a concept.
 
-A concept (concepts.py) is a set of ImageNet classes, or one of the collection's own labels
+A concept (word_concepts.py) is a set of ImageNet classes, or one of the collection's own labels
 (user_labels.py). An image's score is the sum of the stored probabilities of the concept's
 classes among its tags (the network's top classes; a trained model's own classes), plus
 the ``classify --train`` probability for a user label: "dog" scores a photo tagged 0.5
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..collection import Collection
-from .concepts import Understanding, wordnet
+from .word_concepts import Understanding, wordnet
 from .tag_postings import tag_postings
 from .user_labels import UserLabels
 
