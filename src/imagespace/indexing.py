@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 
 from .collection import Collection
 from .embed import content_digest, embed_files, file_matches, legacy_digest
-from .images import read_bytes
-from .images import is_image_path
 from .feature_store import FeatureStore, pack_grey
-from .images import VERIFY_SIDE
+from .images import VERIFY_SIDE, is_image_path, read_bytes
 from .index import open_index
 
 
@@ -127,23 +125,25 @@ def sync(
         # at too: keep that grey image for the duplicate pass (its decode is most of its cost).
         store = FeatureStore(collection.root if embedder is None and to_embed else None)
         extra = {"grey_side": VERIFY_SIDE} if store.enabled else {}
-        for batch in (embedder or embed_files)(
-            to_embed, model, batch_size=batch_size, workers=workers, total=len(to_embed), progress=progress, **extra
-        ):
-            ok = [r for r in batch if not hasattr(r, "error")]
-            bad = [r for r in batch if hasattr(r, "error")]
-            collection.write_embedded(ok, bad)
-            store.put("grey", [(r.file.digest, pack_grey(r.grey)) for r in ok if getattr(r, "grey", None) is not None])
-            report.embedded += len(ok)
-            for r in ok:
-                if r.file.path in known:
-                    report.updated += 1
-                else:
-                    report.added += 1
-            report.failed.extend({"path": r.path, "error": r.error} for r in bad)
-            if on_progress is not None:
-                on_progress(report.embedded + len(report.failed) - len(scan.failed), len(to_embed))
-        store.close()
+        try:
+            for batch in (embedder or embed_files)(
+                to_embed, model, batch_size=batch_size, workers=workers, total=len(to_embed), progress=progress, **extra
+            ):
+                ok = [r for r in batch if not hasattr(r, "error")]
+                bad = [r for r in batch if hasattr(r, "error")]
+                collection.write_embedded(ok, bad)
+                store.put("grey", [(r.file.digest, pack_grey(r.grey)) for r in ok if getattr(r, "grey", None) is not None])
+                report.embedded += len(ok)
+                for r in ok:
+                    if r.file.path in known:
+                        report.updated += 1
+                    else:
+                        report.added += 1
+                report.failed.extend({"path": r.path, "error": r.error} for r in bad)
+                if on_progress is not None:
+                    on_progress(report.embedded + len(report.failed) - len(scan.failed), len(to_embed))
+        finally:
+            store.close()
         report.failed.extend(skipped)
         report.skipped_failures = len(skipped)
         # Files that fail now but were indexed before keep their old row: the photo is
