@@ -63,6 +63,7 @@ def sync(
     progress: bool = False,
     embedder=None,
     on_progress: Callable[[int, int], None] | None = None,
+    only: Callable[[str], bool] | None = None,
 ) -> SyncReport:
     """Bring ``collection`` up to date with ``paths`` (files or folders).
 
@@ -80,6 +81,9 @@ def sync(
             a callable like :func:`imagespace.embed.embed_files`, e.g.
             ``distributed.ray_embedder()``.
         on_progress: ``on_progress(done, total)``, called before the first batch and after each.
+        only: keep only the files (absolute paths) it accepts, as if the others were not
+            there: a shard of a collection split by hash (``sharding``) scans the user's
+            folders and keeps its own files, so files gone from those folders leave it too.
 
     Returns:
         A :class:`SyncReport`.
@@ -96,6 +100,9 @@ def sync(
             # another model counts as changed and is re-embedded in place, resumably.
             collection.bind_model(model.model_id, model_spec, model.dim)
         scan = scan_paths(paths)
+        if only is not None:
+            scan.files = {p: st for p, st in scan.files.items() if only(p)}
+            scan.failed = [f for f in scan.failed if only(f["path"])]
         report.failed.extend(scan.failed)
         report.found = len(scan.files)
         collection.remember_roots(scan.roots)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..search import MAX_K, WEAK_MATCH, WHERE_HELP
-from ._common import DEFAULT_DB, DbOption, JsonOption, app, console, emit, open_space, print_results, say
+from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_space, print_results, say
 
 @app.command()
 def index(
@@ -22,10 +23,19 @@ def index(
     workers: Annotated[Optional[int], typer.Option(min=1, max=256, help="Decoding threads (default: one per core).")] = None,
     engine: Annotated[str, typer.Option(help="Where decoding and the model run: local (threads) or ray.")] = "local",
     address: Annotated[Optional[str], typer.Option(help="With --engine ray: an existing Ray cluster (default: start a local Ray).")] = None,
+    shards: Annotated[Optional[int], typer.Option(min=1, max=4096, help="Split the collection into N shards under --db (kept by later runs; serve them with serve --engine ray).")] = None,
+    shard_by: Annotated[Optional[str], typer.Option(help="With --shards: hash (of each file's path; even shards) or folder (each sub-folder whole in one shard).")] = None,
 ) -> None:
     """Add new, changed and removed images to the collection, incrementally."""
     if engine not in ("local", "ray"):
         raise typer.BadParameter("--engine must be local or ray")
+    if shard_by not in (None, "hash", "folder"):
+        raise typer.BadParameter("--shard-by must be hash or folder")
+    from ..sharding import is_sharded
+
+    if shards is not None or shard_by is not None or is_sharded(db):
+        _index_sharded(paths, db, as_json, model, batch_size, workers, engine, address, shards, shard_by)
+        return
     from ..images import IMAGE_EXTENSIONS
 
     with open_space(db, model=model) as space:
@@ -50,6 +60,37 @@ def index(
             c.print(f"  failed {f['path']}: {f['error']}{again}", highlight=False, markup=False)
 
     emit(as_json, report.to_dict(), human)
+
+
+def _index_sharded(paths, db, as_json, model, batch_size, workers, engine, address, shards, shard_by) -> None:
+    """``index --shards N``: N ordinary collections under --db, each kept up to date (sharding.py)."""
+    from ..collection import DB_FILE
+    from ..sharding import ShardLayout, index_sharded
+
+    missing = [p for p in paths if not os.path.lexists(p)]
+    if missing:
+        raise Failure(f"no such file or folder: {', '.join(map(str, missing))} (nothing was indexed)")
+    if ShardLayout.load(db) is None and (Path(db) / DB_FILE).exists():
+        raise Failure(f"{Path(db).resolve()} holds an unsharded collection: give --shards a new --db")
+    try:
+        report = index_sharded(db, [str(p) for p in paths], model, shards=shards, by=shard_by, engine=engine,
+                               address=address, batch_size=batch_size, workers=workers,
+                               progress=sys.stderr.isatty() or not as_json)
+    except ValueError as e:
+        raise Failure(str(e)) from None
+    payload = report.to_dict()
+
+    def human(r: dict) -> None:
+        console().print(
+            f"added {r['added']}, updated {r['updated']}, moved {r['moved']}, removed {r['removed']}, "
+            f"unchanged {r['unchanged']}, failed {len(r['failed'])} in {r['seconds']:.1f}s over {len(r['shards'])} shards "
+            f"under {Path(db).resolve()} (" + ", ".join(f"{n}: {s['added'] + s['unchanged'] + s['updated'] + s['moved']}" for n, s in r["shards"].items()) + ")",
+            highlight=False, markup=False,
+        )
+        for f in r["failed"]:
+            console().print(f"  failed {f['path']}: {f['error']}", highlight=False, markup=False)
+
+    emit(as_json, payload, human)
 
 
 @app.command()

@@ -136,6 +136,7 @@ class Health(BaseModel):
     images: int
     indexing: str
     warm: bool = Field(description="models loaded and index open (serve warms them at start-up)")
+    shards: dict | None = Field(default=None, description="a sharded collection (serve --engine ray): how many shards and replicas answer")
 
 
 class Recommend(BaseModel):
@@ -196,9 +197,13 @@ MinScore = Annotated[float | None, Query(ge=-1, le=1, description="drop results 
 def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
     r = APIRouter()
 
-    @r.get("/health", response_model=Health)
+    @r.get("/health", response_model=Health, response_model_exclude_none=True)  # "shards" only when sharded
     def health() -> Health:
-        return Health(status="ok", images=engine.info()["images"], indexing=engine.job().state, warm=engine.warmed)
+        sharded = engine.health() if hasattr(engine, "health") else None
+        if sharded is None:
+            return Health(status="ok", images=engine.info()["images"], indexing=engine.job().state, warm=engine.warmed)
+        status = "ok" if sharded["shards_answering"] == sharded["shards"] else "degraded"
+        return Health(status=status, images=sharded.pop("images"), indexing="idle", warm=engine.warmed, shards=sharded)
 
     @r.get("/info")
     def info() -> dict:

@@ -26,6 +26,7 @@ from ..search import QueryError
 from .api import build_router, build_session_router
 from .engine import Busy, Engine
 from .files import SourceRefused, ThumbnailCache
+from .sharded import NotServedFromShards, ShardUnavailable
 from .security import LOCAL_HOSTS, GuardMiddleware, require_token
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -41,6 +42,8 @@ ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (Busy, 409),
     (CollectionError, 409),  # empty (EmptyCollectionError), locked by another run, wrong model
     (SourceRefused, 404),
+    (NotServedFromShards, 501),  # needs the whole collection in one place (server.sharded says why)
+    (ShardUnavailable, 503),  # a shard with no live replica (server.ray_serve): retry shortly
 ]
 
 
@@ -51,6 +54,7 @@ def create_app(
     allowed_hosts: tuple[str, ...] | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
     warm: bool = False,
+    engine: Engine | None = None,
 ) -> FastAPI:
     """The app over the collection at ``db_path``.
 
@@ -58,8 +62,10 @@ def create_app(
     requests may address; by default only loopback names when there is no token (a server
     without a token must be local), any host when there is one. ``warm``: open the index
     and load the model in the background at start-up, so that the first query is fast.
+    ``engine``: what answers, if not one process's :class:`Engine` over ``db_path`` (the
+    sharded collection on Ray Serve gives a ``sharded.ShardedEngine``).
     """
-    engine = Engine(db_path)
+    engine = engine if engine is not None else Engine(db_path)
     thumbs = ThumbnailCache(engine.root)
     if allowed_hosts is None and token is None:
         allowed_hosts = LOCAL_HOSTS
