@@ -3,13 +3,16 @@ look-alikes (never grouped).
 
 Four stages, cheapest first:
 
-1. identical bytes (the stored digest) are copies outright;
-2. candidates: each image's nearest neighbours in the ANN index, a fixed number of them
-   above a low cosine floor, so that heavily edited copies (a border, a caption, a crop, a
-   rotation move the global vector far) are still looked at, while the work grows with the
-   number of images, never with its square;
+1. identical bytes (the stored digest, then the bytes themselves) are copies outright;
+2. candidates: each image's nearest neighbours, a fixed number of them above a low cosine
+   floor, so that heavily edited copies (a border, a caption, a crop, a rotation move the
+   global vector far) are still looked at, while the pairs grow with the number of images,
+   never with its square (exact up to ``EXACT_CANDIDATES`` rows, from the ANN index beyond);
 3. each candidate pair is placed in one tier by :mod:`.copies` (the shape of the fitted
-   transform, the agreement of the aligned pixels, EXIF capture times) with a reason;
+   transform, the agreement of the aligned pixels, EXIF capture times) with a reason. Each
+   image's features are computed once: from the grey image indexing kept, else by decoding
+   the file; then kept in memory up to a byte budget and in the feature store beside the
+   collection (:mod:`imagespace.feature_store`), so no image is decoded twice in a pass;
 4. groups are made only of verified pairs of one tier, as stars around one member: every
    member of a copy group was checked to be a copy of the kept one, so nothing joins a
    group by chaining through pairs that were never compared.
