@@ -90,6 +90,11 @@ def test_page_loads_and_searches_by_an_uploaded_image(page, server, tmp_path):
     page.wait_for_function("() => [...document.querySelectorAll('#view .card img')].slice(0, 4).every(i => i.complete && i.naturalWidth > 0)")
     page.screenshot(path=str(tmp_path / "upload.png"), full_page=True)
     assert (tmp_path / "upload.png").stat().st_size > 10_000
+    # weak results marked by the collection's measured line, explained in the command line's words
+    weak_cards = page.locator("#view .results .card.weak").count()
+    assert weak_cards > 0  # 16 unlike synthetic photos: most are no closer than chance
+    note = page.locator("#view .weak-note").inner_text()
+    assert note.startswith(f"{weak_cards} of ") and "weak matches (cosine scores; weak below " in note
 
 
 def test_drop_an_image_on_the_page(page, tmp_path):

@@ -246,10 +246,12 @@ def test_info_shows_folders_model_counts_size_and_last_run(indexed):
 def test_weak_matches_are_marked(capsys, monkeypatch):
     from imagespace.cli._common import print_results
 
-    print_results([{"path": "/a.jpg", "score": 0.91, "tags": ["x"]}, {"path": "/b.jpg", "score": 0.31, "tags": ["y"]}],
-                  weak_below=0.5)
+    scores = {"kind": "cosine", "meaning": "cosine similarity", "weak_rule": "weak below 0.47: no closer than ...",
+              "weak_below": 0.47}
+    print_results([{"path": "/a.jpg", "score": 0.91, "tags": ["x"], "weak": False},
+                   {"path": "/b.jpg", "score": 0.31, "tags": ["y"], "weak": True}], scores=scores)
     captured = capsys.readouterr()
-    assert "1 of 2 results score below 0.50: weak matches" in captured.err
+    assert "1 of 2 results are weak matches (cosine scores; weak below 0.47" in captured.err
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "What a score means" in readme
 

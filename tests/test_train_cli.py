@@ -20,6 +20,8 @@ def test_adapter_model_indexes_and_searches(tmp_path):
     with Collection(db) as coll:
         old_id, n_rows = coll.model_id, len(coll)
     assert n_rows == 12
+    query = next((data / "class_1").glob("img_*.jpg"))
+    pretrained_line = json.loads(run_cli("search", query, "--db", db, "--json").stdout)["scores"]["weak_below"]
 
     out = tmp_path / "model"
     r = run_cli("train", "--data", data, "--out", out, "--epochs", "3", "--dim", "64", "--views", "2", "--json")
@@ -40,11 +42,18 @@ def test_adapter_model_indexes_and_searches(tmp_path):
         assert coll.dim == 64 and coll.count(coll.model_id) == 12
         assert all(row.tags for row in coll.all_rows())  # ImageNet tags kept by the adapter
 
-    query = next((data / "class_1").glob("img_*.jpg"))
     found = run_cli("search", query, "--db", db, "-k", "3", "--json")
     assert found.returncode == 0, found.stderr
     results = json.loads(found.stdout)["results"]
     assert results[0]["path"] == str(query.resolve()) and results[0]["score"] > 0.99
+    # the weak line is the trained model's own, measured again on its vectors (issue 26, item 3)
+    scores = json.loads(found.stdout)["scores"]
+    assert scores["weak_below"] is not None and scores["weak_below"] != pretrained_line
+
+    # eval on the very folder the model learnt from: its figures say so (issue 26, item 11)
+    ev = run_cli("eval", "--data", data, "--db", db)
+    assert ev.returncode == 0, ev.stderr
+    assert "warning: these are the model's training images" in ev.stdout + ev.stderr
 
 
 def test_bad_input_gives_clear_messages(tmp_path):

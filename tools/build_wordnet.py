@@ -18,6 +18,8 @@ The 1,000 ImageNet classes the network predicts are WordNet 3.0 noun synsets (cl
   general as "object" or "person" are left out, so they match nothing rather than noise.
 - ``words``: each word (lower case, spaces) -> its synsets in WordNet's sense order (most
   frequent first), restricted to the synsets above; instances (proper names) are left out.
+  When the word's most frequent sense is not among them, a first "?kind" says what that
+  sense is a kind of ("brain": ?neural_structure before its food sense).
 - ``exceptions``: irregular plurals from noun.exc (mice -> mouse).
 
 WordNet's licence allows redistribution with its notice: see src/imagespace/data/WORDNET-LICENSE.
@@ -40,6 +42,11 @@ MAX_NEAR_CLASSES = 150
 # ...and lie at least this deep under "entity" (fewest links): "abstraction" (1) or
 # "communication" (2) hold a few classes (traffic light, red wine) but mean nothing of "idea".
 MIN_NEAR_DEPTH = 4
+# "animal" and "body part": a word whose usual sense lies under these names a creature or a
+# part of one, which a photo shows; see build() for what is done when no class is near it.
+# (Not every organism: a plant's fruit ("plum") and a person's role ("a tiger" of a man)
+# are meanings people search photos for as often as the plant or the person.)
+LIVING = {15388, 5220461}
 
 
 def read_data(path: Path) -> dict[int, dict]:
@@ -63,7 +70,7 @@ def read_data(path: Path) -> dict[int, dict]:
                     hypernyms.append(int(target))
                 elif symbol == "@i":
                     instance_of.append(int(target))
-            synsets[offset] = {"words": words, "hypernyms": hypernyms, "instance": bool(instance_of)}
+            synsets[offset] = {"words": words, "hypernyms": hypernyms, "instance": bool(instance_of), "instance_of": instance_of}
     return synsets
 
 
@@ -141,6 +148,17 @@ def build(wordnet: Path) -> dict:
     lines = []
     for word, offs in index.items():
         senses = [str(o) if o in tree else f"{o}>{','.join(map(str, near[o]))}" for o in offs if o in keep]
+        first = offs[0]
+        if (senses and first not in keep and not synsets[first]["instance"] and not any(o in tree for o in offs)
+                and is_under(first, LIVING, synsets)):
+            # The word's most frequent sense is a living thing (not a person, not a proper
+            # name) or a part of a body, and no class is
+            # near ("brain": the organ; "bat": the animal), while a rarer sense is (brain as
+            # food, the cricket bat): marked "?" with what that sense is a kind of, so that the
+            # run time says so instead of answering a sense nobody meant. Other classless first
+            # senses (a "table" of figures, the "church" as an institution) cannot be
+            # photographed, so the sense with a class is the one meant.
+            senses.insert(0, "?" + kind_of(offs[0], synsets).replace(" ", "_"))
         if senses:
             lines.append(f"{word}\t{' '.join(senses)}")
     return {
@@ -156,6 +174,24 @@ def build(wordnet: Path) -> dict:
         "words": "\n" + "\n".join(sorted(lines)) + "\n",
         "exceptions": {k: v for k, v in read_exceptions(wordnet / "noun.exc").items() if v in index},
     }
+
+
+def is_under(s: int, ancestors: set[int], synsets: dict[int, dict]) -> bool:
+    seen, todo = set(), [s]
+    while todo:
+        x = todo.pop()
+        if x in ancestors:
+            return True
+        if x not in seen:
+            seen.add(x)
+            todo.extend(synsets[x]["hypernyms"] + synsets[x]["instance_of"])
+    return False
+
+
+def kind_of(s: int, synsets: dict[int, dict]) -> str:
+    """What synset ``s`` is a kind of, in words: its first hypernym's (or instance's) first word."""
+    up = synsets[s]["hypernyms"] or synsets[s]["instance_of"]
+    return synsets[up[0]]["words"][0] if up else synsets[s]["words"][0]
 
 
 def depth_of(s: int, synsets: dict[int, dict]) -> int:

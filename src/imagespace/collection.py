@@ -107,7 +107,9 @@ class Collection:
         if not db_path.exists():
             if not create:
                 raise CollectionError(
-                    f"no collection at {self.root}: run 'imagespace index PATH --db {self.root}' first"
+                    f"no collection at {self.root}: for a collection elsewhere give --db DIR (or set the "
+                    f"IMAGESPACE_DB environment variable to its folder); to make one here, run "
+                    f"'imagespace index PATH --db {self.root}'"
                 )
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -146,6 +148,20 @@ class Collection:
 
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT INTO meta(key,value) VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+    def try_set_meta(self, key: str, value: str) -> bool:
+        """``set_meta`` if the database can be written at once: never waits for a run that holds
+        the write lock, and fails quietly on a read-only collection (a derived value, such as
+        the weak line, is then simply measured again next time)."""
+        try:
+            self.conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                self.set_meta(key, value)
+            finally:
+                self.conn.execute("PRAGMA busy_timeout = 60000")
+        except sqlite3.Error:
+            return False
+        return True
 
     def _next_seq(self) -> int:
         """Within a transaction: the sequence number for this change."""

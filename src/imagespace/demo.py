@@ -17,10 +17,8 @@ QUERIES = ("chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg")
 
 
 SCORES = (
-    "Scores are cosine similarities between the images' vectors: 1 is the same picture, about 0.9 an "
-    "edited copy, above {weak:.1f} often the same kind of thing; below {weak:.1f} (marked weak) the "
-    "pictures have little in common. The sample photos hold one picture of most things, so most of "
-    "their neighbours are weak: they are the least unlike, not matches."
+    "Scores are {meaning}; about 0.9 is an edited copy. Marked {rule}. The sample photos hold one "
+    "picture of most things, so most of their neighbours are weak: they are the least unlike, not matches."
 )
 
 
@@ -53,7 +51,7 @@ def main(db: str = ".imagespace-demo") -> None:
     from .collection import Collection
     from .indexing import sync
     from .models import DEFAULT_MODEL, create_model
-    from .search import WEAK_MATCH, Searcher
+    from .search import Searcher
 
     out = Console(soft_wrap=True)  # lines are never hard-wrapped: paths and commands paste whole
     images = Path(skimage.data.data_dir)
@@ -69,8 +67,9 @@ def main(db: str = ".imagespace-demo") -> None:
         for f in report["failed"]:
             again = " (unchanged since it failed: not retried)" if f.get("retried") is False else ""
             out.print(f"  skipped {Path(f['path']).name}: {f['error']}{again}", highlight=False, markup=False)
-        out.print("\n" + SCORES.format(weak=WEAK_MATCH), highlight=False)
         searcher = Searcher(coll, model)
+        meaning = searcher.judge_cosines([])
+        out.print("\n" + SCORES.format(meaning=meaning.meaning, rule=meaning.weak_rule), highlight=False)
         for name in QUERIES:
             query = images / name
             row = coll.row_by_path(query)
@@ -81,7 +80,7 @@ def main(db: str = ".imagespace-demo") -> None:
             table.add_column("neighbour", no_wrap=True)
             table.add_column("its tags", no_wrap=True, overflow="ellipsis")
             for hit in searcher.query(like=query, k=3).hits:
-                mark = "" if hit.score >= WEAK_MATCH else " weak"
+                mark = " weak" if hit.weak else ""
                 table.add_row(f"{hit.score:.3f}{mark}", Path(hit.path).name, ", ".join(t for t, _ in hit.tags[:3]))
             out.print(table)
         # A query that is not in the collection: a mirrored, shrunk, recompressed copy.

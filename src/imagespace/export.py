@@ -52,10 +52,19 @@ def _chunks(collection: Collection) -> Iterator[tuple[np.ndarray, np.ndarray, li
         yield ids, vecs, [rows[int(i)] for i in ids]
 
 
-def _fields(r) -> dict:
+def _labels(collection: Collection) -> dict[str, tuple[str, float]]:
+    """path -> (label, probability) that the last ``classify`` run saved; empty when none did.
+    Exported beside the tags, so that a table of the collection carries the user's own classes
+    ("unknown" where none fitted)."""
+    return collection.saved_labels()
+
+
+def _fields(r, labels: dict[str, tuple[str, float]]) -> dict:
+    label, score = labels.get(r.path, (None, None))
     return {
         "path": readable_path(r.path), "size": r.size, "width": r.width, "height": r.height, "format": r.format,
         "tags": [t for t, _ in r.tags], "tag_scores": [round(s, 6) for _, s in r.tags], "model": r.model,
+        "label": label, "label_score": None if score is None else round(score, 6),
     }
 
 
@@ -65,12 +74,15 @@ def export_csv(collection: Collection, out: str | os.PathLike[str]) -> int:
         written = 0
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["id", "path", "size", "width", "height", "format", "tags", "tag_scores", "model", "embedding"])
+            w.writerow(["id", "path", "size", "width", "height", "format", "tags", "tag_scores", "model", "label",
+                        "label_score", "embedding"])
+            labels = _labels(collection)
             for ids, vecs, rows in _chunks(collection):
                 for i, v, r in zip(ids.tolist(), vecs, rows):
-                    d = _fields(r)
+                    d = _fields(r, labels)
                     w.writerow([i, d["path"], d["size"], d["width"], d["height"], d["format"], json.dumps(d["tags"]),
-                                json.dumps(d["tag_scores"]), d["model"], json.dumps([float(x) for x in v])])
+                                json.dumps(d["tag_scores"]), d["model"], d["label"] or "",
+                                "" if d["label_score"] is None else d["label_score"], json.dumps([float(x) for x in v])])
                     written += 1
     return written
 
@@ -80,9 +92,10 @@ def export_jsonl(collection: Collection, out: str | os.PathLike[str]) -> int:
     with atomic_write(out) as tmp:
         written = 0
         with open(tmp, "w", encoding="utf-8") as f:
+            labels = _labels(collection)
             for ids, vecs, rows in _chunks(collection):
                 for i, v, r in zip(ids.tolist(), vecs, rows):
-                    f.write(json.dumps({"id": i, **_fields(r), "embedding": [float(x) for x in v]}) + "\n")
+                    f.write(json.dumps({"id": i, **_fields(r, labels), "embedding": [float(x) for x in v]}) + "\n")
                     written += 1
     return written
 
@@ -95,9 +108,12 @@ def export_npz(collection: Collection, out: str | os.PathLike[str]) -> int:
     ids, vecs = collection.vectors()
     rows = collection.rows(ids.tolist())
     paths = np.array([readable_path(rows[int(i)].path) for i in ids], dtype=str)
+    labels = _labels(collection)
+    found = [labels.get(rows[int(i)].path, ("", np.nan)) for i in ids]
     out = Path(out)
     with atomic_write(out, suffix=".npz") as tmp:  # np.savez adds .npz to a name without it
-        np.savez(tmp, id=ids, path=paths, embedding=vecs)
+        np.savez(tmp, id=ids, path=paths, embedding=vecs, label=np.array([f[0] for f in found], dtype=str),
+                 label_score=np.array([f[1] for f in found], dtype=np.float32))
     return len(ids)
 
 
@@ -119,11 +135,14 @@ def export_parquet(collection: Collection, out: str | os.PathLike[str]) -> int:
             ("tags", pa.list_(pa.string())),
             ("tag_scores", pa.list_(pa.float32())),
             ("model", pa.string()),
+            ("label", pa.string()),  # classify's label (null where it never ran)
+            ("label_score", pa.float32()),
             ("embedding", pa.list_(pa.float32(), dim)),
         ],
         metadata={b"imagespace.model_id": (collection.model_id or "").encode()},
     )
     out = Path(out)
+    labels = _labels(collection)
     with atomic_write(out) as tmp:
         written = 0
         with pq.ParquetWriter(tmp, schema) as writer:
@@ -142,6 +161,8 @@ def export_parquet(collection: Collection, out: str | os.PathLike[str]) -> int:
                         "tags": [[t for t, _ in r.tags] for r in ordered],
                         "tag_scores": [[s for _, s in r.tags] for r in ordered],
                         "model": [r.model for r in ordered],
+                        "label": [labels.get(r.path, (None, None))[0] for r in ordered],
+                        "label_score": [labels.get(r.path, (None, None))[1] for r in ordered],
                         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim),
                     },
                     schema=schema,

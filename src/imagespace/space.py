@@ -192,7 +192,7 @@ class ImageSpace:
     # -- indexing ----------------------------------------------------------------------------
 
     def index(self, paths: Sequence[PathLike] | PathLike, *, batch_size: int = 32, workers: int | None = None,
-              progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
+              progress: bool | None = None, on_progress: Callable[[int, int], None] | None = None,
               engine: str = "local", address: str | None = None) -> SyncReport:
         """Add new, changed and removed images under ``paths``, incrementally (as ``imagespace index``).
 
@@ -200,8 +200,10 @@ class ImageSpace:
             paths: image files or folders (scanned recursively); ``~`` is expanded.
             batch_size: images per model call.
             workers: decoding threads (default: one per core).
-            progress: show a progress bar on standard error.
-            on_progress: called with (done, total) as batches are written.
+            progress: show a progress bar (images/s, time left) on standard error; by default
+                when standard error is a terminal or a notebook, never in a pipe or a log file.
+            on_progress: ``on_progress(done, total)``, called before the first batch and after
+                each (e.g. to drive a progress bar of your own).
             engine: ``local`` (threads) or ``ray`` (decoding and the model as Ray tasks).
             address: with ``ray``, an existing cluster (default: a local Ray).
 
@@ -226,6 +228,8 @@ class ImageSpace:
             raise ValueError(f"engine must be local or ray, not {engine!r}")
         spec = self.model_spec
         model = self._model_for(spec)
+        if progress is None:
+            progress = _interactive()
         if engine == "ray":
             from .distributed import sync_with_ray
 
@@ -496,3 +500,12 @@ def open(root: PathLike, model: PathLike | None = None, *, create: bool = True, 
         >>> hits = space.search("query.jpg", k=5, where="width > 1000")  # doctest: +SKIP
     """
     return ImageSpace(root, model, create=create, readonly=readonly, threads=threads, index_kind=index_kind)
+
+
+def _interactive() -> bool:
+    """Is someone watching standard error: a terminal, or a Jupyter notebook (Rich draws there)?"""
+    import sys
+
+    if sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
+        return True
+    return "ipykernel" in sys.modules

@@ -1,11 +1,20 @@
 """The user's own classes, learnt from labelled folders, applied to every image.
 
 A logistic regression on the collection's vectors: on flowers12 it labels the test photos
-with accuracy 0.967 from 60 examples per class, in well under a second. An image is
-"unknown" when the classifier is unsure (top probability below ``min_probability``) or
-when it lies farther from every example than examples of one class lie from each other
-(cosine to the nearest example below a floor calibrated on the examples themselves), so
-that a photo of a car is not called a daisy just because daisy was the least bad answer.
+with accuracy 0.967 from 60 examples per class, in well under a second.
+
+Its probabilities are calibrated on the user's examples: regularised on few examples, a
+logistic regression's probabilities are squeezed (12 classes, 8 examples each: the highest
+probability over a thousand photos was 0.49 while most top guesses were right), so its
+logits are divided by a temperature fitted on cross-validated predictions of the examples
+(each predicted by a model that did not see it). Then 0.9 means right about nine times in
+ten, and the ranking of classes is unchanged.
+
+An image is "unknown" when the calibrated top probability is below ``min_probability``
+(default 0.5: the best guess is more likely wrong than right) or when it lies farther from
+every example than examples of one class lie from each other (cosine to the nearest example
+below a floor calibrated on the examples themselves), so that a photo of a car is not called
+a daisy just because daisy was the least bad answer.
 """
 
 from __future__ import annotations
@@ -20,10 +29,9 @@ from ._threads import single_threaded
 from .labelled import LabelledFolderError, LabelledSet, embed_labelled
 
 UNKNOWN = "unknown"
-# Below this top probability the answer is "unknown". Logistic regression's probabilities are
-# soft: on flowers12's test photos (12 classes) 0.25 turned 5 answers into "unknown", 4 of
-# them right; 0.15 turned none, while photos unlike every example are caught by the floor.
-MIN_PROBABILITY = 0.15
+# Below this calibrated top probability the answer is "unknown": the best guess is then more
+# likely wrong than right.
+MIN_PROBABILITY = 0.5
 # The nearest-example floor is this quantile of each example's cosine to its nearest
 # same-class example, taken with a margin: unknown means "unlike anything you showed me".
 _FLOOR_QUANTILE = 0.01
@@ -49,6 +57,12 @@ class Classifier:
     min_similarity: float
     cv_accuracy: float | None
     n_examples: int
+    temperature: float = 1.0  # logits are divided by it (fitted on cross-validated predictions)
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities (n, classes), columns in ``self.model.classes_`` order."""
+        with single_threaded():
+            return _softmax(_logits(self.model, vectors) / self.temperature)
 
     def predict(self, vectors: np.ndarray) -> list[tuple[str, float]]:
         """(label, probability) per vector; ``unknown`` where nothing fits."""
@@ -58,8 +72,7 @@ class Classifier:
         """A label per vector, with the best guess and, for ``unknown``, which rule said so."""
         if not len(vectors):
             return []
-        with single_threaded():
-            probs = self.model.predict_proba(vectors)
+        probs = self.probabilities(vectors)
         best = probs.argmax(1)
         nearest = np.zeros(len(vectors), dtype=np.float32)
         for start in range(0, len(vectors), 4096):
@@ -118,7 +131,9 @@ def fit_classifier(data: LabelledSet, *, min_probability: float = MIN_PROBABILIT
     counts = {c: int((labels == c).sum()) for c in set(data.labels)}
     if len(counts) < 2:
         raise LabelledFolderError("need at least two classes to learn from")
-    cv = _cross_validated_accuracy(data.vectors, labels, min(counts.values())) if cross_validate else None
+    cv, temperature = None, 1.0
+    if cross_validate:
+        cv, temperature = _cross_validated(data.vectors, labels, min(counts.values()))
     model = LogisticRegression(C=_C, max_iter=2000).fit(data.vectors, labels)
     return Classifier(
         classes=sorted(counts),
@@ -128,6 +143,7 @@ def fit_classifier(data: LabelledSet, *, min_probability: float = MIN_PROBABILIT
         min_similarity=_similarity_floor(data.vectors, labels),
         cv_accuracy=cv,
         n_examples=len(labels),
+        temperature=temperature,
     )
 
 
@@ -149,17 +165,49 @@ def save_predictions(collection: Collection, predictions: list[Prediction]) -> i
     return collection.save_labels((p.id, p.label, p.score, p.reason) for p in predictions)
 
 
-def _cross_validated_accuracy(vectors: np.ndarray, labels: np.ndarray, smallest: int) -> float | None:
-    """Stratified k-fold accuracy (k up to 5, limited by the smallest class)."""
+def _cross_validated(vectors: np.ndarray, labels: np.ndarray, smallest: int) -> tuple[float | None, float]:
+    """Stratified k-fold (k up to 5, limited by the smallest class): the accuracy, and the
+    temperature that makes the out-of-fold probabilities most likely (least log loss)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.model_selection import StratifiedKFold
 
     folds = min(5, smallest)
     if folds < 2:
-        return None
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
-    scores = cross_val_score(LogisticRegression(C=_C, max_iter=2000), vectors, labels, cv=cv)
-    return float(np.mean(scores))
+        return None, 1.0
+    classes = np.unique(labels)
+    target = np.searchsorted(classes, labels)
+    logits = np.zeros((len(labels), len(classes)), dtype=np.float64)
+    for train, held in StratifiedKFold(n_splits=folds, shuffle=True, random_state=0).split(vectors, labels):
+        model = LogisticRegression(C=_C, max_iter=2000).fit(vectors[train], labels[train])
+        logits[held] = _logits(model, vectors[held])  # every class is in every training fold
+    accuracy = float((logits.argmax(1) == target).mean())
+    return accuracy, _fit_temperature(logits, target)
+
+
+def _fit_temperature(logits: np.ndarray, target: np.ndarray) -> float:
+    """The temperature T minimising the log loss of softmax(logits / T): a log-spaced search,
+    then a finer one around the best."""
+
+    def loss(t: float) -> float:
+        p = _softmax(logits / t)
+        return float(-np.log(np.maximum(p[np.arange(len(target)), target], 1e-12)).mean())
+
+    grid = np.geomspace(0.01, 10, 61)
+    best = grid[int(np.argmin([loss(t) for t in grid]))]
+    fine = np.geomspace(best / 1.15, best * 1.15, 21)
+    return float(fine[int(np.argmin([loss(t) for t in fine]))])
+
+
+def _logits(model, vectors: np.ndarray) -> np.ndarray:
+    """A fitted logistic regression's logits (n, classes); a two-class model's one column as two."""
+    d = model.decision_function(vectors)
+    return np.stack([np.zeros_like(d), d], axis=1) if d.ndim == 1 else d
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def _similarity_floor(vectors: np.ndarray, labels: np.ndarray) -> float:

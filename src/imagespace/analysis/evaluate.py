@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 
 from ..collection import Collection
+from ..models.model_dir import trained_on
 from ._threads import single_threaded
 from .labelled import embed_labelled
 
@@ -36,7 +37,23 @@ def evaluate_folder(collection: Collection, data_dir: str | os.PathLike[str], *,
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
+    warning = training_data_warning(collection.model_spec if model is None else None, data_dir)
+    if warning:
+        metrics["warning"] = warning
     return metrics
+
+
+def training_data_warning(model_spec: str | None, data_dir: str | os.PathLike[str]) -> str | None:
+    """A warning when ``data_dir`` holds (or lies in) the images the model was trained on:
+    its figures then say how well it learnt them, not how it does on photos it has not seen."""
+    trained = trained_on(model_spec)
+    if trained is None:
+        return None
+    a, b = os.path.realpath(trained), os.path.realpath(data_dir)
+    if a != b and not a.startswith(b.rstrip(os.sep) + os.sep) and not b.startswith(a.rstrip(os.sep) + os.sep):
+        return None
+    return (f"these are the model's training images: it was trained on {trained}, so these figures say how well "
+            f"it learnt them, not how it does on new photos; evaluate on a labelled folder it has not seen")
 
 
 def evaluate_vectors(vectors: np.ndarray, labels: list[str], *, knn: int = KNN, seed: int = 0) -> dict:

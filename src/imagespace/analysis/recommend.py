@@ -15,7 +15,9 @@ import numpy as np
 from ..collection import Collection
 from ..index import VectorSearch, open_index
 from ..search.rerank import dba_space
+from ..search.chance import chance_line
 from ..search.results import Hit, QueryError
+from ..search.score_meaning import ScoreMeaning, cosine_meaning
 
 # How hard a disliked image pushes (Rocchio's gamma over beta).
 UNLIKE_WEIGHT = 0.5
@@ -110,3 +112,13 @@ def _mmr(vectors: np.ndarray, relevance: np.ndarray, k: int, lam: float) -> list
         order.append(best)
         max_sim = np.maximum(max_sim, vectors @ vectors[best])
     return order
+
+
+def recommend_meaning(collection: Collection, hits: list[Hit], *, augmented: bool = False) -> ScoreMeaning:
+    """Mark ``hits`` weak below the collection's chance line, as a search by image is (their
+    scores are cosines: the mean cosine to the liked images, less half the cosine to the
+    nearest disliked one); returns what the scores mean."""
+    line = None if augmented else chance_line(collection)
+    for h in hits:
+        h.weak = None if line is None else bool(h.score < line.value)
+    return cosine_meaning(line, augmented=augmented)

@@ -87,14 +87,17 @@ def tags_text(r: dict) -> str:
     return f"unsure: {guesses}" if "tag" in r else guesses
 
 
-def print_results(results: list[dict], *, weak_below: float | None = None, note: str | None = None) -> None:
+def print_results(results: list[dict], *, scores: dict | None = None, note: str | None = None) -> None:
     """Ranked results for people: a table on a terminal wide enough for every path whole;
     otherwise (piped, or too narrow) one plain line per result: path, score, tags, tab-separated.
 
-    ``weak_below``: scores under it are marked as weak matches.
+    ``scores``: the answer's ``scores`` (what they mean, the weak rule); results whose
+    ``weak`` is true are marked, and one line under them says by which rule.
     """
+    from ..search.score_meaning import weak_remark
+
     c = console()
-    weak = [r for r in results if weak_below is not None and r["score"] < weak_below]
+    weak = [r for r in results if r.get("weak")]
     if not results:
         c.print("no results")
         return
@@ -108,7 +111,7 @@ def print_results(results: list[dict], *, weak_below: float | None = None, note:
         table.add_column("path", no_wrap=True, min_width=longest)
         table.add_column("tags", overflow="ellipsis", no_wrap=True)
         for i, r in enumerate(results, 1):
-            mark = " weak" if r in weak else ""
+            mark = " weak" if r.get("weak") else ""
             table.add_row(str(i), f"{r['score']:.3f}{mark}", r["path"], tags_text(r))
         c.print(table, highlight=False, markup=False)
     else:
@@ -118,9 +121,8 @@ def print_results(results: list[dict], *, weak_below: float | None = None, note:
         sys.stdout.flush()
     if note:
         say(note)
-    if weak:
-        say(f"{len(weak)} of {len(results)} results score below {weak_below:.2f}: weak matches, "
-              "probably not the same kind of thing (scores are cosine similarities, 1 = the same picture)")
+    if weak and scores:
+        say(weak_remark(len(weak), len(results), scores))
 
 
 def say(message: str) -> None:
@@ -131,6 +133,14 @@ def say(message: str) -> None:
 
 def open_space(db: Path, *, create: bool = True, **options):
     """The collection at ``--db`` as an :class:`imagespace.ImageSpace` (``create=False``: it must exist)."""
+    from ..collection import DB_FILE
     from ..space import ImageSpace
 
+    if not create and Path(db) == DEFAULT_DB and not (Path(db) / DB_FILE).exists():
+        # the default: the user may well have a collection, just not in this folder
+        raise Failure(
+            f"no collection in this folder ({Path(db).resolve()}, the default when neither --db nor "
+            f"IMAGESPACE_DB is given): give --db DIR for a collection elsewhere, or set IMAGESPACE_DB=DIR "
+            f"(e.g. in your shell profile) to use it by default; to make one here, run 'imagespace index PATH'"
+        )
     return ImageSpace(db, create=create, **options)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..search import MAX_K
-from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_space, print_results
+from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_space, print_results, say
 
 DIVERSIFIED_NOTE = (
     "Order: diversified, not by score alone. Each pick balances its score (mean cosine to the liked "
@@ -66,7 +66,11 @@ def duplicates(
             head = "keep the first" if g["tier"] == "copy" else "the best shot first; pick yourself"
             c.print(f"group {n}: {len(g['members'])} {kind}, {head}:", highlight=False)
             for m in g["members"]:
-                mark = "keep" if m["kept"] else ("copy" if g["tier"] == "copy" else "shot")
+                # a retake group keeps nothing by itself: its first is only the best shot ("pick yourself")
+                if g["tier"] == "copy":
+                    mark = "keep" if m["kept"] else "copy"
+                else:
+                    mark = "best" if m["kept"] else "shot"
                 sim = f" (similarity {m['similarity']:.2f})" if m.get("similarity") is not None else ""
                 c.print(f"  [{mark}] {m['path']}", highlight=False, markup=False)
                 if not m["kept"]:
@@ -114,13 +118,17 @@ def recommend(
         like_ids = space.ids_of(like, "--like")
         unlike_ids = space.ids_of(unlike or [], "--unlike")
         hits = space.recommend(like_ids, unlike_ids, k=k, dba=dba)
+        # the scores are cosines (mean cosine to the liked images, less half the cosine to the
+        # nearest disliked one): weak by the same line as a search by image
+        meaning = space.searcher.judge_cosines(hits, augmented=dba)
     payload = {
-        "results": [{"path": h.path, "score": round(h.score, 6), "tags": [t for t, _ in h.tags]} for h in hits],
+        "results": [{"path": h.path, "score": round(h.score, 6), "tags": [t for t, _ in h.tags], "weak": h.weak} for h in hits],
         "order": "diversified",
+        "scores": meaning.to_dict(),
     }
 
     def human(p: dict) -> None:
-        print_results(p["results"], note=DIVERSIFIED_NOTE if p["results"] else None)
+        print_results(p["results"], scores=p["scores"], note=DIVERSIFIED_NOTE if p["results"] else None)
 
     emit(as_json, payload, human)
 
@@ -128,7 +136,7 @@ def recommend(
 @app.command()
 def classify(
     train: Annotated[Path, typer.Option("--train", help="A folder with one sub-folder of example images per class.")],
-    min_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Below this top probability an image is 'unknown'. An image is 'unknown' too when it is farther from every example than your examples of one class are from each other; each 'unknown' says which rule applied.")] = 0.15,
+    min_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Below this top probability an image is 'unknown'. Probabilities are calibrated on your examples (cross-validated): 0.9 means right about nine times in ten, so the default 0.5 leaves 'unknown' the images whose best guess is more likely wrong than right. An image is 'unknown' too when it is farther from every example than your examples of one class are from each other; each 'unknown' says which rule applied.")] = 0.5,
     save: Annotated[bool, typer.Option("--save/--no-save", help="Keep the labels in the collection: for --where \"label = NAME\", and as words for search --text.")] = True,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
@@ -148,6 +156,10 @@ def classify(
         "cv_accuracy": None if clf.cv_accuracy is None else round(clf.cv_accuracy, 4),
         "counts": counts,
         "saved": save,
+        "scores": {"kind": "probability",
+                   "meaning": "probability that the label is right, calibrated on your examples (cross-validated): "
+                              "0.9 means right about nine times in ten",
+                   "unknown_below": min_probability, "temperature": round(clf.temperature, 4)},
     }
 
     def human(p: dict) -> None:
@@ -156,6 +168,8 @@ def classify(
             why = f"  ({r['reason']})" if r.get("reason") else ""
             c.print(f"{r['label']:<20} {r['score']:.2f}  {r['path']}{why}", highlight=False, markup=False)
         cv = "n/a" if p["cv_accuracy"] is None else f"{p['cv_accuracy']:.3f}"
+        c.print(f"scores: {p['scores']['meaning']}; 'unknown' below {p['scores']['unknown_below']:.2f}",
+                highlight=False, markup=False)
         c.print(f"{len(p['classes'])} classes from {p['examples']} examples, cross-validated accuracy {cv}; "
                 + ", ".join(f"{k}: {v}" for k, v in sorted(p["counts"].items())), highlight=False, markup=False)
         if p["saved"]:
@@ -204,5 +218,7 @@ def eval_(
             f"mAP {p['map']:.3f}, kNN accuracy {p['knn_accuracy']:.3f}, NMI {p['nmi']:.3f}",
             highlight=False,
         )
+        if p.get("warning"):
+            say("warning: " + p["warning"])
 
     emit(as_json, metrics, human)

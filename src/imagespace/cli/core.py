@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..search import MAX_K, WEAK_MATCH, WHERE_HELP
+from ..search import MAX_K, WHERE_HELP
 from ._common import DEFAULT_DB, DbOption, Failure, JsonOption, app, console, emit, open_space, print_results, say
 
 @app.command()
@@ -100,7 +100,7 @@ def search(
     like: Annotated[Optional[Path], typer.Option("--like", help="Search by an image already in the collection.")] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=MAX_K, help=f"Number of results (at most {MAX_K}, as in the API).")] = 10,
     where: Annotated[Optional[str], typer.Option(help="Filter on stored fields. " + WHERE_HELP)] = None,
-    min_score: Annotated[Optional[float], typer.Option(min=-1.0, max=1.0, help="Drop results with a cosine similarity below this (-1 to 1).")] = None,
+    min_score: Annotated[Optional[float], typer.Option(min=-1.0, max=1.0, help="Drop results scoring below this: a cosine (-1 to 1) for images, a probability (0 to 1) for --text.")] = None,
     text_model: Annotated[Optional[Path], typer.Option(help="A local CLIP model folder for open-vocabulary --text.")] = None,
     index_kind: Annotated[str, typer.Option("--index", help="auto (by size), hnsw (in memory) or ivfpq (compressed, on disk, re-ranked).")] = "auto",
     qe: Annotated[bool, typer.Option("--qe/--no-qe", help="Query expansion for IMAGE/--like: the query averaged with its top 2 neighbours (flowers12 mAP 0.72 -> 0.76).")] = False,
@@ -129,8 +129,12 @@ def search(
     def human(p: dict) -> None:
         if p.get("understood_as"):
             say("understood as: " + ", ".join(
-                c["concept"] + (f" ({c['classes']} classes)" if c.get("classes") else "") for c in p["understood_as"]))
-        print_results(p["results"], weak_below=WEAK_MATCH)
+                c["concept"] + (f" ({_classes(c['classes'])})" if c.get("classes") else "") for c in p["understood_as"]))
+        for reason in p.get("no_class", []):
+            say(f"not answered: {reason}")
+        print_results(p["results"], scores=p.get("scores"))
+        for hint in p.get("hints", []):
+            say(hint)
 
     emit(as_json, payload, human)
 
@@ -194,6 +198,10 @@ def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
             c.print(f"  failed {f['path']}: {f['error']}", highlight=False, markup=False)
 
     emit(as_json, payload, human)
+
+
+def _classes(n: int) -> str:
+    return "1 class" if n == 1 else f"{n} classes"
 
 
 def _size(n: int) -> str:

@@ -11,6 +11,19 @@ from pathlib import Path
 from .base import EmbeddingModel
 
 MODEL_CARD = "imagespace-model.json"
+METRICS = "metrics.json"  # what training measured, and the data it was trained on
+
+
+def trained_on(model_spec: str | None) -> str | None:
+    """The data a model folder was trained on (as given to ``train --data``), else None."""
+    if not model_spec:
+        return None
+    try:
+        metrics = json.loads((Path(model_spec) / METRICS).read_text())
+    except (OSError, ValueError):
+        return None  # a registry name, or a folder without training metrics
+    data = metrics.get("data") if isinstance(metrics, dict) else None
+    return str(data) if data else None
 
 
 def load_model_dir(folder: Path, **kwargs) -> EmbeddingModel:

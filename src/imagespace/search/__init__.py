@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from .core import Answer, Searcher
 from .filters import WHERE_FIELDS, WHERE_HELP, WHERE_SYNTAX, FilterError, compile_where, ids_passing
-from .results import MAX_K, WEAK_MATCH, Hit, QueryError
+from .results import MAX_K, Hit, QueryError
 
 __all__ = [
-    "MAX_K", "WEAK_MATCH", "WHERE_FIELDS", "WHERE_HELP", "WHERE_SYNTAX", "Answer", "FilterError", "Hit", "QueryError",
+    "MAX_K", "WHERE_FIELDS", "WHERE_HELP", "WHERE_SYNTAX", "Answer", "FilterError", "Hit", "QueryError",
     "Searcher", "compile_where", "ids_passing",
 ]

@@ -2,9 +2,10 @@
 
 A concept (word_concepts.py) is a set of ImageNet classes, or one of the collection's own labels
 (user_labels.py). An image's score is the sum of the stored probabilities of the concept's
-classes among its tags (the network's top classes; a trained model's own classes), plus
-the ``classify --train`` probability for a user label: "dog" scores a photo tagged 0.5
-beagle, 0.2 basset and 0.1 bathtub at 0.7. The stored tags are enough, so an existing
+classes among its tags (the network's top classes; a trained model's own classes): "dog"
+scores a photo tagged 0.5 beagle, 0.2 basset and 0.1 bathtub at 0.7. A user label's
+``classify --train`` probability is another estimate of the same thing, not more evidence to
+add: the image scores the larger of the two, so a score stays a probability (at most 1). The stored tags are enough, so an existing
 collection answers without being embedded again; tag_postings.py reads them as arrays.
 """
 
@@ -31,10 +32,8 @@ def concept_scores(
 ) -> list[tuple[int, float]]:
     """(id, score) of the ``k`` images most probable for any of the concepts (non-zero, at
     least ``min_score``), best first; only ids in ``allowed`` when it is given (``--where``)."""
-    net = wordnet()
-    names = sorted({net.labels[c].lower() for con in understanding.concepts for c in con.classes}
-                   # a model trained on the user's folders tags images with the folder names
-                   | {con.name.lower() for con in understanding.concepts if con.how == "user"})
+    # a model trained on the user's folders tags images with the folder names
+    names = sorted(concept_names(understanding))
     keep_ids = None if allowed is None else set(allowed)
     scores: dict[int, float] = {}
     if names:
@@ -52,7 +51,7 @@ def concept_scores(
             for start in range(0, len(paths), _CHUNK):
                 for i, path in collection.ids_at_paths(paths[start : start + _CHUNK]):
                     if keep_ids is None or i in keep_ids:
-                        scores[i] = scores.get(i, 0.0) + by_path[path]
+                        scores[i] = max(scores.get(i, 0.0), by_path[path])
     ids = np.fromiter(scores.keys(), dtype=np.int64, count=len(scores))
     sums = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
     keep = (sums > 0) if min_score is None else (sums > 0) & (sums >= min_score)
@@ -62,6 +61,20 @@ def concept_scores(
         ids, sums = ids[top], sums[top]
     order = np.lexsort((ids, -sums))
     return [(int(ids[j]), float(sums[j])) for j in order]
+
+
+def concept_names(understanding: Understanding) -> set[str]:
+    """The tag names (lower case) whose probabilities make up the concepts' score."""
+    net = wordnet()
+    return ({net.labels[c].lower() for con in understanding.concepts for c in con.classes}
+            | {con.name.lower() for con in understanding.concepts if con.how == "user"})
+
+
+def is_weak(score: float, tags: list[tuple[str, float]], names: set[str]) -> bool:
+    """A word result is weak when the network gave the concept nothing, or finds one other
+    class more probable in the image than the whole concept."""
+    other = max((p for t, p in tags if t.lower() not in names), default=0.0)
+    return score <= 0 or score < other
 
 
 def concept_classes(understanding: Understanding) -> list[int]:

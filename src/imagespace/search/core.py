@@ -19,10 +19,13 @@ from ..collection import Collection
 from ..images import ImageError, decode, read_bytes
 from ..index import EXACT_LIMIT, VectorSearch, exact_search, open_index
 from ..models import EmbeddingModel, create_model
-from .concept_ranking import concept_classes, concept_scores
+from .chance import chance_line
+from .concept_ranking import concept_classes, concept_names, concept_scores, is_weak
+from .filter_hints import where_hints
 from .filters import ids_passing
 from .rerank import reranked
 from .results import Hit, QueryError, finish
+from .score_meaning import COSINE, ScoreMeaning, cosine_meaning, probability_meaning
 from .text import classes_vector, clip_scores, explain, understand_words
 
 
@@ -34,8 +37,14 @@ class Answer:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """The ``search --json`` document."""
+        """The ``search --json`` document; ``scores`` says what the scores mean and which
+        results are weak (each result's ``weak``)."""
         return {"results": [h.to_dict() for h in self.hits], **self.extra}
+
+    @property
+    def weak(self) -> list[Hit]:
+        """The hits judged weak (see ``extra["scores"]["weak_rule"]``)."""
+        return [h for h in self.hits if h.weak]
 
 
 class Searcher:
@@ -177,7 +186,23 @@ class Searcher:
             ids, scores = self._filtered(vector, want, allowed)
         else:
             ids, scores = self._nearest(vector, want)
-        return Answer(finish(self.collection, zip(ids, scores), exclude=exclude, **_page(opts)))
+        hits = finish(self.collection, zip(ids, scores), exclude=exclude, **_page(opts))
+        return self._hinted(Answer(hits, {"scores": self.judge_cosines(hits, augmented=dba).to_dict()}), where)
+
+    def _hinted(self, answer: Answer, where: str | None) -> Answer:
+        """An empty answer to a filter says which tag or label no image has (a typing error?)."""
+        if where and not answer.hits:
+            hints = where_hints(self.collection, where)
+            if hints:
+                answer.extra["hints"] = hints
+        return answer
+
+    def judge_cosines(self, hits: list[Hit], *, augmented: bool = False):
+        """Mark ``hits`` (cosine scores) weak below the collection's chance line; its meaning."""
+        line = None if augmented else chance_line(self.collection)
+        for h in hits:
+            h.weak = None if line is None else bool(h.score < line.value)
+        return cosine_meaning(line, augmented=augmented)
 
     # -- the parts -----------------------------------------------------------------------
 
@@ -209,7 +234,10 @@ class Searcher:
         if text_model is not None:
             scored, extra = clip_scores(coll, text, Path(text_model), coll.ids() if allowed is None else allowed,
                                         k + offset + len(exclude))
-            return Answer(finish(coll, scored, k=k, offset=offset, min_score=min_score, exclude=exclude), extra)
+            meaning = ScoreMeaning(COSINE, "cosine similarity of the words' and the image's CLIP vectors, higher is closer",
+                                   "not judged: CLIP's text-image cosines have a scale of their own")
+            return Answer(finish(coll, scored, k=k, offset=offset, min_score=min_score, exclude=exclude),
+                          {**extra, "scores": meaning.to_dict()})
         # Ranked by the concepts' summed stored probabilities (see concept_ranking); when fewer
         # images carry them than asked for, the rest come from the concepts' classifier rows
         # in vector space, scored 0 (no stored probability).
@@ -221,7 +249,12 @@ class Searcher:
         if len(hits) < want and vector is not None and (min_score is None or min_score <= 0):
             more = self.query(vector=vector, k=want - len(hits), where=where, exclude=set(exclude) | {h.id for h in hits})
             hits += [Hit(h.id, h.path, 0.0, h.tags, h.width, h.height, h.size) for h in more.hits]
-        return Answer(hits[offset:], explain(understanding))
+        names = concept_names(understanding)
+        own = {c.name for c in understanding.concepts if c.how == "user"}
+        for h in hits:
+            labelled = user is not None and user.by_path.get(h.path, ("", 0.0))[0] in own
+            h.weak = not labelled and is_weak(h.score, h.tags, names)
+        return self._hinted(Answer(hits[offset:], {**explain(understanding), "scores": probability_meaning().to_dict()}), where)
 
 
 def _page(opts: dict) -> dict:

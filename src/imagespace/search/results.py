@@ -13,11 +13,6 @@ from .word_concepts import hedged_tag
 # ranks mean little and a page of results with thumbnails grows past what a browser
 # holds comfortably; all rows with their vectors: `imagespace export`.
 MAX_K = 1000
-# Below this cosine, a neighbour is shown as a weak match. EfficientNet-Lite0's pooled
-# features put unrelated photos at about 0.25-0.45 of each other (the demo's sample photos:
-# 0.27-0.43 between a cat, a coffee cup and a rocket); on the flowers12 test photos 93% of
-# the pairs of one kind score 0.5 or more (but so do 37% of pairs of two kinds of flower).
-WEAK_MATCH = 0.5
 
 
 class QueryError(Exception):
@@ -31,10 +26,13 @@ class Hit:
     Attributes:
         id: the row's id in the collection.
         path: the image file.
-        score: cosine similarity to the query (higher is closer, at most 1).
+        score: cosine similarity to the query (higher is closer, at most 1), or for words the
+            probability of the concept (0 to 1); the answer's ``scores`` says which.
         tags: ``[(ImageNet label, probability), ...]``, best first.
         width, height: pixels.
         size: bytes.
+        weak: True when the score says the image is probably not what was asked for (the
+            answer's ``scores["weak_rule"]`` says by which rule); None when not judged.
     """
 
     id: int
@@ -44,6 +42,7 @@ class Hit:
     width: int
     height: int
     size: int
+    weak: bool | None = None
 
     @classmethod
     def of(cls, row: Row, score: float) -> Hit:
@@ -64,6 +63,7 @@ class Hit:
             "width": self.width,
             "height": self.height,
             "size": self.size,
+            "weak": self.weak,
         }
 
 

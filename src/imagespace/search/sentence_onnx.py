@@ -13,6 +13,7 @@ states over the attention mask, L2-normalised); the export is checked against Py
 from __future__ import annotations
 
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -103,7 +104,11 @@ def _export(folder: Path, onnx_path: Path) -> None:
         want = model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state.numpy()
         want_other = model(input_ids=other, attention_mask=torch.ones_like(other), token_type_ids=torch.zeros_like(other)).last_hidden_state.numpy()
     with atomic_write(onnx_path) as tmp:
-        with torch.no_grad():
+        # The tracer warns about the model's Python conditions on shapes (TracerWarning) and
+        # the exporter about constant folding: facts of tracing, checked below against
+        # PyTorch's answers at two lengths, and nothing a user can act on.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 States(model), (ids, mask, types), str(tmp), input_names=["input_ids", "attention_mask", "token_type_ids"],
                 output_names=["states"], opset_version=17, dynamo=False,

@@ -69,6 +69,10 @@ def understand_words(collection: Collection, text: str) -> tuple[wordnet_concept
     user = load_user_labels(collection)
     own_words = [*(user.classes if user else ()), *model_labels(collection.model_spec)]
     understanding = wordnet_concepts.understand(text, user_labels=own_words)
+    if not understanding.concepts and understanding.without_class:
+        # not the sentence model either: its nearest class names would be another sense again
+        raise QueryError("no concept matched: " + "; ".join(understanding.without_class_text())
+                         + ". Try other words, or give a CLIP model with --text-model for open-vocabulary search")
     if not understanding.concepts:
         similar = understand(text)
         understanding = wordnet_concepts.Understanding(
@@ -82,6 +86,8 @@ def explain(understanding: wordnet_concepts.Understanding) -> dict:
     extra = {"understood_as": [c.to_dict(labels) for c in understanding.concepts], "score": "probability of the concept"}
     if understanding.unknown:
         extra["not_understood"] = understanding.unknown
+    if understanding.without_class:
+        extra["no_class"] = understanding.without_class_text()
     return extra
 
 

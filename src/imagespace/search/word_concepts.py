@@ -19,7 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from importlib import resources
 
@@ -36,6 +36,8 @@ _LEADING = re.compile(
     re.IGNORECASE,
 )
 _STOP = {"a", "an", "the", "some", "any", "my", "our", "your", "this", "that", "these", "those", "of"}
+# Words that never name a concept alone inside a query ("vintage timepiece on a wrist").
+_WITHIN_STOP = _STOP | {"on", "in", "at", "with", "by", "for", "to", "from", "near", "under", "over", "i", "it", "is"}
 # "X or Y", "X, Y", "X / Y", "X and Y": each part is a concept and the query means any of them.
 _SPLIT = re.compile(r"\s*(?:,|;|/|&|\bor\b|\band\b|\+)\s*", re.IGNORECASE)
 # WordNet's morphy rules for nouns (after noun.exc): plural suffix -> singular suffix.
@@ -63,6 +65,14 @@ class Concept:
 class Understanding:
     concepts: list[Concept]
     unknown: list[str]  # query parts no concept matched
+    # query parts whose usual sense no class covers: (word, what that sense is a kind of)
+    without_class: list[tuple[str, str]] = field(default_factory=list)
+
+    def without_class_text(self) -> list[str]:
+        """Why those parts were not answered, one sentence each."""
+        return [f"{word!r} usually means a kind of {kind}, and none of the 1,000 ImageNet classes this model "
+                f"knows is one (its rarer senses, which classes are near, were not used)"
+                for word, kind in self.without_class]
 
 
 class WordNet:
@@ -140,6 +150,8 @@ class WordNet:
         line = self._words[at + len(key) : self._words.find("\n", at + 1)]
         out = []
         for sense in line.split():
+            if sense.startswith("?"):
+                continue  # the word's usual sense names no class (see usual_sense_without_class)
             synset, _, near = sense.partition(">")
             out.append((int(synset), tuple(int(x) for x in near.split(",")) if near else ()))
         return out
@@ -159,11 +171,27 @@ class WordNet:
                 return w
         return None
 
+    def usual_sense_without_class(self, word: str) -> str | None:
+        """What ``word``'s most frequent sense is a kind of, when that sense is an animal or a
+        part of a body that no ImageNet class is near ("brain": "neural structure"), while only
+        rarer senses are (brain as food); else None. Marked by tools/build_wordnet.py."""
+        key = "\n" + word + "\t"
+        at = self._words.find(key)
+        if at < 0 or self._words[at + len(key) : at + len(key) + 1] != "?":
+            return None
+        first = self._words[at + len(key) + 1 : self._words.find("\n", at + 1)].split()[0]
+        return first.replace("_", " ")
+
     def concept(self, word: str) -> Concept | None:
-        """The concept ``word`` names: its first sense that names classes, else its first near sense."""
+        """The concept ``word`` names: its first sense that names classes, else its first near
+        sense; a concept with no classes (``how`` "no class") when the word's usual sense has
+        none, so that a rarer sense nobody meant is not answered."""
         lemma = self.lemma(word)
         if lemma is None:
             return None
+        usual = self.usual_sense_without_class(lemma)
+        if usual is not None:
+            return Concept(lemma, usual, (), "no class")
         senses = self.senses(lemma)
         for synset, near in senses:
             if not near:
@@ -249,12 +277,17 @@ def understand_part(part: str, net: WordNet) -> Concept | None:
     """The concept of a query part: the whole part, else its longest known run of words, rightmost
     first (English puts the noun last: "red sports car" -> "sports car")."""
     words = part.split()
+    classless = None
     for n in range(len(words), 0, -1):
         for start in range(len(words) - n, -1, -1):
+            if n == 1 and words[start] in _WITHIN_STOP:
+                continue  # "on a wrist": "a" is no noun here (WordNet's "a" is an angstrom, vitamin A...)
             c = net.concept(" ".join(words[start : start + n]))
             if c is not None and c.classes:
                 return c
-    return None
+            if c is not None and c.how == "no class" and classless is None:
+                classless = c
+    return classless
 
 
 def understand(text: str, *, user_labels: list[str] = ()) -> Understanding:
@@ -266,7 +299,7 @@ def understand(text: str, *, user_labels: list[str] = ()) -> Understanding:
     """
     net = wordnet()
     own = {_normal(label): label for label in user_labels}
-    concepts, unknown = [], []
+    concepts, unknown, without_class = [], [], []
     for part in query_parts(text):
         label = own.get(_normal(part)) or own.get(_singular(_normal(part), own))
         if label is not None:
@@ -274,6 +307,10 @@ def understand(text: str, *, user_labels: list[str] = ()) -> Understanding:
             continue
         c = understand_part(part, net)
         labels, senses = _labels_under(part, user_labels, net)
+        if c is not None and c.how == "no class":
+            if not labels:  # the user's own labels under the word answer it
+                without_class.append((c.word, c.name))
+            c = None
         concepts.extend(Concept(part, label, (), "user") for label in labels)
         if c is not None and labels and c.synset not in senses:
             c = None  # the user's labels matched another sense of the word ("anemone": not the sea anemone)
@@ -282,7 +319,7 @@ def understand(text: str, *, user_labels: list[str] = ()) -> Understanding:
                 unknown.append(part)
         else:
             concepts.append(c)
-    return Understanding(concepts, unknown)
+    return Understanding(concepts, unknown, without_class)
 
 
 def _labels_under(part: str, user_labels, net: WordNet) -> tuple[list[str], set[int]]:

@@ -33,6 +33,7 @@ class Item(BaseModel):
     height: int
     size: int
     thumb: str = Field(description="URL of a 256 px thumbnail (add &size=128|512|1024)")
+    weak: bool | None = Field(default=None, description="probably not what was asked for, by the answer's scores.weak_rule")
 
     _text_path = field_validator("path")(lambda v: readable_path(v))  # names need not be UTF-8
 
@@ -47,6 +48,7 @@ class Results(BaseModel):
     k: int
     offset: int
     understood_as: list[dict] | None = None
+    scores: dict | None = Field(default=None, description="what the scores mean: {kind, meaning, weak_rule, weak_below}")
 
 
 class ImageDetails(BaseModel):
@@ -60,6 +62,7 @@ class ImageDetails(BaseModel):
     thumb: str
     file: str
     neighbours: list[Item]
+    scores: dict | None = Field(default=None, description="what the neighbours' scores mean: {kind, meaning, weak_rule, weak_below}")
 
     _text_path = field_validator("path")(lambda v: readable_path(v))
 
@@ -191,7 +194,7 @@ def get_row(engine: Engine, row_id: int) -> Row:
 K = Annotated[int, Query(ge=1, le=MAX_K, description="number of results")]
 Offset = Annotated[int, Query(ge=0, le=10_000, description="results to skip (paging)")]
 Where = Annotated[str | None, Query(max_length=500, description="filter, e.g. \"tag = daisy and width > 500\"")]
-MinScore = Annotated[float | None, Query(ge=-1, le=1, description="drop results below this cosine similarity")]
+MinScore = Annotated[float | None, Query(ge=-1, le=1, description="drop results scoring below this (a cosine; for words a probability)")]
 
 
 def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
@@ -215,7 +218,8 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
         k: K = 24, offset: Offset = 0, where: Where = None, min_score: MinScore = None,
     ) -> Results:
         answer = engine.query(text=q, k=k, offset=offset, where=where, min_score=min_score)
-        return Results(results=items(engine, answer.hits), k=k, offset=offset, understood_as=answer.extra.get("understood_as"))
+        return Results(results=items(engine, answer.hits), k=k, offset=offset, understood_as=answer.extra.get("understood_as"),
+                       scores=answer.extra.get("scores"))
 
     @r.post("/search/image", response_model=Results, summary="Search by an uploaded image (multipart field 'file')")
     def search_image(
@@ -223,8 +227,8 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
         k: K = 24, offset: Offset = 0, where: Where = None, min_score: MinScore = None,
     ) -> Results:
         vector = engine.embed_upload(file.file.read())
-        hits = engine.query(vector=vector, k=k, offset=offset, where=where, min_score=min_score).hits
-        return Results(results=items(engine, hits), k=k, offset=offset)
+        answer = engine.query(vector=vector, k=k, offset=offset, where=where, min_score=min_score)
+        return Results(results=items(engine, answer.hits), k=k, offset=offset, scores=answer.extra.get("scores"))
 
     @r.get("/images/{image_id}", response_model=ImageDetails, summary="An image's details and nearest neighbours")
     def image(image_id: int, k: K = 12) -> ImageDetails:
@@ -233,13 +237,13 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
         return ImageDetails(
             id=row.id, path=row.path, size=row.size, width=row.width, height=row.height, format=row.format,
             tags=[Tag(label=t, score=s) for t, s in row.tags], thumb=thumb_url(row),
-            file=f"/api/images/{row.id}/file", neighbours=items(engine, hits),
+            file=f"/api/images/{row.id}/file", neighbours=items(engine, hits), scores=engine.cosine_meaning(),
         )
 
     @r.get("/images/{image_id}/similar", response_model=Results, summary="Search by a stored image")
     def similar(image_id: int, k: K = 24, offset: Offset = 0, where: Where = None, min_score: MinScore = None) -> Results:
         hits = engine.similar(get_row(engine, image_id), k=k, offset=offset, where=where, min_score=min_score)
-        return Results(results=items(engine, hits), k=k, offset=offset)
+        return Results(results=items(engine, hits), k=k, offset=offset, scores=engine.cosine_meaning())
 
     @r.get("/images/{image_id}/thumb", response_class=FileResponse, summary="A JPEG thumbnail (cached)")
     def thumbnail(
@@ -290,7 +294,7 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
         if missing:
             raise HTTPException(404, f"no image with id {missing[0]} in the collection")
         hits = engine.recommend(body.like, body.unlike, body.k)
-        return Results(results=items(engine, hits), k=body.k, offset=0)
+        return Results(results=items(engine, hits), k=body.k, offset=0, scores=engine.cosine_meaning())
 
     @r.get("/duplicates", response_model=Duplicates, summary="Groups of near-duplicate images")
     def duplicates(threshold: Annotated[float | None, Query(gt=0, le=1)] = None) -> Duplicates:

@@ -209,10 +209,18 @@ class Engine:
     def similar(self, row: Row, **opts) -> list[Hit]:
         return self.query(like=row.path, **opts).hits
 
+    def cosine_meaning(self) -> dict:
+        """What image-search scores mean in this collection, and its weak line (the same words
+        as the command line's)."""
+        with self._search_lock:
+            return self._searcher_locked().judge_cosines([]).to_dict()
+
     def recommend(self, like: list[int], unlike: list[int], k: int) -> list[Hit]:
         with self._search_lock:
-            self._searcher_locked()
-            return self.space.recommend(like, unlike, k=k)  # the process's open index
+            searcher = self._searcher_locked()
+            hits = self.space.recommend(like, unlike, k=k)  # the process's open index
+            searcher.judge_cosines(hits)  # cosines: the weak ones marked, as the command line does
+            return hits
 
     # -- analysis (own connection, cached until the rows change) -------------------------
 

@@ -15,14 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.model_dir import write_model_card
+from ..models.model_dir import METRICS, write_model_card
 from ..models.torch_nets import export_onnx
 
 WEIGHTS = "weights.pt"
 ONNX = "model.onnx"
 CLASSES = "classes.json"
 PREPROCESSING = "preprocessing.json"
-METRICS = "metrics.json"
 
 
 def weights_digest(net: nn.Module) -> str:

@@ -75,7 +75,8 @@ def train_on_ray(config: TrainConfig, recipe: Recipe, ds: ImageSet, train_idx: n
                  f"checkpoints in {out / RAY_STORAGE}")
     # Ray's driver prints cluster events ("A worker died...") on standard output from a
     # background thread; standard output carries --json's one document, so they go to stderr.
-    with contextlib.redirect_stdout(sys.stderr), ray_session(config.address, quiet=not progress.enabled):
+    with _only_our_lines(progress.enabled), contextlib.redirect_stdout(sys.stderr), \
+            ray_session(config.address, quiet=not progress.enabled):
         trainer = TorchTrainer(
             _worker,
             train_loop_config={"job": job},
@@ -189,6 +190,56 @@ class _WorkerProgress(TrainProgress):
     def log(self, message: str) -> None:
         if self.verbose:
             print(f"imagespace train (worker {self.rank}): {message}", file=sys.stderr, flush=True)
+
+
+class _OurLines:
+    """Standard error while Ray runs: the workers' own progress lines pass (once each), the
+    rest of what Ray forwards from its actors (placement, checkpoint and report notices, a
+    controller that cannot query its own state: 72 lines on a run that succeeded) does not.
+    A run that fails says why through the exception Ray raises, which is reported in full."""
+
+    def __init__(self, out):
+        self.out, self.pending, self.last = out, "", None
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if "pid=" in line.split(")")[0]:  # "(RayTrainWorker pid=...) ...": forwarded from a Ray process
+                if "imagespace train (worker" not in line:
+                    continue
+                line = line[line.index("imagespace train (worker"):]
+                if line == self.last:
+                    continue
+            elif " -- " in line and line[:4].isdigit():  # Ray's own log records ("2026-... INFO ... -- ...")
+                continue
+            self.last = line
+            self.out.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def isatty(self) -> bool:
+        return self.out.isatty()
+
+    def __getattr__(self, name):
+        return getattr(self.out, name)
+
+
+@contextlib.contextmanager
+def _only_our_lines(enabled: bool):
+    if not enabled:
+        yield
+        return
+    real = sys.stderr
+    sys.stderr = _OurLines(real)
+    try:
+        yield
+    finally:
+        if sys.stderr.pending:
+            real.write(sys.stderr.pending)
+        sys.stderr = real
 
 
 def _first_line(e: BaseException) -> str:

@@ -65,19 +65,19 @@ function plural(n, one, many) { return `${n.toLocaleString()} ${n === 1 ? one : 
 
 // -- results grid -------------------------------------------------------------------------
 
-// Below this cosine a neighbour is a weak match (the library's WEAK_MATCH; README, "What a score means").
-const WEAK_MATCH = 0.5;
-
-function card(item) {
+// Whether a result is weak, and why, comes with each answer (`weak` on a result, the rule in
+// `scores`): the same words as the command line's (README, "What a score means").
+function card(item, scores) {
   const img = el("img", { src: item.thumb, alt: basename(item.path), loading: "lazy", decoding: "async", width: 256, height: 256 });
   const open = el("a", { href: `#/image/${item.id}`, class: "thumb", title: item.path }, img);
   // the hedged tag ("flower 62%") when the network is confident of a concept, else its guesses
   const tags = item.tag ? `${item.tag.name} ${(item.tag.confidence * 100).toFixed(0)}%` : (item.tags || []).slice(0, 3).join(" · ");
   const hasScore = item.score !== null && item.score !== undefined;
-  const weak = hasScore && item.score < WEAK_MATCH;
+  const weak = hasScore && item.weak === true;
+  const meaning = scores ? scores.meaning : "";
   const meta = el("div", { class: "meta" },
     hasScore ? el("span", { class: weak ? "score weak" : "score", text: item.score.toFixed(3),
-      title: weak ? "a weak match: below 0.5 the two pictures have little in common" : "cosine similarity: 1 is the same picture" }) : null,
+      title: weak && scores ? `a weak match: ${scores.weak_rule}` : meaning }) : null,
     el("span", { class: "tags", text: tags, title: (item.tags || []).join(", ") }));
   const actions = el("div", { class: "actions" },
     el("button", { type: "button", class: "like", title: "More like this", text: "+ more", onclick: () => addTo("like", item) }),
@@ -85,9 +85,15 @@ function card(item) {
   return el("figure", { class: weak ? "card weak" : "card", "data-id": item.id }, open, meta, actions);
 }
 
-function grid(items, emptyText = "No results.") {
+function grid(items, emptyText = "No results.", scores = null) {
   if (!items.length) return el("p", { class: "empty", text: emptyText });
-  return el("div", { class: "grid results" }, items.map(card));
+  const cards = el("div", { class: "grid results" }, items.map((item) => card(item, scores)));
+  const weak = items.filter((item) => item.weak === true).length;
+  if (!weak || !scores) return cards;
+  const both = document.createDocumentFragment();
+  both.append(el("p", { class: "muted weak-note",
+    text: `${weak} of ${items.length} results are weak matches (${scores.kind} scores; ${scores.weak_rule})` }), cards);
+  return both;
 }
 
 function show(name, ...nodes) {
@@ -148,7 +154,7 @@ async function recommend() {
     const r = await api("/recommend", { method: "POST", headers: { "Content-Type": "application/json" }, body });
     if (nav !== state.nav) return;
     show("recommend", heading(`More like ${state.like.size}, less like ${state.unlike.size}`,
-      el("span", { class: "muted", text: "· ordered for variety, not by score alone" })), grid(r.results));
+      el("span", { class: "muted", text: "· ordered for variety, not by score alone" })), grid(r.results, undefined, r.scores));
     status("");
   } catch (e) { fail(e); }
 }
@@ -181,7 +187,7 @@ async function searchWords(q) {
     if (nav !== state.nav) return;
     const understood = r.understood_as && r.understood_as.length
       ? el("span", { class: "muted", text: " — understood as " + r.understood_as.map((c) => c.concept || c.label || JSON.stringify(c)).join(", ") }) : null;
-    show("search", heading(`Results for “${q}”`, understood), grid(r.results));
+    show("search", heading(`Results for “${q}”`, understood), grid(r.results, undefined, r.scores));
     status(`${plural(r.results.length, "result", "results")} in ${Math.round(performance.now() - started)} ms`);
   } catch (e) { fail(e); }
 }
@@ -198,7 +204,7 @@ async function searchUpload(file) {
     if (nav !== state.nav) return;
     const preview = el("img", { class: "query-preview", src: URL.createObjectURL(file), alt: "query image" });
     if (location.hash !== "#/upload") history.pushState(null, "", "#/upload");
-    show("upload", heading("Images like this one ", preview), grid(r.results));
+    show("upload", heading("Images like this one ", preview), grid(r.results, undefined, r.scores));
     status(plural(r.results.length, "result", "results"));
   } catch (e) { fail(e); }
 }
@@ -221,7 +227,7 @@ async function imageView(id) {
         el("button", { type: "button", class: "unlike", text: "− Less like this", onclick: () => addTo("unlike", item) }),
         el("a", { class: "button quiet", href: d.file, target: "_blank", rel: "noopener", text: "Original" })));
     show("image", el("section", { class: "detail" }, el("div", { class: "detail-image" }, big), facts),
-      heading("Nearest neighbours"), el("div", { id: "neighbours" }, grid(d.neighbours)));
+      heading("Nearest neighbours"), el("div", { id: "neighbours" }, grid(d.neighbours, undefined, d.scores)));
     status("");
   } catch (e) { fail(e); }
 }
