@@ -68,14 +68,16 @@ def _model_cache(tmp_path_factory) -> None:
     os.environ.setdefault("IMAGESPACE_THREADS", "2")
 
 
-def run_cli(*args, cwd=None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*args, cwd=None, env: dict | None = None, timeout: float = 600,
+            prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """``python -m imagespace ARGS`` as a user runs it: a fresh process of this source, two
-    threads, no ``IMAGESPACE_DB`` inherited from the caller (tests always pass ``--db``)."""
+    threads, no ``IMAGESPACE_DB`` inherited from the caller (tests always pass ``--db``).
+    ``prefix``: a command that runs it (e.g. in a namespace where a folder is read-only)."""
     full_env = dict(os.environ)
     full_env.pop("IMAGESPACE_DB", None)  # a test that wants it passes it in env
     full_env.update(IMAGESPACE_THREADS="2", **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "imagespace", *map(str, args)],
+        [*prefix, sys.executable, "-m", "imagespace", *map(str, args)],
         capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout,
     )
 

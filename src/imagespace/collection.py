@@ -116,13 +116,22 @@ class Collection:
             except OSError as e:  # e.g. --db names a file, or a folder we may not write
                 raise CollectionError(f"cannot make a collection folder at {self.root}: {e.strerror or e}") from None
         self.db_path = db_path
+        # Why the collection cannot be written (read-only storage, or a folder or database
+        # this user may not write), or None. Reading works either way; writing says this.
+        self.read_only_reason = _read_only_reason(self.root, db_path)
+        if self.read_only_reason is not None and not db_path.exists():
+            self.require_writable("making a collection")
         try:
-            self.conn = sqlite3.connect(db_path, timeout=60, isolation_level=None, check_same_thread=False)
+            if self.read_only_reason is None:
+                self.conn = sqlite3.connect(db_path, timeout=60, isolation_level=None, check_same_thread=False)
+            else:
+                self.conn = _connect_read_only(db_path)
             self.conn.text_factory = _decode_text  # file names need not be UTF-8
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; never corrupt
+            if self.read_only_reason is None:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; never corrupt
             self.conn.execute("PRAGMA foreign_keys=ON")
-            if not readonly:
+            if not readonly and self.read_only_reason is None:
                 self.conn.executescript(_SCHEMA)
                 if self.get_meta("schema_version") is None:
                     self.set_meta("schema_version", str(SCHEMA_VERSION))
@@ -211,11 +220,27 @@ class Collection:
                 f"collection's model, or re-index with --model to re-embed it."
             )
 
+    @property
+    def writable(self) -> bool:
+        """Whether changes can be saved (False on read-only storage: searches still work)."""
+        return self.read_only_reason is None
+
+    def require_writable(self, doing: str = "this command") -> None:
+        """Refuse a change up front, saying the collection is read-only and why."""
+        if self.read_only_reason is not None:
+            raise CollectionError(
+                f"the collection at {self.root} is read-only ({self.read_only_reason}): {doing} must write to it. "
+                "'imagespace search', 'info', 'duplicates' and 'clusters' read it as it is; to change it, copy the folder somewhere writable "
+                "and use --db to point at the copy"
+            )
+
     def transaction(self) -> _Transaction:
+        self.require_writable("saving changes")
         return _Transaction(self.conn)
 
     def lock(self) -> _RunLock:
         """An exclusive lock for a writing run (indexing); a second run fails fast."""
+        self.require_writable("indexing")
         return _RunLock(self.root / "index.lock")
 
     # -- reading -------------------------------------------------------------------------
@@ -544,6 +569,34 @@ class Collection:
                 return
             yield rows
             last = rows[-1][0]
+
+
+def _read_only_reason(root: Path, db_path: Path) -> str | None:
+    """Why nothing can be written under ``root`` (a WAL database writes two files beside
+    itself, so the folder must be writable too), or None when it can."""
+    if os.access(root, os.W_OK) and (not db_path.exists() or os.access(db_path, os.W_OK)):
+        return None
+    try:
+        if os.statvfs(root).f_flag & os.ST_RDONLY:
+            return "it is on read-only storage"
+    except OSError:
+        pass
+    return "this user may not write to it"
+
+
+def _connect_read_only(db_path: Path) -> sqlite3.Connection:
+    """The database opened for reading only, creating no file beside it.
+
+    A WAL database is normally read through its -shm file, which a reader must be able to
+    create. When the -wal and -shm files are both there (the collection was not closed
+    cleanly, or a writer with rights is at work) SQLite reads them as they are; when not,
+    the database file holds everything and is opened as immutable: no locks, no side files.
+    """
+    from urllib.parse import quote
+
+    side = [db_path.with_name(db_path.name + s).exists() for s in ("-wal", "-shm")]
+    uri = f"file:{quote(os.fsencode(str(db_path)))}?mode=ro" + ("" if all(side) else "&immutable=1")
+    return sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
 
 
 def _abspath(path: str | os.PathLike[str]) -> str:

@@ -39,10 +39,11 @@ import numpy as np
 
 from ..collection import Collection, Row
 from ..feature_store import FeatureStore, unpack_grey
-from ..images import CaptureFacts, ImageError, capture_facts, read_bytes, verify_grey
+from ..images import CaptureFacts, ImageError, capture_facts, load_pil, read_bytes, verify_grey
 from ..index import open_index
 from ._threads import worker_threads
-from .copies import SIGNALS, VERIFY_SIDE, FeatureMaker, ImageFeatures, PairChecker, PairVerdict, original_of
+from .copies import (REGION_SIDE, SIGNALS, VERIFY_SIDE, FeatureMaker, ImageFeatures, PairChecker, PairVerdict,
+                     differs_in_region, original_of, region_note)
 from .enlargement import MIN_SCALE, enlargement_ratio
 from .pair_cache import ImageSummary, PairCache
 
@@ -90,6 +91,9 @@ class DuplicateReport:
     pairs: dict[tuple[int, int], Pair] = field(default_factory=dict)  # every verified pair, a < b
     why: dict[int, tuple[int, str]] = field(default_factory=dict)  # listed copy -> (the kept one, reason)
     stats: dict = field(default_factory=dict)
+    # Copies that differ from the kept one in a region (a caption, marks, a recoloured part):
+    # in the group, but kept too, never listed -> (the kept one, reason).
+    keep_too: dict[int, tuple[int, str]] = field(default_factory=dict)
 
     def pair(self, a: int, b: int) -> Pair | None:
         return self.pairs.get((a, b) if a < b else (b, a))
@@ -145,7 +149,7 @@ def duplicate_report(
         else:
             for (a, b), sim in candidates.items():
                 pairs[(a, b)] = Pair(a, b, sim, PairVerdict("copy", sim, f"global vectors at cosine {sim:.3f} (not verified)"))
-        groups, why = _copy_groups(pairs, rows, verifier, verify)
+        groups, why, keep_too = _copy_groups(pairs, rows, verifier, verify)
         retakes = _retake_groups(pairs, rows, verifier, groups)
         verifier.flush()
     finally:
@@ -157,7 +161,8 @@ def duplicate_report(
     stats["groups"] = len(groups)
     stats["retake_groups"] = len(retakes)
     stats["seconds"] = round(time.perf_counter() - started, 3)
-    return DuplicateReport(groups, retakes, pairs, why, stats)
+    stats["copies_differing_in_a_region"] = len(keep_too)
+    return DuplicateReport(groups, retakes, pairs, why, stats, keep_too)
 
 
 # -- candidates -------------------------------------------------------------------------
@@ -350,13 +355,26 @@ class _Verifier:
         if fa is None or fb is None:
             return PairVerdict("similar", 0.0, "one of the two files could not be read")
         verdict = self._tools()[1].compare(fa, fb, xa, xb)
-        if verdict.tier == "copy" and max(verdict.scale, 1 / verdict.scale) >= MIN_SCALE:
+        if verdict.tier == "copy" and verdict.aspect_change == 1.0 and max(verdict.scale, 1 / verdict.scale) >= MIN_SCALE:
+            # (A resize to another aspect ratio has no one scale at which to compare the bands.)
             # Which has more pixels is decided later; whether they hold more detail needs
             # both files at full size, so it is measured now, once, and kept with the verdict.
             large, small = (b, a) if verdict.scale > 1 else (a, b)
             verdict.band_ratio = enlargement_ratio(large.path, small.path, max(verdict.scale, 1 / verdict.scale))
             with self._lock:
                 self.enlargement_checks += 1
+        if verdict.tier == "copy" and getattr(verdict, "homography", None) is not None:
+            # Where the two differ: evenly (an edit of the whole) or in one region (a caption,
+            # marks, a recoloured part: information one of them lacks). Sharper than the thumbnails.
+            try:
+                pixels_a = np.asarray(load_pil(a.path, max_side=REGION_SIDE).convert("RGB"))
+                pixels_b = np.asarray(load_pil(b.path, max_side=REGION_SIDE).convert("RGB"))
+            except ImageError:
+                pass
+            else:
+                verdict.region = round(self._tools()[1].region(pixels_a, pixels_b, fa, fb, verdict)[0], 4)
+                if differs_in_region(verdict):
+                    verdict.reason = f"{verdict.reason}; {region_note(verdict)}"
         with self._lock:
             self.pairs += 1
             self._new_pairs.append((a.digest, b.digest, verdict))
@@ -465,10 +483,13 @@ def _components(edges: list[tuple[int, int]]) -> list[list[int]]:
 
 
 def _copy_groups(pairs: dict[tuple[int, int], Pair], rows: dict[int, Row], verifier: _Verifier,
-                 verified: bool) -> tuple[list[list[int]], dict[int, tuple[int, str]]]:
-    """Copy groups as stars: the kept one first, then every member verified as its copy."""
+                 verified: bool) -> tuple[list[list[int]], dict[int, tuple[int, str]], dict[int, tuple[int, str]]]:
+    """Copy groups as stars: the kept one first, then every member verified as its copy;
+    why each listed member is not kept, and which members are kept too (they differ from the
+    kept one in a region) and why."""
     groups: list[list[int]] = []
     why: dict[int, tuple[int, str]] = {}
+    keep_too: dict[int, tuple[int, str]] = {}
     copy_edges = [k for k, p in pairs.items() if p.verdict.tier == "copy"]
     touching: dict[int, list[tuple[int, int]]] = {}  # each image's copy pairs: work per group, not per collection
     for key in copy_edges:
@@ -491,14 +512,17 @@ def _copy_groups(pairs: dict[tuple[int, int], Pair], rows: dict[int, Row], verif
                     pairs[(p.a, p.b)] = p
                 if p is not None and p.verdict.tier == "copy":
                     members.append(m)
-                    why[m] = (kept, _listed_reason(p, m, wins.get(m)))
+                    if differs_in_region(p.verdict):
+                        keep_too[m] = (kept, f"{p.verdict.reason}: keep both")
+                    else:
+                        why[m] = (kept, _listed_reason(p, m, wins.get(m)))
             if not members:
                 left.remove(kept)  # a copy of others but of none of the kept: try the rest
                 continue
             groups.append([kept, *sorted(members, key=lambda i: rows[i].path if i in rows else "")])
             left = [m for m in left if m != kept and m not in members]
     groups.sort(key=lambda g: rows[g[0]].path if g[0] in rows else "")
-    return groups, why
+    return groups, why, keep_too
 
 
 def _most_original(ids: list[int], pairs: dict, rows: dict[int, Row], verifier: _Verifier,
@@ -586,10 +610,12 @@ def explained_groups(report: DuplicateReport, tier: str = "all") -> list[dict]:
             p = report.pair(head, m)
             if kind == "copy" and m in report.why:
                 reason = report.why[m][1]
+            elif kind == "copy" and m in report.keep_too:
+                reason = report.keep_too[m][1]
             else:
                 reason = p.verdict.reason if p else ""
             sim = None if p is None or p.similarity != p.similarity else round(float(p.similarity), 4)  # nan: compared at grouping
-            members.append({"id": m, "kept": False, "reason": reason, "score": round(float(p.verdict.score), 4) if p else None,
+            members.append({"id": m, "kept": kind == "copy" and m in report.keep_too, "reason": reason, "score": round(float(p.verdict.score), 4) if p else None,
                             "similarity": sim})
         out.append({"tier": kind, "ids": list(g), "members": members})
     return out
@@ -624,16 +650,22 @@ class DuplicateGroups:
         for g in self.groups:
             if g["tier"] == "copy":
                 kept = self.paths.get(g["members"][0]["id"], "")
-                out += [(self.paths.get(m["id"], ""), kept, " ".join(m["reason"].split())) for m in g["members"][1:]]
+                out += [(self.paths.get(m["id"], ""), kept, " ".join(m["reason"].split())) for m in g["members"][1:]
+                        if not m["kept"]]  # a copy that differs in a region is kept too
         return out
 
     def write_list(self, out: str | os.PathLike[str]) -> int:
         """Write the copies that are not kept to ``out``, one a line: path, tab, kept file, tab, why.
 
-        Only copies: never a kept file, a retake or a look-alike. Returns how many were written.
+        Only copies: never a kept file, a retake, a look-alike or a copy that differs in a
+        region. Names are written escaped (:func:`imagespace.names.tsv_field`: tab, newline,
+        backslash...), so each line holds exactly three fields and a reader gets the exact
+        path back (README, "Copies, retakes and the delete list"). Returns how many were written.
         """
+        from ..names import tsv_field
+
         listed = self.extra_copies()
-        Path(out).write_text("".join(f"{p}\t{kept}\t{why}\n" for p, kept, why in listed), encoding="utf-8")
+        Path(out).write_bytes(b"".join(b"\t".join(tsv_field(f) for f in row) + b"\n" for row in listed))
         return len(listed)
 
     def to_dict(self) -> dict:

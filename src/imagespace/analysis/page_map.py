@@ -4,8 +4,11 @@ UMAP packs images of one kind into tight clumps with empty space between them: d
 they fell, 240 flowers showed as about ten small overlapping stacks on a mostly empty canvas.
 As in the PNG atlas (``maps.render_map``), every image here gets its own cell of a grid of
 the window's shape, as near as it can to where it fell: the first view is full and nothing
-overlaps. Regions are groups of neighbouring images (k-means on the layout), each named by
-the tags that tell it apart, as clusters are (``clusters.label_groups``).
+overlaps. Regions are the layout's clumps (k-means on where the images fell, before they
+were spread over the grid, k chosen by silhouette), each named by the tags that tell it
+apart, as clusters are (``clusters.label_groups``), its label on one of its own images.
+Grouping the grid's cells instead cut clumps in two and joined halves of others: labels
+such as "ocean liner, pizza" over a region of both.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ _EXACT_UP_TO = 1024
 @dataclass
 class Region:
     label: str
-    x: float  # centre, in cells from the left
-    y: float  # centre, in cells from the top
+    x: float  # where the label goes, in cells from the left: the centre of a member's cell
+    y: float  # in cells from the top
     size: int
+    members: list[int]  # positions in the layout's order
 
 
 @dataclass
@@ -54,12 +58,16 @@ def page_map(xy: np.ndarray, tags: list[list[tuple[str, float]]], aspect: float 
     n = len(xy)
     cols, rows = grid_shape(n, aspect)
     cells = _assign(np.asarray(xy, dtype=np.float64), cols, rows)
-    groups = _regions(cells.astype(np.float64) / [cols, rows], n, seed)
+    groups = _regions(np.asarray(xy, dtype=np.float64), n, seed)
     names = label_groups([list(g) for g in groups], {i: tags[i] for i in range(n)}) if groups else []
-    regions = [
-        Region(label=name, x=float(cells[g, 0].mean() + 0.5), y=float(cells[g, 1].mean() + 0.5), size=len(g))
-        for g, name in zip(groups, names)
-    ]
+    regions = []
+    for g, name in zip(groups, names):
+        # On the member's cell nearest the region's middle: a clump's centre can fall on
+        # another clump's images.
+        middle = cells[g].mean(0)
+        at = cells[g][np.argmin(((cells[g] - middle) ** 2).sum(1))]
+        regions.append(Region(label=name, x=float(at[0] + 0.5), y=float(at[1] + 0.5), size=len(g),
+                              members=[int(i) for i in g]))
     return MapGrid(cols, rows, cells, regions)
 
 
@@ -102,17 +110,21 @@ def _assign(xy: np.ndarray, cols: int, rows: int) -> np.ndarray:
 
 
 def _regions(points: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
-    """Groups of neighbouring cells: k-means on the grid positions, k about sqrt(n / 3)."""
-    if n < 4:
+    """The layout's clumps: k-means on the 2-D positions, k (2 to 12, at most n / 3) the one
+    with the best silhouette."""
+    if n < 6:
         return [np.arange(n)] if n else []
-    k = int(min(12, max(2, round(math.sqrt(n / 3)))))
-    rng = np.random.default_rng(seed)
-    centres = points[rng.choice(n, k, replace=False)]
-    for _ in range(30):
-        d = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
-        assign = d.argmin(1)
-        moved = np.array([points[assign == j].mean(0) if (assign == j).any() else centres[j] for j in range(k)])
-        if np.allclose(moved, centres):
-            break
-        centres = moved
-    return [np.flatnonzero(assign == j) for j in range(k) if (assign == j).any()]
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    best, best_score = None, -2.0
+    for k in range(2, int(min(12, n // 3)) + 1):
+        assign = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(points)
+        if len(set(assign.tolist())) < 2:
+            continue
+        score = silhouette_score(points, assign, sample_size=min(n, 2000), random_state=seed)
+        if score > best_score:
+            best, best_score = assign, score
+    if best is None:
+        return [np.arange(n)]
+    return [np.flatnonzero(best == j) for j in range(int(best.max()) + 1) if (best == j).any()]

@@ -20,7 +20,7 @@ from ..images import CaptureFacts
 from .copies import PairVerdict
 
 # Part of every key: a change to the checks or their thresholds must not reuse old verdicts.
-VERSION = "tiers-2"  # 2: verdicts carry band_ratio (enlargements)
+VERSION = "tiers-3"  # 2: verdicts carry band_ratio (enlargements); 3: aspect_change, region
 FILE_NAME = "duplicates-cache.sqlite"
 
 
@@ -63,6 +63,7 @@ class PairCache:
         if swapped:
             v.covered_a, v.covered_b = v.covered_b, v.covered_a
             v.scale = 1.0 / v.scale if v.scale else v.scale
+            v.aspect_change = 1.0 / v.aspect_change if v.aspect_change else v.aspect_change
         return v
 
     def put_pairs(self, found: list[tuple[str, str, PairVerdict]]) -> None:
@@ -76,6 +77,7 @@ class PairCache:
                 a, b = b, a
                 d["covered_a"], d["covered_b"] = d["covered_b"], d["covered_a"]
                 d["scale"] = 1.0 / d["scale"] if d["scale"] else d["scale"]
+                d["aspect_change"] = 1.0 / d["aspect_change"] if d["aspect_change"] else d["aspect_change"]
             out.append((a, b, json.dumps(d)))
         self._write("INSERT OR REPLACE INTO pairs VALUES (?, ?, ?)", out)
 

@@ -40,7 +40,9 @@ def duplicates(
     list_out: Annotated[
         Optional[Path],
         typer.Option("--list-out", help="Write the copies that are not kept to this file, one a line: the path, a tab, "
-                     "the kept file it copies, a tab, why. Only copies: never a kept file, a retake or a look-alike. "
+                     "the kept file it copies, a tab, why. Only copies: never a kept file, a retake, a look-alike or a "
+                     "copy that differs in a region. In names, backslash, tab, newline and other control characters "
+                     "are written as escapes (\\\\, \\t, \\n, \\xHH): decode each field, e.g. with bash's printf '%b'. "
                      "Nothing is deleted."),
     ] = None,
     db: DbOption = DEFAULT_DB,
@@ -63,17 +65,19 @@ def duplicates(
         c = console()
         for n, g in enumerate(p["details"], 1):
             kind = "copies" if g["tier"] == "copy" else "retakes"
-            head = "keep the first" if g["tier"] == "copy" else "the best shot first; pick yourself"
+            if g["tier"] == "copy":
+                head = "keep the first" if not any(m["kept"] for m in g["members"][1:]) else "keep those marked keep"
+            else:
+                head = "the best shot first; pick yourself"
             c.print(f"group {n}: {len(g['members'])} {kind}, {head}:", highlight=False)
-            for m in g["members"]:
-                # a retake group keeps nothing by itself: its first is only the best shot ("pick yourself")
+            for n_member, m in enumerate(g["members"]):
                 if g["tier"] == "copy":
                     mark = "keep" if m["kept"] else "copy"
-                else:
-                    mark = "best" if m["kept"] else "shot"
+                else:  # a retake group only suggests: the person picks, so nothing says keep
+                    mark = "best" if n_member == 0 else "shot"
                 sim = f" (similarity {m['similarity']:.2f})" if m.get("similarity") is not None else ""
                 c.print(f"  [{mark}] {m['path']}", highlight=False, markup=False)
-                if not m["kept"]:
+                if n_member > 0:
                     c.print(f"         {m['reason']}{sim}", highlight=False, markup=False)
         c.print(f"{len(p['groups'])} groups of copies, {len(p['retakes'])} groups of retakes")
         if "list_out" in p:

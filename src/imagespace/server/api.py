@@ -111,9 +111,10 @@ class MapPoint(BaseModel):
 
 class MapRegion(BaseModel):
     label: str = Field(description="tags that tell the region's images apart")
-    x: float = Field(description="centre, in cells from the left")
-    y: float = Field(description="centre, in cells from the top")
+    x: float = Field(description="where its label goes (the centre of one of its cells), in cells from the left")
+    y: float = Field(description="where its label goes, in cells from the top")
     size: int
+    ids: list[int] = Field([], description="the images of the region")
 
 
 class MapOut(BaseModel):
@@ -338,7 +339,8 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
                 for j, k in enumerate(keep)
             ],
             cols=grid.cols, rows=grid.rows,
-            regions=[MapRegion(label=g.label, x=round(g.x, 3), y=round(g.y, 3), size=g.size) for g in grid.regions],
+            regions=[MapRegion(label=g.label, x=round(g.x, 3), y=round(g.y, 3), size=g.size,
+                               ids=[int(ids[keep[j]]) for j in g.members]) for g in grid.regions],
         )
 
     @r.post("/index", response_model=Job, status_code=202, summary="Start indexing the collection's folders")

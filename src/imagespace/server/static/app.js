@@ -347,13 +347,22 @@ async function mapView() {
     if (refit) fit();
   }
   function wanted(cell) { return cell * dpr() <= 128 ? 128 : cell * dpr() <= 256 ? 256 : 512; }
+  const failures = new Map();  // "id/size" -> failed tries
   function thumb(p, size) {
     const key = `${p.id}/${size}`;
     let im = images.get(key);
     if (!im) {
       im = new Image();
       im.onload = schedule;
-      im.src = p.thumb.replace("/thumb?", `/thumb?size=${size}&`);
+      // A thumbnail that failed (the server busy making a thousand of them on the first
+      // visit, a dropped connection) is asked for again a little later, not left blank
+      // until the page is reloaded.
+      const tries = failures.get(key) || 0;
+      im.onerror = () => {
+        failures.set(key, tries + 1);
+        if (tries + 1 < 6) setTimeout(() => { if (images.get(key) === im) { images.delete(key); schedule(); } }, 500 * 2 ** tries);
+      };
+      im.src = p.thumb.replace("/thumb?", `/thumb?size=${size}&`) + (tries ? `&try=${tries}` : "");
       images.set(key, im);
     }
     return im;
