@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .vector_pipeline import DEFAULT_KIND, KINDS, RAW, VectorPipeline
+
 DB_FILE = "collection.sqlite"
 SCHEMA_VERSION = 1
 
@@ -77,7 +79,8 @@ CREATE TABLE IF NOT EXISTS images (
     height INTEGER NOT NULL,
     format TEXT NOT NULL,
     tags TEXT NOT NULL,          -- JSON: [[label, probability], ...], best first
-    embedding BLOB NOT NULL,     -- float32, L2-normalised
+    embedding BLOB NOT NULL,     -- float32, L2-normalised, after the collection's pipeline (meta "pipeline")
+    raw BLOB,                    -- float32, the network's own vector; NULL in raw collections (it is the embedding)
     model TEXT NOT NULL,         -- model_id of the model that made the embedding
     seq INTEGER NOT NULL,        -- change sequence number of the last write
     indexed_at REAL NOT NULL
@@ -133,6 +136,9 @@ class Collection:
             self.conn.execute("PRAGMA foreign_keys=ON")
             if not readonly and self.read_only_reason is None:
                 self.conn.executescript(_SCHEMA)
+                columns = {r[1] for r in self.conn.execute("PRAGMA table_info(images)")}
+                if "raw" not in columns:  # collections made before the vector pipeline
+                    self.conn.execute("ALTER TABLE images ADD COLUMN raw BLOB")
                 if self.get_meta("schema_version") is None:
                     self.set_meta("schema_version", str(SCHEMA_VERSION))
                 if self.get_meta("collection_id") is None:  # ties derived files to this database
@@ -200,11 +206,91 @@ class Collection:
         d = self.get_meta("dim")
         return int(d) if d else None
 
-    def bind_model(self, model_id: str, spec: str, dim: int) -> None:
+    def bind_model(self, model_id: str, spec: str, dim: int, pipeline: str | None = None) -> None:
+        """Embed with ``model_id`` from now on (a new collection, or re-embedding with another
+        model). The vector pipeline starts afresh with it (``pipeline``: a kind of
+        :mod:`imagespace.vector_pipeline`, default the default): a mean learnt on another
+        network's vectors means nothing for the new ones."""
+        kind = pipeline or DEFAULT_KIND
+        if kind not in KINDS:
+            raise CollectionError(f"unknown vector pipeline {kind!r}: use one of {', '.join(KINDS)}")
         with self.transaction():
             self.set_meta("model_id", model_id)
             self.set_meta("model_spec", spec)
             self.set_meta("dim", str(dim))
+            self.set_meta("pipeline", VectorPipeline(kind).to_json())
+
+    # -- the vector pipeline (see imagespace.vector_pipeline) ------------------------------
+
+    _pipeline_cache: tuple[str | None, VectorPipeline] | None = None
+
+    @property
+    def pipeline(self) -> VectorPipeline:
+        """The post-processing every stored vector of the current model went through.
+        Collections made before it existed have none: ``raw``, as they always answered."""
+        text = self.get_meta("pipeline")
+        cached = self._pipeline_cache
+        if cached is None or cached[0] != text:
+            cached = self._pipeline_cache = (text, VectorPipeline.from_json(text))
+        return cached[1]
+
+    def post_process(self, raw: np.ndarray) -> np.ndarray:
+        """Query vectors comparable with the stored ones, from the network's raw vectors."""
+        return self.pipeline.apply(raw)
+
+    def refit_pipeline(self, force: bool = False) -> bool:
+        """Learn the pipeline again when the collection has outgrown it (or ``force``), and
+        rewrite every stored vector under it, all in one transaction: readers see either the
+        old mean and old vectors or the new ones, never a mix, whatever kills the process.
+        Every rewritten row gets the change's sequence number, so the index catches up from
+        the rows as after any change. Returns whether it refitted."""
+        with self.transaction():
+            current = self.pipeline
+            model = self.model_id
+            count = self.count(model)
+            if not (current.wants_refit(count) or (force and current.kind != RAW and count)):
+                return False
+            total = np.zeros(self.dim or 0, dtype=np.float64)
+            for _, vecs in self._iter_raw(model):
+                total += vecs.sum(0, dtype=np.float64)
+            fitted = current.refitted(total, count)
+            seq = self._next_seq()
+            for ids, vecs in self._iter_raw(model):
+                stored = fitted.apply(vecs)
+                self.conn.executemany(
+                    "UPDATE images SET embedding=?, seq=? WHERE id=?",
+                    [(v.tobytes(), seq, int(i)) for i, v in zip(ids, stored)],
+                )
+            self.set_meta("pipeline", fitted.to_json())
+            return True
+
+    def _iter_raw(self, model_id: str | None, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, raw network vectors) of ``model_id``'s rows, in chunks."""
+        last = -1
+        while True:
+            pairs = self.conn.execute(
+                "SELECT id, coalesce(raw, embedding) FROM images WHERE model=? AND id>? ORDER BY id LIMIT ?",
+                (model_id, last, chunk),
+            ).fetchall()
+            if not pairs:
+                return
+            ids = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
+            yield ids, np.frombuffer(b"".join(p[1] for p in pairs), dtype=np.float32).reshape(len(pairs), -1)
+            last = int(ids[-1])
+
+    def raw_vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, the network's own vectors) of the current model's rows ``ids`` (for exports)."""
+        pairs = []
+        ids = list(ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            q = (f"SELECT id, coalesce(raw, embedding) FROM images WHERE model=? AND id IN "
+                 f"({','.join('?' * len(chunk))}) ORDER BY id")
+            pairs.extend(self.conn.execute(q, [self.model_id, *chunk]).fetchall())
+        if not pairs:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim or 0), dtype=np.float32)
+        out_ids = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
+        return out_ids, np.frombuffer(b"".join(p[1] for p in pairs), dtype=np.float32).reshape(len(pairs), -1)
 
     def require_images(self) -> None:
         """Raise :class:`EmptyCollectionError` unless the collection holds embedded images."""
@@ -372,18 +458,23 @@ class Collection:
         model = self.model_id
         with self.transaction():
             seq = self._next_seq()
+            # Read inside the transaction: a refit cannot slip in between, so every vector
+            # of the batch is stored under the pipeline the meta table names.
+            pipeline = self.pipeline
+            keep_raw = pipeline.kind != RAW
             for e in items:
+                raw = np.asarray(e.vector, dtype=np.float32)
                 self.conn.execute(
-                    """INSERT INTO images(path,size,mtime_ns,digest,width,height,format,tags,embedding,model,seq,indexed_at)
-                       VALUES(CAST(? AS TEXT),?,?,?,?,?,?,?,?,?,?,?)
+                    """INSERT INTO images(path,size,mtime_ns,digest,width,height,format,tags,embedding,raw,model,seq,indexed_at)
+                       VALUES(CAST(? AS TEXT),?,?,?,?,?,?,?,?,?,?,?,?)
                        ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,
                          digest=excluded.digest, width=excluded.width, height=excluded.height,
-                         format=excluded.format, tags=excluded.tags, embedding=excluded.embedding,
+                         format=excluded.format, tags=excluded.tags, embedding=excluded.embedding, raw=excluded.raw,
                          model=excluded.model, seq=excluded.seq, indexed_at=excluded.indexed_at""",
                     (
                         _sql_path(e.file.path), e.file.size, e.file.mtime_ns, e.file.digest, e.width, e.height, e.format,
-                        json.dumps([[t, s] for t, s in e.tags]), np.asarray(e.vector, dtype=np.float32).tobytes(),
-                        model, seq, now,
+                        json.dumps([[t, s] for t, s in e.tags]), pipeline.apply(raw).tobytes(),
+                        raw.tobytes() if keep_raw else None, model, seq, now,
                     ),
                 )
                 self.conn.execute("DELETE FROM failures WHERE path=CAST(? AS TEXT)", (_sql_path(e.file.path),))

@@ -64,6 +64,7 @@ def sync(
     embedder=None,
     on_progress: Callable[[int, int], None] | None = None,
     only: Callable[[str], bool] | None = None,
+    pipeline: str | None = None,
 ) -> SyncReport:
     """Bring ``collection`` up to date with ``paths`` (files or folders).
 
@@ -84,6 +85,9 @@ def sync(
         only: keep only the files (absolute paths) it accepts, as if the others were not
             there: a shard of a collection split by hash (``sharding``) scans the user's
             folders and keeps its own files, so files gone from those folders leave it too.
+        pipeline: the vector pipeline of a new collection (or of one re-embedded with another
+            model): ``centred`` (default) or ``raw`` (see :mod:`imagespace.vector_pipeline`).
+            A collection keeps its own otherwise.
 
     Returns:
         A :class:`SyncReport`.
@@ -98,7 +102,7 @@ def sync(
         if collection.model_id != model.model_id:
             # A new collection, or re-indexing with another model: every row made by
             # another model counts as changed and is re-embedded in place, resumably.
-            collection.bind_model(model.model_id, model_spec, model.dim)
+            collection.bind_model(model.model_id, model_spec, model.dim, pipeline)
         scan = scan_paths(paths)
         if only is not None:
             scan.files = {p: st for p, st in scan.files.items() if only(p)}
@@ -155,6 +159,9 @@ def sync(
         report.skipped_failures = len(skipped)
         # Files that fail now but were indexed before keep their old row: the photo is
         # still there on disk, even if we could not read it this time.
+        # Learn the collection's mean again if it has doubled or halved since (one
+        # transaction with the rewrite of every stored vector; the index then catches up).
+        collection.refit_pipeline()
         # The index that searches will open (by size: in-memory graph or compressed on
         # disk), brought up to date now so that the first query does not pay for it.
         open_index(collection).save_if_changed()

@@ -75,7 +75,10 @@ def build_shard(shard_root: str | os.PathLike[str], paths: Sequence[str], model_
     """Index ``paths`` into the collection at ``shard_root`` (incremental, resumable)."""
     model = create_model(model_spec)
     with Collection(shard_root) as coll:
-        return sync(coll, list(paths), model, model_spec=model_spec, batch_size=batch_size, workers=workers, embedder=embedder)
+        # raw: the shards are searched together with one query vector, so they share the
+        # network's own space (each shard's mean would put them in spaces of their own).
+        return sync(coll, list(paths), model, model_spec=model_spec, batch_size=batch_size, workers=workers,
+                    embedder=embedder, pipeline="raw")
 
 
 def build_shards_on_ray(root: str | os.PathLike[str], plan: dict[str, list[str]], model_spec: str, *,
@@ -200,7 +203,7 @@ def sync_shard(shard_root: str | os.PathLike[str], number: int, layout: ShardLay
     model = model if model is not None else create_model(model_spec)
     with Collection(shard_root) as coll:
         return sync(coll, list(paths), model, model_spec=model_spec, batch_size=batch_size, workers=workers,
-                    progress=progress, only=lambda p: layout.shard_of(p) == number)
+                    progress=progress, only=lambda p: layout.shard_of(p) == number, pipeline="raw")
 
 
 @dataclass

@@ -285,7 +285,7 @@ class ImageSpace:
         k: int = 10,
         where: str | None = None,
         min_score: float | None = None,
-        qe: bool = False,
+        qe: bool | None = None,
         dba: bool = False,
         text_model: PathLike | None = None,
     ) -> list[Hit]:
@@ -299,7 +299,9 @@ class ImageSpace:
             k: how many results.
             where: a filter, e.g. ``"width > 1000 and tag ~ dog"`` (``imagespace.WHERE_HELP``).
             min_score: drop results with a lower cosine similarity.
-            qe, dba: query expansion and database-side augmentation (better rankings).
+            qe: query expansion; ``None`` (default): as the collection's pipeline says
+                (``info``; off for now: scores are then against the expanded query).
+            dba: database-side augmentation (better rankings, slower).
             text_model: a local CLIP folder for open-vocabulary ``text``.
 
         Returns:

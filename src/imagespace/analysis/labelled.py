@@ -92,7 +92,7 @@ def embed_labelled(collection: Collection, folder: str | os.PathLike[str], *, mi
                 if hasattr(r, "error"):
                     failed.append({"path": r.path, "error": r.error})
                 else:
-                    vectors[r.file.path] = r.vector
+                    vectors[r.file.path] = collection.post_process(r.vector)  # as stored vectors are
     keep = [i for i, p in enumerate(paths) if p in vectors]
     kept_labels = [labels[i] for i in keep]
     if len(set(kept_labels)) < 2:

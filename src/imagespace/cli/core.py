@@ -103,7 +103,7 @@ def search(
     min_score: Annotated[Optional[float], typer.Option(min=-1.0, max=1.0, help="Drop results scoring below this: a cosine (-1 to 1) for images, a probability (0 to 1) for --text.")] = None,
     text_model: Annotated[Optional[Path], typer.Option(help="A local CLIP model folder for open-vocabulary --text.")] = None,
     index_kind: Annotated[str, typer.Option("--index", help="auto (by size), hnsw (in memory) or ivfpq (compressed, on disk, re-ranked).")] = "auto",
-    qe: Annotated[bool, typer.Option("--qe/--no-qe", help="Query expansion for IMAGE/--like: the query averaged with its top 2 neighbours (flowers12 mAP 0.72 -> 0.76).")] = False,
+    qe: Annotated[Optional[bool], typer.Option("--qe/--no-qe", help="Query expansion for IMAGE/--like: the query averaged with its top 2 neighbours. Default: as the collection's pipeline says ('info'; off for now).")] = None,
     dba: Annotated[bool, typer.Option("--dba/--no-dba", help="Database-side augmentation for IMAGE/--like (flowers12 mAP 0.72 -> 0.80, 0.84 with --qe); scores are then against augmented vectors.")] = False,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
@@ -120,7 +120,7 @@ def search(
     with open_space(db, create=False, index_kind=index_kind) as space:
         searcher = space.searcher
         answer = searcher.query(
-            image, like=like, text=text, text_model=text_model, qe=qe and text is None, dba=dba and text is None,
+            image, like=like, text=text, text_model=text_model, qe=qe if text is None else False, dba=dba and text is None,
             k=k, where=where, min_score=min_score,
         )
         answer.extra["index"] = searcher.answered_by()
@@ -173,6 +173,7 @@ def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
             "model_id": coll.model_id,
             "model": coll.model_spec,
             "dim": coll.dim,
+            "pipeline": {**{k: v for k, v in coll.pipeline.describe().items() if k != "mean"}, "name": coll.pipeline.name()},
             "failures": coll.failures(),
             "bytes_on_disk": coll.size_on_disk(),
             "last_indexed_at": None if last is None else datetime.fromtimestamp(last, timezone.utc).isoformat(timespec="seconds"),
@@ -186,6 +187,7 @@ def info(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
             f"collection {p['db']}",
             f"  folders:      {', '.join(p['folders']) or 'none yet'}",
             f"  model:        {p['model']} ({p['model_id']}), {p['dim']} dimensions",
+            f"  vectors:      {p['pipeline']['name']}",
             f"  images:       {p['images']}, failed files: {len(p['failures'])}",
             f"  on disk:      {_size(size['total'])} (database {_size(size['database'])})",
             f"  last indexed: {_when(p['last_indexed_at'])}",

@@ -52,12 +52,12 @@ class ChanceLine:
 def chance_line(collection: Collection) -> ChanceLine | None:
     """The collection's weak line, measured now if it was never measured or is out of date;
     None when the collection holds fewer than ``MIN_IMAGES`` images."""
-    model_id, seq = collection.model_id, collection.seq
+    model_id, seq = _vector_space(collection), collection.seq
     saved = _saved(collection)
     if saved is not None and saved.model_id == model_id and saved.seq == seq:
         return saved  # nothing written since: no count of the rows (a search stays a few ms)
     n = len(collection)
-    if model_id is None or n < MIN_IMAGES:
+    if collection.model_id is None or n < MIN_IMAGES:
         return None
     if saved is not None and saved.model_id == model_id and _still_current(saved, n, seq):
         saved = replace(saved, seq=seq)  # still right for this many images: stamped current
@@ -81,7 +81,16 @@ def measure(collection: Collection, *, percentile: int = PERCENTILE, sample: int
     if len(vecs) < MIN_IMAGES:
         return None
     return ChanceLine(cosine_percentile(vecs, percentile), percentile, len(vecs), len(collection),
-                      collection.model_id or "", collection.seq)
+                      _vector_space(collection) or "", collection.seq)
+
+
+def _vector_space(collection: Collection) -> str | None:
+    """The model and the version of the collection's vector pipeline: a new mean (a refit)
+    moves every cosine, so the line is measured again, as for a new model."""
+    if collection.model_id is None:
+        return None
+    p = collection.pipeline
+    return collection.model_id if p.identity else f"{collection.model_id}#{p.kind}-v{p.version}"
 
 
 def cosine_percentile(vectors: np.ndarray, percentile: float) -> float:

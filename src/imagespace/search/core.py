@@ -110,7 +110,8 @@ class Searcher:
         except ImageError as e:
             name = "the uploaded image" if isinstance(image, bytes) else str(image)
             raise QueryError(f"cannot read query image {name}: {e}") from None
-        return self.model.embed(decoded.pixels[None]).vectors[0]
+        # the collection's pipeline (e.g. centring on its mean), as its stored vectors had
+        return self.collection.post_process(self.model.embed(decoded.pixels[None]).vectors[0])
 
     def stored_vector(self, path: str | os.PathLike[str]) -> tuple[int, np.ndarray]:
         """(row id, vector) of an image in the collection."""
@@ -132,7 +133,7 @@ class Searcher:
         like: str | os.PathLike[str] | None = None,
         text: str | None = None,
         text_model: str | os.PathLike[str] | None = None,
-        qe: bool = False,
+        qe: bool | None = None,
         dba: bool = False,
         where: str | None = None,
         min_score: float | None = None,
@@ -148,7 +149,9 @@ class Searcher:
             like: an image already in the collection (it is left out of the answer).
             text: words (matched to ImageNet concepts, or through ``text_model``, a local
                 CLIP folder).
-            qe, dba: query expansion and database-side augmentation (not for ``text``).
+            qe: query expansion (not for ``text``); ``None``: as the collection's pipeline
+                says (``info``; off for now, see :mod:`imagespace.vector_pipeline`).
+            dba: database-side augmentation (not for ``text``).
             where: a filter in the ``--where`` language (:mod:`imagespace.search.filters`).
             min_score: drop results with a lower cosine similarity.
             k, offset: the page of results wanted.
@@ -180,8 +183,13 @@ class Searcher:
             raise QueryError(f"query vector has {vector.shape[0]} dimensions, the collection {self.collection.dim}")
         want = k + offset + len(exclude)
         allowed = ids_passing(self.collection, where) if where else None
+        expansion = self.collection.pipeline.query_expansion
+        if qe is None:
+            qe = self.collection.pipeline.expands_by_default
         if qe or dba:
-            ids, scores = reranked(self.collection, self.index, vector, want, allowed=allowed, exclude=exclude, qe=qe, dba=dba)
+            knobs = {} if expansion is None else {"qe_neighbours": expansion[0], "qe_alpha": expansion[1]}
+            ids, scores = reranked(self.collection, self.index, vector, want, allowed=allowed, exclude=exclude,
+                                   qe=qe, dba=dba, **knobs)
         elif allowed is not None:
             ids, scores = self._filtered(vector, want, allowed)
         else:
@@ -247,7 +255,8 @@ class Searcher:
         hits = finish(coll, scored, k=want, min_score=min_score, exclude=exclude)
         vector = classes_vector(coll, concept_classes(understanding))
         if len(hits) < want and vector is not None and (min_score is None or min_score <= 0):
-            more = self.query(vector=vector, k=want - len(hits), where=where, exclude=set(exclude) | {h.id for h in hits})
+            more = self.query(vector=vector, k=want - len(hits), where=where, exclude=set(exclude) | {h.id for h in hits},
+                              qe=False)
             hits += [Hit(h.id, h.path, 0.0, h.tags, h.width, h.height, h.size) for h in more.hits]
         names = concept_names(understanding)
         own = {c.name for c in understanding.concepts if c.how == "user"}

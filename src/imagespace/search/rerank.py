@@ -128,6 +128,8 @@ def reranked(
     exclude: set[int] | frozenset[int] = frozenset(),
     qe: bool = True,
     dba: bool = True,
+    qe_neighbours: int = QE_NEIGHBOURS,
+    qe_alpha: float = QE_ALPHA,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``want`` nearest (ids, scores) to ``vector`` with QE and/or DBA, among ``allowed``
     ids when given. Scores stay cosine similarities (against the augmented vectors when DBA
@@ -146,11 +148,11 @@ def reranked(
 
         vectors_of = lambda ids: collection.vectors(ids.tolist())[1]  # noqa: E731
     if qe:
-        found, sims = lookup(query, QE_NEIGHBOURS + len(exclude) + 1)
-        keep = [(int(i), float(s)) for i, s in zip(found, sims) if i >= 0 and int(i) not in exclude][:QE_NEIGHBOURS]
+        found, sims = lookup(query, qe_neighbours + len(exclude) + 1)
+        keep = [(int(i), float(s)) for i, s in zip(found, sims) if i >= 0 and int(i) not in exclude][:qe_neighbours]
         if keep:
             nb = np.asarray([i for i, _ in keep], dtype=np.int64)
             order = np.argsort(nb)
             vecs = vectors_of(nb[order])
-            query = expand_query(query, vecs, np.asarray([s for _, s in keep], dtype=np.float32)[order])
+            query = expand_query(query, vecs, np.asarray([s for _, s in keep], dtype=np.float32)[order], qe_alpha)
     return lookup(query, want)

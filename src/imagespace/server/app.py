@@ -66,12 +66,7 @@ def create_app(
     sharded collection on Ray Serve gives a ``sharded.ShardedEngine``).
     """
     engine = engine if engine is not None else Engine(db_path)
-    if engine.space.collection.writable:
-        thumbs = ThumbnailCache(engine.root)
-    else:  # read-only storage: thumbnails go to the user's cache, one folder per collection
-        from ..models.cache import cache_dir
-
-        thumbs = ThumbnailCache(cache_dir() / "read-only-collections" / (engine.space.collection.collection_id or "unknown"))
+    thumbs = ThumbnailCache(engine.thumbnail_folder())
     if allowed_hosts is None and token is None:
         allowed_hosts = LOCAL_HOSTS
 

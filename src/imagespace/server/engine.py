@@ -80,6 +80,15 @@ class Engine:
         self._text_ready = False
         self.warmed = False
 
+    def thumbnail_folder(self) -> Path:
+        """Where thumbnails are kept: the collection folder, or, on read-only storage, a
+        folder of the user's cache, one per collection."""
+        if self.space.collection.writable:
+            return self.root
+        from ..models.cache import cache_dir
+
+        return cache_dir() / "read-only-collections" / (self.space.collection.collection_id or "unknown")
+
     def close(self) -> None:
         # A running indexing run is not waited for: it commits batch by batch, and the next
         # run finishes what it had not.
@@ -197,7 +206,9 @@ class Engine:
         """The query vector of uploaded image bytes (``ImageError`` when they are not an image)."""
         model = self.model()
         decoded = decode(data, size=model.input_size, max_pixels=UPLOAD_MAX_PIXELS)
-        return model.embed(decoded.pixels[None]).vectors[0]
+        raw = model.embed(decoded.pixels[None]).vectors[0]
+        with self._rows_lock:  # the collection's pipeline (its mean), as its stored vectors had
+            return self._rows_db.post_process(raw)
 
     def query(self, **opts) -> Answer:
         """:meth:`ImageSpace.query` under the search lock (``vector=``, ``like=``, ``text=`` ...)."""

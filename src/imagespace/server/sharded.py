@@ -99,6 +99,13 @@ class ShardService:
             answer = self.space.query(text=text, k=k, where=where, min_score=min_score)
             return answer.hits, self.space.rows([h.id for h in answer.hits]), answer.extra
 
+    def cosine_meaning(self) -> dict | None:
+        """What this shard's image scores mean, with its own weak line (None while empty)."""
+        with self._lock:
+            if len(self.space) == 0:
+                return None
+            return self.space.searcher.judge_cosines([]).to_dict()
+
     def vector(self, row_id: int) -> np.ndarray | None:
         with self._lock:
             ids, vectors = self.space.vectors([row_id])
@@ -197,6 +204,10 @@ class ShardedEngine:
         self._roots: tuple[float, list[str]] | None = None
         self._answered = threading.local()  # rows that came with this thread's last answer
         self.warmed = False
+
+    def thumbnail_folder(self) -> Path:
+        """Thumbnails are kept in the sharded collection's folder, beside its shards."""
+        return self.root
 
     def close(self) -> None:
         if self._on_close is not None:
@@ -350,6 +361,12 @@ class ShardedEngine:
         answers = self._fan("text", None, text, k=k + offset, where=where, min_score=min_score)
         extra = next((e for _, _, e in answers.values() if e), {})
         return self._merge({n: (hits, rows) for n, (hits, rows, _) in answers.items()}, k, offset), extra
+
+    def cosine_meaning(self) -> dict | None:
+        """What image scores mean, as the first shard that holds images measures it (each shard
+        marks its own hits weak by its own line)."""
+        meanings = self._fan("cosine_meaning")
+        return next((m for _, m in sorted(meanings.items()) if m), None)
 
     # -- not served from shards, and why -------------------------------------------------
 
