@@ -109,15 +109,17 @@ def retrieval_quality(train: np.ndarray, train_labels: list[str], test: np.ndarr
     return p1 / len(test_labels), float(np.mean(aps))
 
 
-def make_camera_photos(out: Path, n: int, size: tuple[int, int] = (4000, 3000), seed: int = 0) -> list[str]:
-    """``n`` 12-megapixel JPEGs made from flowers12 by upscaling with a little noise.
+def make_camera_photos(out: Path, n: int, size: tuple[int, int] = (4000, 3000), seed: int = 0,
+                       sources: list[str] | None = None) -> list[str]:
+    """``n`` 12-megapixel JPEGs made from flowers12 (or ``sources``) by upscaling with a little noise.
 
     Sensor-like noise keeps the files from compressing like flat upscales, so they decode
-    like camera photos (about 2-4 MB each). Files already there are reused.
+    like camera photos (about 2-4 MB each). Files already there are reused. With more
+    photos than sources, sources repeat (with the noise shifted): near-copies.
     """
     from PIL import Image
 
-    paths, _ = flowers12_split("train")
+    paths = sources if sources is not None else flowers12_split("train")[0]
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     tile = rng.normal(0, 6, (size[1] // 4, size[0] // 4, 3)).astype(np.float32)
@@ -127,8 +129,11 @@ def make_camera_photos(out: Path, n: int, size: tuple[int, int] = (4000, 3000), 
     for i in range(n):
         dst = out / f"photo_{i:04d}.jpg"
         if not dst.exists():
-            im = Image.open(paths[(i * step) % len(paths)]).convert("RGB").resize(size, Image.Resampling.BICUBIC)
-            arr = np.asarray(im, dtype=np.float32) + np.roll(noise, i * 97, axis=1)
+            im = Image.open(paths[(i * step) % len(paths)]).convert("RGB")
+            upright = im.height > im.width  # a portrait source stays a portrait (3000x4000)
+            im = im.resize(size[::-1] if upright else size, Image.Resampling.BICUBIC)
+            grain = np.roll(noise, i * 97, axis=1)
+            arr = np.asarray(im, dtype=np.float32) + (grain.transpose(1, 0, 2) if upright else grain)
             tmp = dst.with_suffix(".tmp")
             Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(tmp, "JPEG", quality=90)
             os.replace(tmp, dst)

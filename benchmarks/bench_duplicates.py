@@ -19,6 +19,7 @@ machine counts less than in wall time.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -95,7 +96,10 @@ def growth(counts: list[int], work: Path) -> list[dict]:
     import zipfile
 
     from benchmarks.quality_analysis import index_folder
+    from imagespace.analysis import duplicates
     from imagespace.analysis.duplicates import duplicate_report
+    from imagespace.analysis.pair_cache import FILE_NAME as PAIRS_FILE
+    from imagespace.feature_store import FILE_NAME as FEATURES_FILE
 
     zip_path = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpg.zip"
     names = sorted(n for n in zipfile.ZipFile(zip_path).namelist() if n.endswith(".jpg"))
@@ -107,14 +111,96 @@ def growth(counts: list[int], work: Path) -> list[dict]:
                 for name in names[:n]:
                     z.extract(name, folder)
         coll = index_folder(folder, work / f"db{n}")
+        for name in (PAIRS_FILE, FEATURES_FILE):  # a first pass (a reused --work folder keeps them)
+            (work / f"db{n}" / name).unlink(missing_ok=True)
+        # The candidate stage timed on its own by wrapping it here: the pass carries no timers.
+        spent = {"candidates": 0.0}
+        real = duplicates._candidates
+
+        def timed(*a, **k):
+            t = time.process_time()
+            try:
+                return real(*a, **k)
+            finally:
+                spent["candidates"] += time.process_time() - t
+
+        duplicates._candidates = timed
         t0 = time.process_time()
-        report = duplicate_report(coll, use_cache=False)
+        try:
+            report = duplicate_report(coll)
+        finally:
+            duplicates._candidates = real
         cpu = time.process_time() - t0
-        got = {"images": n, "cpu_ms_per_image": round(1000 * cpu / n, 2), "candidate_pairs": report.stats["candidate_pairs"],
+        got = {"images": n, "cpu_ms_per_image": round(1000 * cpu / n, 2),
+               "candidates_cpu_ms_per_image": round(1000 * spent["candidates"] / n, 2),
+               "candidate_pairs": report.stats["candidate_pairs"], "images_with_features": report.stats["images_with_features"],
+               "features_read_back": report.stats["images_features_stored"],
                "copy_pairs": report.stats["copy_pairs"], "retake_pairs": report.stats["retake_pairs"]}
         print(got, flush=True)
         out.append(got)
         coll.close()
+    return out
+
+
+def _cpu_of(cmd: list[str]) -> tuple[float, float, str]:
+    """(CPU seconds, user+sys, of the process and its children; wall seconds; stdout) of one command."""
+    import os
+    import subprocess
+
+    before = os.times()
+    t = time.perf_counter()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    wall = time.perf_counter() - t
+    after = os.times()
+    return (after.children_user - before.children_user) + (after.children_system - before.children_system), wall, out
+
+
+def margin(photos: list[str], sizes: tuple[int, ...], work: Path) -> dict:
+    """``imagespace duplicates`` on collections of the first N photos, as a user runs it (a
+    process, start-up included), right after ``imagespace index``: CPU per photo at the
+    margin is (pass on the largest - pass on the smallest) / the difference in photos.
+
+    Side by side, on the same collections: the pass as it runs (grey images kept by indexing),
+    and the pass with nothing kept (the feature store deleted, so every file is decoded again,
+    as before indexing kept them)."""
+    import json
+    import os
+    import shutil
+
+    from benchmarks._common import IMAGESPACE
+    from imagespace.analysis.pair_cache import FILE_NAME as PAIRS_FILE
+    from imagespace.feature_store import FILE_NAME as FEATURES_FILE
+
+    out: dict = {}
+    for n in sizes:
+        folder, db = work / f"photos{n}", work / f"db{n}"
+        shutil.rmtree(db, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in photos[:n]:
+            if not (folder / os.path.basename(p)).exists():
+                os.symlink(p, folder / os.path.basename(p))
+        _cpu_of([*IMAGESPACE, "index", str(folder), "--db", str(db), "--json"])
+        shutil.copy(db / FEATURES_FILE, work / f"kept{n}.sqlite")
+        got = {}
+        for mode in ("as it runs", "nothing kept", "as it runs", "nothing kept"):  # interleaved
+            (db / PAIRS_FILE).unlink(missing_ok=True)
+            (db / FEATURES_FILE).unlink(missing_ok=True)
+            if mode == "as it runs":
+                shutil.copy(work / f"kept{n}.sqlite", db / FEATURES_FILE)
+            cpu, wall, doc = _cpu_of([*IMAGESPACE, "duplicates", "--db", str(db), "--json"])
+            got.setdefault(mode, []).append((cpu, wall, json.loads(doc)["stats"]))
+        out[n] = got
+        for mode, runs in got.items():
+            print(f"  {n} photos, {mode}: CPU {min(r[0] for r in runs):.2f} s, wall {min(r[1] for r in runs):.2f} s, "
+                  f"candidate pairs {runs[0][2].get('candidate_pairs')}, copies {runs[0][2].get('copy_pairs')}, "
+                  f"retakes {runs[0][2].get('retake_pairs')}", flush=True)
+    lo, hi = min(sizes), max(sizes)
+    for mode in ("as it runs", "nothing kept"):
+        cpu = [min(r[0] for r in out[n][mode]) for n in (lo, hi)]
+        wall = [min(r[1] for r in out[n][mode]) for n in (lo, hi)]
+        print(f"  at the margin ({hi} - {lo} photos), {mode}: {1000 * (cpu[1] - cpu[0]) / (hi - lo):.1f} ms CPU per photo, "
+              f"{1000 * (wall[1] - wall[0]) / (hi - lo):.1f} ms wall; whole pass on {hi}: {1000 * cpu[1] / hi:.1f} ms CPU per photo",
+              flush=True)
     return out
 
 
@@ -133,13 +219,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_duplicates", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--growth", type=int, nargs="+", metavar="N", help="instead: the whole pass on the first N cifar10 images")
-    ap.add_argument("--work", type=Path, default=None, help="keep the extracted images and collections here (--growth)")
+    ap.add_argument("--work", type=Path, default=None, help="keep the extracted images and collections here (--growth, --margin)")
+    ap.add_argument("--margin", type=int, nargs="+", metavar="N",
+                    help="instead: `imagespace duplicates` on 12 MP photos, N photos each (e.g. 60 180), CPU per photo at the margin")
+    ap.add_argument("--photos", type=Path, default=None, help="with --margin: a folder of photos to use (default: made from flowers12)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     from imagespace.analysis.duplicates import NEIGHBOURS
 
     import cv2
 
+    if args.margin:
+        from benchmarks._common import cpu_name, make_camera_photos
+
+        print(f"CPU: {cpu_name()}, {os.cpu_count()} cores", flush=True)
+        if args.photos:
+            photos = sorted(str(p) for p in args.photos.glob("*.jpg"))
+        else:
+            photos = make_camera_photos(Path(tempfile.gettempdir()) / "imagespace-bench-12mp", max(args.margin))
+        margin(photos, tuple(args.margin), args.work or Path(tempfile.mkdtemp(prefix="dup-margin-")))
+        return 0
     if args.growth:
         growth(args.growth, args.work or Path(tempfile.mkdtemp(prefix="dup-growth-")))
         return 0

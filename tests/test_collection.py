@@ -145,6 +145,29 @@ def test_touch_is_not_re_embedded(tmp_path, photo_folder, model):
         assert (r.unchanged, r.embedded) == (4, 0)
 
 
+def test_rows_with_older_digests_are_still_matched(tmp_path, photo_folder, model):
+    """Collections made before XXH3 hold blake2b-128 digests: a touched file and a moved file
+    are recognised by them, so upgrading does not re-embed anything."""
+    from imagespace.embed import DIGEST_PREFIX, content_digest, legacy_digest
+
+    folder = photo_folder(3)
+    db = tmp_path / "db"
+    with Collection(db) as coll:
+        sync(coll, [folder], model)
+        assert all(r.digest.startswith(DIGEST_PREFIX) and r.digest == content_digest(Path(r.path).read_bytes())
+                   for r in coll.all_rows())
+    with closing(sqlite3.connect(db / DB_FILE)) as conn, conn:  # what an older version wrote
+        for row_id, path in conn.execute("SELECT id, path FROM images").fetchall():
+            conn.execute("UPDATE images SET digest=? WHERE id=?", (legacy_digest(Path(path).read_bytes()), row_id))
+    touched, moved = folder / "img_000.jpg", folder / "img_001.jpg"
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000_000))
+    os.rename(moved, folder / "renamed.jpg")
+    with Collection(db) as coll:
+        r = sync(coll, [folder], model)
+        assert (r.added, r.updated, r.removed, r.moved, r.embedded) == (0, 0, 0, 1, 0)
+
+
 def test_removed_file_leaves_rows_and_index(tmp_path, photo_folder, model):
     folder = photo_folder(5)
     gone = folder / "img_003.jpg"

@@ -185,6 +185,48 @@ def test_tier_option_filters(collection):
     assert copies["retakes"] == [] and len(copies["groups"]) == 1
 
 
+def test_features_come_from_indexing_and_are_kept_with_the_same_verdicts(tmp_path):
+    """Large JPEGs: indexing keeps the grey image it decoded anyway, the duplicate pass uses it
+    instead of decoding again and keeps the features it computed; every way gives the same
+    verdicts as decoding the files afresh."""
+    from imagespace.analysis.duplicates import duplicate_report
+    from imagespace.collection import Collection
+    from imagespace.feature_store import FILE_NAME
+    from imagespace.analysis.pair_cache import FILE_NAME as PAIRS_FILE
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    big = (1000, 750)  # decodes at 1/2 (500x375) for the model and for verification alike
+    src = scene(21, big)
+    src.save(photos / "original.jpg", quality=90)
+    ImageEnhance.Brightness(src).enhance(1.2).save(photos / "brighter.jpg", quality=85)
+    retake(src, random.Random(3)).save(photos / "retake.jpg", quality=90)
+    for i in range(22, 24):
+        scene(i, big).save(photos / f"other_{i}.jpg", quality=90)
+    db = tmp_path / "db"
+    run_cli("index", photos, "--db", db, "--json")
+    assert (db / FILE_NAME).is_file()
+
+    def verdicts():
+        with Collection(db, create=False) as coll:
+            report = duplicate_report(coll)
+            path = {r.id: Path(r.path).name for r in coll.all_rows()}
+        found = {tuple(sorted((path[a], path[b]))): (p.verdict.tier, round(p.verdict.score, 6), p.verdict.inliers)
+                 for (a, b), p in report.pairs.items()}
+        return found, report.stats
+
+    seeded, stats = verdicts()
+    assert stats["images_grey_from_indexing"] == stats["images_with_features"] > 0, stats
+    assert seeded[("brighter.jpg", "original.jpg")][0] == "copy" and seeded[("original.jpg", "retake.jpg")][0] == "retake"
+    (db / PAIRS_FILE).unlink()  # verdicts forgotten: compared again from the kept features
+    kept, stats = verdicts()
+    assert kept == seeded and stats["images_with_features"] == 0 and stats["images_features_stored"] > 0, stats
+    (db / PAIRS_FILE).unlink()
+    (db / FILE_NAME).unlink()  # nothing kept: every file decoded again
+    fresh, stats = verdicts()
+    assert fresh == seeded and stats["images_grey_from_indexing"] == 0 and stats["images_with_features"] > 0, stats
+
+
 def test_plain_small_copy_falls_back_to_the_global_vectors(tmp_path):
     """A small smooth picture saved again has too few local features to verify: at cosine
     >= 0.99 it is still a copy (the earlier behaviour), with a reason that says so."""
@@ -204,7 +246,7 @@ def test_plain_small_copy_falls_back_to_the_global_vectors(tmp_path):
     from imagespace.collection import Collection
 
     with Collection(tmp_path / "db", create=False) as coll:
-        report = duplicate_report(coll, use_cache=False)
+        report = duplicate_report(coll)
         rows = coll.rows(i for g in report.groups for i in g)
         groups = [sorted(Path(rows[i].path).name for i in g) for g in report.groups]
         reasons = [p.verdict.reason for p in report.pairs.values() if p.verdict.tier == "copy"]

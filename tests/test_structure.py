@@ -20,8 +20,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "imagespace"
 # The only modules allowed to hold SQL: the collection (rows) and, should it ever be split
 # out, the schema's migrations. The duplicate pass's cache is a database file of its own
-# (safe to delete, never the collection's), and that module owns all of its SQL.
-SQL_MODULES = {"imagespace.collection", "imagespace.migrations", "imagespace.analysis.pair_cache"}
+# (safe to delete, never the collection's), and that module owns all of its SQL; so are the
+# duplicate pass's per-image features (feature_store).
+SQL_MODULES = {"imagespace.collection", "imagespace.migrations", "imagespace.analysis.pair_cache", "imagespace.feature_store"}
 # The query side's words modules: in search/, with nothing left at their old top-level paths.
 WORDS_MODULES = ("word_concepts", "concept_ranking", "tag_postings", "user_labels", "sentence_onnx")
 

@@ -30,7 +30,7 @@ class FileInfo:
     path: str
     size: int
     mtime_ns: int
-    digest: str  # blake2b-128 of the bytes: finds moved and identical files
+    digest: str  # of the bytes (content_digest): finds moved and identical files
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Embedded:
     width: int
     height: int
     format: str
+    grey: np.ndarray | None = None  # DecodedImage.grey, when asked for (embed_files' grey_side)
 
 
 @dataclass(frozen=True)
@@ -51,19 +52,50 @@ class Failed:
     mtime_ns: int | None = None
 
 
-def content_digest(data: bytes) -> str:
+# The digest tells a changed file from a touched one, finds moved files and identical bytes;
+# it is not a defence against files made to collide. XXH3-128 runs at memory speed (0.2 ms
+# for a 2.6 MB photo against 2.9 ms for blake2b-128). Its digests carry a prefix; digests
+# without one are the blake2b-128 of collections made before, still read and compared as
+# such, so an existing collection does not re-embed anything.
+DIGEST_PREFIX = "xxh128:"
+
+
+def content_digest(data: bytes | memoryview) -> str:
+    """The digest stored for new rows: ``xxh128:`` and 32 hex digits."""
+    import xxhash
+
+    return DIGEST_PREFIX + xxhash.xxh3_128_hexdigest(data)
+
+
+def legacy_digest(data: bytes | memoryview) -> str:
+    """blake2b-128, the digest of rows written before XXH3 (32 hex digits, no prefix)."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def digest_like(data: bytes | memoryview, stored: str) -> str:
+    """``data``'s digest in the form of ``stored`` (either kind), to compare with it."""
+    return content_digest(data) if stored.startswith(DIGEST_PREFIX) else legacy_digest(data)
+
+
+def digest_hex(digest: str) -> str:
+    """The hex digits of a stored digest of either kind (for short tags: ETags, file names)."""
+    return digest.rpartition(":")[2]
 
 
 def file_digest(path: str) -> str:
     return content_digest(read_bytes(path))
 
 
+def file_matches(path: str, stored: str) -> bool:
+    """Whether the file's bytes have the digest ``stored`` (of either kind). Raises ImageError."""
+    return digest_like(read_bytes(path), stored) == stored
+
+
 def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _read_one(path: str, size: int) -> tuple[FileInfo, DecodedImage] | Failed:
+def _read_one(path: str, size: int, grey_side: int | None = None) -> tuple[FileInfo, DecodedImage] | Failed:
     try:
         st = os.stat(path)
     except OSError as e:
@@ -71,7 +103,7 @@ def _read_one(path: str, size: int) -> tuple[FileInfo, DecodedImage] | Failed:
     try:
         data = read_bytes(path)
         info = FileInfo(path, len(data), st.st_mtime_ns, content_digest(data))
-        return info, decode(data, size=size)
+        return info, decode(data, size=size, grey_side=grey_side)
     except ImageError as e:
         return Failed(path, str(e), st.st_size, st.st_mtime_ns)
     except Exception as e:  # noqa: BLE001 - one bad file must never end the run
@@ -86,8 +118,12 @@ def embed_files(
     workers: int | None = None,
     total: int | None = None,
     progress: bool = False,
+    grey_side: int | None = None,
 ) -> Iterator[list[Embedded | Failed]]:
-    """Yield, batch by batch, what became of each path: :class:`Embedded` or :class:`Failed`."""
+    """Yield, batch by batch, what became of each path: :class:`Embedded` or :class:`Failed`.
+
+    With ``grey_side``, each :class:`Embedded` of a large JPEG also carries the grey image
+    duplicate verification needs (see :func:`imagespace.images.decode`)."""
     workers = workers or default_workers()
     batch_size = max(1, int(batch_size))
     ahead = batch_size * 2 + workers * 2  # decoded or decoding images waiting for the model
@@ -101,7 +137,7 @@ def embed_files(
                 path = next(path_iter, None)
                 if path is None:
                     return
-                pending.append(pool.submit(_read_one, path, model.input_size))
+                pending.append(pool.submit(_read_one, path, model.input_size, grey_side))
 
         refill()
         # Load the model (if nothing has yet) while the workers decode the first batch,
@@ -135,7 +171,7 @@ def _run_model(model: EmbeddingModel, items: list[tuple[FileInfo, DecodedImage]]
     except Exception as e:  # noqa: BLE001 - e.g. out of memory on a GPU: keep the reason per file
         return [Failed(info.path, f"model failed on this batch: {e}", info.size, info.mtime_ns) for info, _ in items]
     return [
-        Embedded(info, output.vectors[i], output.tags[i], img.width, img.height, img.format)
+        Embedded(info, output.vectors[i], output.tags[i], img.width, img.height, img.format, img.grey)
         for i, (info, img) in enumerate(items)
     ]
 

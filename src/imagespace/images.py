@@ -39,6 +39,11 @@ class ImageError(Exception):
     """A file that could not be turned into pixels, with the reason why."""
 
 
+# The side at which duplicates are verified (local features, aligned pixels): a 4000x3000
+# JPEG decodes at 1/8 to exactly 500x375, as it does for the model.
+VERIFY_SIDE = 500
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     """Pixels ready for a model plus what we learnt about the original file."""
@@ -47,6 +52,9 @@ class DecodedImage:
     width: int  # of the original image, after EXIF orientation
     height: int
     format: str
+    # The grey image that duplicate verification decodes (``verify_grey``), when asked for
+    # and when the model's decode gave the very same pixels for free (large JPEGs).
+    grey: np.ndarray | None = None
 
 
 def is_image_path(path: str | os.PathLike[str]) -> bool:
@@ -76,11 +84,15 @@ def read_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) ->
         raise ImageError(f"cannot read file: {e.strerror or e}") from None
 
 
-def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS, grey_side: int | None = None) -> DecodedImage:
     """Decode image bytes to a ``size`` x ``size`` RGB array.
 
     The whole image is resized (not centre-cropped): on photos this measured better, since
     subjects often reach the edges. Large JPEGs are decoded at a reduced scale first.
+
+    With ``grey_side``, a JPEG decoded at a reduced scale that ``verify_grey(.., grey_side)``
+    would decode at too also gives that grey image (``.grey``), so duplicate verification
+    need not decode the file again: the decode is most of its cost on camera photos.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
@@ -104,6 +116,8 @@ def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS) -> Decode
                 # for no gain (3 MP flowers12 photos: cosine 0.9994 to a full decode either
                 # way, precision@1 0.958 vs 0.954).
                 im.draft("RGB", (size, size))
+            share_grey = grey_side is not None and fmt == "JPEG" and im.size != (width, height) and (
+                _drafted_size(data, width, height, grey_side) == im.size)
             im.load()
             # Some decoders (TIFF) apply the orientation while loading and report the
             # upright size already: swap width and height only if exif_transpose turned it.
@@ -111,6 +125,7 @@ def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS) -> Decode
             im = ImageOps.exif_transpose(im) or im
             transposed = im.size != loaded_size
             rgb = _to_rgb(im)
+            grey = _grey_at(rgb, grey_side) if share_grey else None
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
             pixels = np.asarray(rgb, dtype=np.uint8)
     except ImageError:
@@ -131,7 +146,7 @@ def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS) -> Decode
         raise ImageError(f"unexpected decoded shape {pixels.shape}")
     if transposed:
         width, height = height, width
-    return DecodedImage(pixels=pixels, width=width, height=height, format=fmt)
+    return DecodedImage(pixels=pixels, width=width, height=height, format=fmt, grey=grey)
 
 
 def load_image(path: str | os.PathLike[str], size: int = 224) -> DecodedImage:
@@ -150,10 +165,7 @@ def load_pil(path: str | os.PathLike[str], max_side: int | None = None) -> Image
         if getattr(im, "n_frames", 1) > 1:
             im.seek(0)
         if max_side and im.format == "JPEG":
-            # Ask for the box the result fits in, not a square: a 4000x3000 photo for 500 px
-            # then decodes at 1/8 (500x375) instead of 1/4, about 10 ms instead of 17.
-            box = (max_side, max(1, max_side * h // w)) if w >= h else (max(1, max_side * w // h), max_side)
-            im.draft("RGB", box)
+            im.draft("RGB", _box(w, h, max_side))
         im.load()
         im = ImageOps.exif_transpose(im) or im
         im = _to_rgb(im)
@@ -168,6 +180,34 @@ def load_pil(path: str | os.PathLike[str], max_side: int | None = None) -> Image
         raise ImageError(f"refused as a possible decompression bomb (over {MAX_PIXELS:,} pixels)") from None
     except Exception as e:  # noqa: BLE001 - every decoder failure becomes a reason
         raise ImageError(f"corrupt image: {e}") from None
+
+
+def verify_grey(path: str | os.PathLike[str], side: int = VERIFY_SIDE) -> np.ndarray:
+    """The grey image duplicate verification works on: upright, longest side at most ``side``.
+
+    :func:`decode` with ``grey_side`` gives the same array when it can (``DecodedImage.grey``).
+    """
+    return _grey_at(load_pil(path, max_side=side), side)
+
+
+def _grey_at(rgb: Image.Image, side: int) -> np.ndarray:
+    if max(rgb.size) > side:
+        rgb = rgb.copy()
+        rgb.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return np.asarray(rgb.convert("L"))
+
+
+def _box(w: int, h: int, side: int) -> tuple[int, int]:
+    # The box the result fits in, not a square: a 4000x3000 photo for 500 px then decodes
+    # at 1/8 (500x375) instead of 1/4, about 10 ms instead of 17.
+    return (side, max(1, side * h // w)) if w >= h else (max(1, side * w // h), side)
+
+
+def _drafted_size(data: bytes, w: int, h: int, side: int) -> tuple[int, int]:
+    """The size at which :func:`load_pil` (``max_side=side``) decodes this JPEG (header only)."""
+    probe = Image.open(io.BytesIO(data))
+    probe.draft("RGB", _box(w, h, side))
+    return probe.size
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .collection import Collection
-from .embed import embed_files, file_digest
-from .images import is_image_path
+from .embed import content_digest, embed_files, file_matches, legacy_digest
+from .feature_store import FeatureStore, pack_grey
+from .images import VERIFY_SIDE, is_image_path, read_bytes
 from .index import open_index
 
 
@@ -131,21 +132,29 @@ def sync(
         to_embed = sorted(retry)
         if on_progress is not None:
             on_progress(0, len(to_embed))
-        for batch in (embedder or embed_files)(
-            to_embed, model, batch_size=batch_size, workers=workers, total=len(to_embed), progress=progress
-        ):
-            ok = [r for r in batch if not hasattr(r, "error")]
-            bad = [r for r in batch if hasattr(r, "error")]
-            collection.write_embedded(ok, bad)
-            report.embedded += len(ok)
-            for r in ok:
-                if r.file.path in known:
-                    report.updated += 1
-                else:
-                    report.added += 1
-            report.failed.extend({"path": r.path, "error": r.error} for r in bad)
-            if on_progress is not None:
-                on_progress(report.embedded + len(report.failed) - len(scan.failed), len(to_embed))
+        # Large JPEGs decode for the model at the scale duplicate verification decodes them
+        # at too: keep that grey image for the duplicate pass (its decode is most of its cost).
+        store = FeatureStore(collection.root if embedder is None and to_embed else None)
+        extra = {"grey_side": VERIFY_SIDE} if store.enabled else {}
+        try:
+            for batch in (embedder or embed_files)(
+                to_embed, model, batch_size=batch_size, workers=workers, total=len(to_embed), progress=progress, **extra
+            ):
+                ok = [r for r in batch if not hasattr(r, "error")]
+                bad = [r for r in batch if hasattr(r, "error")]
+                collection.write_embedded(ok, bad)
+                store.put("grey", [(r.file.digest, pack_grey(r.grey)) for r in ok if getattr(r, "grey", None) is not None])
+                report.embedded += len(ok)
+                for r in ok:
+                    if r.file.path in known:
+                        report.updated += 1
+                    else:
+                        report.added += 1
+                report.failed.extend({"path": r.path, "error": r.error} for r in bad)
+                if on_progress is not None:
+                    on_progress(report.embedded + len(report.failed) - len(scan.failed), len(to_embed))
+        finally:
+            store.close()
         report.failed.extend(skipped)
         report.skipped_failures = len(skipped)
         # Files that fail now but were indexed before keep their old row: the photo is
@@ -203,9 +212,12 @@ def plan_changes(collection: Collection, scan: Scan, model_id: str) -> Plan:
     for path, st in new_paths:
         if st.st_size in vanished_sizes:
             try:
-                digest = file_digest(path)
+                data = read_bytes(path)
             except Exception:  # noqa: BLE001 - unreadable now: the embed step reports it
-                digest = None
+                data = None
+            # Rows of older collections hold the older kind of digest: try both.
+            digest = None if data is None else next(
+                (d for d in (content_digest(data), legacy_digest(data)) if d in vanished), None)
             if digest in vanished:
                 old_path, row = vanished.pop(digest)
                 existing.pop(old_path, None)
@@ -230,7 +242,7 @@ _TRANSIENT_ERRORS = ("model failed on this batch", "unexpected error", "permissi
 
 def _same_digest(path: str, digest: str) -> bool:
     try:
-        return file_digest(path) == digest
+        return file_matches(path, digest)
     except Exception:  # noqa: BLE001
         return False
 

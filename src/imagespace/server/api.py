@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, field_validator
 
 from ..collection import Row
+from ..embed import digest_hex
 from ..names import readable_path
 from ..search import MAX_K, Hit
 from ..search.word_concepts import hedged_tag
@@ -156,7 +157,7 @@ class Session(BaseModel):
 
 
 def thumb_url(row: Row) -> str:
-    return f"/api/images/{row.id}/thumb?v={row.digest[:12]}"
+    return f"/api/images/{row.id}/thumb?v={digest_hex(row.digest)[:12]}"
 
 
 def items(engine: Engine, hits: list[Hit]) -> list[Item]:
@@ -255,7 +256,7 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
             raise HTTPException(422, f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
         row = get_row(engine, image_id)
         thumb = thumbs.get(row, size, engine.roots())
-        versioned = v is not None and v == row.digest[:12]
+        versioned = v is not None and v == digest_hex(row.digest)[:12]
         headers = {
             "ETag": thumb.etag,
             "Cache-Control": "private, max-age=31536000, immutable" if versioned else "private, no-cache",
@@ -268,7 +269,7 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
     def original(request: Request, image_id: int) -> Response:
         row = get_row(engine, image_id)
         data = original_bytes(row, engine.roots())
-        etag = f'"{row.id}-{row.digest[:16]}"'
+        etag = f'"{row.id}-{digest_hex(row.digest)[:16]}"'
         headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Content-Disposition": "inline"}
         if etag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write
 from ..collection import Row
-from ..embed import content_digest
+from ..embed import digest_hex, digest_like
 from ..images import ImageError, load_pil, read_bytes
 
 THUMB_DIR = "thumbs"
@@ -73,7 +73,7 @@ def original_bytes(row: Row, roots: list[str]) -> bytes:
         data = read_bytes(real)
     except ImageError as e:
         raise SourceRefused(f"image {row.id} cannot be read: {e}") from None
-    if content_digest(data) != row.digest:
+    if digest_like(data, row.digest) != row.digest:
         raise SourceRefused(f"image {row.id} has changed on disk since it was indexed; re-index the collection")
     return data
 
@@ -87,8 +87,9 @@ class ThumbnailCache:
         self._locks_guard = threading.Lock()
 
     def get(self, row: Row, size: int, roots: list[str]) -> Thumbnail:
-        etag = f'"{row.id}-{row.digest[:16]}-{size}"'
-        path = self.dir / str(size) / f"{row.id}-{row.digest[:16]}.jpg"
+        short = digest_hex(row.digest)[:16]
+        etag = f'"{row.id}-{short}-{size}"'
+        path = self.dir / str(size) / f"{row.id}-{short}.jpg"
         if path.is_file():
             return Thumbnail(path, etag)
         with self._lock_for(row.id, size):  # one maker per thumbnail, however many requests
@@ -104,7 +105,8 @@ class ThumbnailCache:
     def _make(row: Row, size: int, roots: list[str], path: Path) -> None:
         real = checked_source(row, roots)
         try:
-            if content_digest(read_bytes(real)) != row.digest:
+            data = read_bytes(real)
+            if digest_like(data, row.digest) != row.digest:
                 raise SourceRefused(f"image {row.id} has changed on disk since it was indexed; re-index the collection")
             im = load_pil(real, max_side=size)
         except ImageError as e:

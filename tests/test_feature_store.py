@@ -1,0 +1,48 @@
+"""The per-image store beside a collection (grey images from indexing, features from the
+duplicate pass): bounded in bytes, oldest out first, never an entry of the running pass."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from imagespace.feature_store import FILE_NAME, FeatureStore, pack_grey, unpack_grey
+
+
+def test_oldest_entries_leave_first_once_over_the_limit(tmp_path):
+    store = FeatureStore(tmp_path, limit_bytes=3000)
+    store.put("grey", [(f"d{i}", bytes([i]) * 1000) for i in range(5)])
+    assert store.total <= 3000
+    assert [store.get("grey", f"d{i}") is not None for i in range(5)] == [False, False, True, True, True]
+    store.close()
+    again = FeatureStore(tmp_path, limit_bytes=3000)
+    assert again.total == 3000 and again.get("grey", "d4") == bytes([4]) * 1000
+    again.close()
+
+
+def test_a_running_pass_keeps_its_own_entries_until_it_closes(tmp_path):
+    old = FeatureStore(tmp_path, limit_bytes=2500)
+    old.put("grey", [("old", b"x" * 1000)])
+    old.close()
+    run = FeatureStore(tmp_path, limit_bytes=2500, keep_this_run=True)
+    run.put("features", [(f"d{i}", b"y" * 1000) for i in range(4)], replaces="grey")
+    assert run.get("grey", "old") is None  # older entries go first
+    assert all(run.get("features", f"d{i}") for i in range(4))  # this pass's stay, over the limit
+    run.close()
+    after = FeatureStore(tmp_path, limit_bytes=2500)
+    assert after.total <= 2500 and after.get("features", "d3") is not None and after.get("features", "d0") is None
+    after.close()
+
+
+def test_features_replace_the_grey_image_and_a_broken_file_is_no_store(tmp_path):
+    store = FeatureStore(tmp_path)
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    store.put("grey", [("d", pack_grey(grey))])
+    assert np.array_equal(unpack_grey(store.get("grey", "d")), grey)
+    store.put("features", [("d", b"f")], replaces="grey")
+    assert store.get("grey", "d") is None and store.get("features", "d") == b"f" and store.total == 1
+    store.close()
+    (tmp_path / FILE_NAME).write_bytes(b"not a database")
+    broken = FeatureStore(tmp_path)
+    assert not broken.enabled and broken.get("grey", "d") is None
+    broken.put("grey", [("d", b"x")])  # nothing happens, nothing raises
+    broken.close()
