@@ -115,7 +115,7 @@ def growth(counts: list[int], work: Path) -> list[dict]:
             (work / f"db{n}" / name).unlink(missing_ok=True)
         # The candidate stage timed on its own by wrapping it here: the pass carries no timers.
         spent = {"candidates": 0.0}
-        real = duplicates._candidates
+        real = duplicates.candidate_pairs
 
         def timed(*a, **k):
             t = time.process_time()
@@ -124,12 +124,12 @@ def growth(counts: list[int], work: Path) -> list[dict]:
             finally:
                 spent["candidates"] += time.process_time() - t
 
-        duplicates._candidates = timed
+        duplicates.candidate_pairs = timed
         t0 = time.process_time()
         try:
             report = duplicate_report(coll)
         finally:
-            duplicates._candidates = real
+            duplicates.candidate_pairs = real
         cpu = time.process_time() - t0
         got = {"images": n, "cpu_ms_per_image": round(1000 * cpu / n, 2),
                "candidates_cpu_ms_per_image": round(1000 * spent["candidates"] / n, 2),

@@ -125,7 +125,7 @@ def duplicate_report(
     identical = _identical_pairs(collection)
     stats["identical_pairs"] = len(identical)
 
-    candidates = _candidates(collection, threshold, neighbours)
+    candidates = candidate_pairs(collection, threshold, neighbours)
     for key in identical:
         candidates.pop(key, None)
     stats["candidate_pairs"] = len(candidates)
@@ -191,7 +191,7 @@ def _identical_pairs(collection: Collection) -> dict[tuple[int, int], float]:
 
 
 
-def _candidates(collection: Collection, threshold: float, neighbours: int) -> dict[tuple[int, int], float]:
+def candidate_pairs(collection: Collection, threshold: float, neighbours: int) -> dict[tuple[int, int], float]:
     """Pairs (a < b) of nearest neighbours with cosine >= ``threshold``.
 
     Every image asks for its neighbours, so this is an all-against-all search. Up to
