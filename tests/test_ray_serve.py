@@ -47,7 +47,9 @@ def servers(flowers12, tmp_path_factory):
     ray = LiveServer(base / "sharded", "--engine", "ray", "--replicas", "2")  # starts while the other is built
     local = None
     try:
-        whole = run_cli("index", photos, "--db", base / "whole", "--json")
+        # raw, as the shards' are: shards answer one query vector together, so they do not
+        # centre on a mean each (a new collection's default would rank otherwise)
+        whole = run_cli("index", photos, "--db", base / "whole", "--vectors", "raw", "--json")
         assert whole.returncode == 0, whole.stderr
         local = LiveServer(base / "whole")
         local.wait_ready()

@@ -290,8 +290,9 @@ def _results(batch: dict[str, np.ndarray]) -> list[Embedded | Failed]:
 
 
 def sync_with_ray(collection, paths, model: EmbeddingModel, *, model_spec: str, address: str | None = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE, options: RayOptions | None = None, progress: bool = False):
+                  batch_size: int = DEFAULT_BATCH_SIZE, options: RayOptions | None = None, progress: bool = False,
+                  pipeline: str | None = None):
     """:func:`imagespace.indexing.sync` with the embedding step on Ray (local, or the cluster at ``address``)."""
     with ray_session(address):
         return sync(collection, paths, model, model_spec=model_spec, batch_size=batch_size, progress=progress,
-                               embedder=ray_embedder(options))
+                               embedder=ray_embedder(options), pipeline=pipeline)

@@ -25,6 +25,7 @@ import numpy as np
 from .collection import DB_FILE, Collection, Row
 from .models import EmbeddingModel, create_model, resolve_model_spec
 from .search import Answer, Hit, QueryError, Searcher
+from .vector_pipeline import KINDS as PIPELINE_KINDS
 
 if TYPE_CHECKING:
     from .analysis.classify import Classifier, Prediction
@@ -193,7 +194,7 @@ class ImageSpace:
 
     def index(self, paths: Sequence[PathLike] | PathLike, *, batch_size: int = 32, workers: int | None = None,
               progress: bool | None = None, on_progress: Callable[[int, int], None] | None = None,
-              engine: str = "local", address: str | None = None) -> SyncReport:
+              engine: str = "local", address: str | None = None, vectors: str | None = None) -> SyncReport:
         """Add new, changed and removed images under ``paths``, incrementally (as ``imagespace index``).
 
         Args:
@@ -206,6 +207,10 @@ class ImageSpace:
                 each (e.g. to drive a progress bar of your own).
             engine: ``local`` (threads) or ``ray`` (decoding and the model as Ray tasks).
             address: with ``ray``, an existing cluster (default: a local Ray).
+            vectors: the vector pipeline of a new collection (or of one re-embedded with
+                another model): ``centred`` (the default) or ``raw`` (the network's own
+                vectors, comparable with other raw collections and with shards); an existing
+                collection keeps its own.
 
         Returns:
             A :class:`~imagespace.indexing.SyncReport` (``.added``, ``.updated``,
@@ -226,6 +231,8 @@ class ImageSpace:
         self._check_paths(paths)
         if engine not in ("local", "ray"):
             raise ValueError(f"engine must be local or ray, not {engine!r}")
+        if vectors not in (None, *PIPELINE_KINDS):
+            raise ValueError(f"vectors must be one of {', '.join(PIPELINE_KINDS)}, not {vectors!r}")
         spec = self.model_spec
         model = self._model_for(spec)
         if progress is None:
@@ -234,12 +241,12 @@ class ImageSpace:
             from .distributed import sync_with_ray
 
             report = sync_with_ray(self.collection, paths, model, model_spec=spec, address=address,
-                                   batch_size=batch_size, progress=progress)
+                                   batch_size=batch_size, progress=progress, pipeline=vectors)
         else:
             from .indexing import sync
 
             report = sync(self.collection, paths, model, model_spec=spec, batch_size=batch_size, workers=workers,
-                          progress=progress, on_progress=on_progress)
+                          progress=progress, on_progress=on_progress, pipeline=vectors)
         if self._searcher is not None:
             self._searcher.refresh()
         return report

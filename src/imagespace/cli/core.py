@@ -25,22 +25,28 @@ def index(
     address: Annotated[Optional[str], typer.Option(help="With --engine ray: an existing Ray cluster (default: start a local Ray).")] = None,
     shards: Annotated[Optional[int], typer.Option(min=1, max=4096, help="Split the collection into N shards under --db (kept by later runs; serve them with serve --engine ray).")] = None,
     shard_by: Annotated[Optional[str], typer.Option(help="With --shards: hash (of each file's path; even shards) or folder (each sub-folder whole in one shard).")] = None,
+    vectors: Annotated[Optional[str], typer.Option(help="A new collection's vectors: centred (default: on the collection's mean, better rankings) or raw (the network's own, comparable with shards and other raw collections). An existing collection keeps its own ('info').")] = None,
 ) -> None:
     """Add new, changed and removed images to the collection, incrementally."""
     if engine not in ("local", "ray"):
         raise typer.BadParameter("--engine must be local or ray")
     if shard_by not in (None, "hash", "folder"):
         raise typer.BadParameter("--shard-by must be hash or folder")
+    if vectors not in (None, "centred", "raw"):
+        raise typer.BadParameter("--vectors must be centred or raw")
     from ..sharding import is_sharded
 
     if shards is not None or shard_by is not None or is_sharded(db):
+        if vectors == "centred":
+            raise typer.BadParameter("a sharded collection's vectors are raw: its shards answer one query vector together")
         _index_sharded(paths, db, as_json, model, batch_size, workers, engine, address, shards, shard_by)
         return
     from ..images import IMAGE_EXTENSIONS
 
     with open_space(db, model=model) as space:
         progress = sys.stderr.isatty() or not as_json
-        report = space.index(paths, batch_size=batch_size, workers=workers, progress=progress, engine=engine, address=address)
+        report = space.index(paths, batch_size=batch_size, workers=workers, progress=progress, engine=engine, address=address,
+                             vectors=vectors)
         total = len(space)
 
     def human(r: dict) -> None:
