@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imagespace.analysis.evaluate import merge_groups, pair_precision_recall, pairs_of, ranking_scores
+from imagespace.analysis.evaluate import merge_groups, pair_precision_recall, pairs_of, rerank_scores
 from imagespace.analysis.synthetic import build_duplicate_set, same_scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,33 +117,9 @@ def measure_recommend(coll, *, dba: bool, seed: int = 0) -> dict:
 
 def measure_rerank(coll) -> dict:
     """Test photos as queries against the training photos: mAP, precision@1 and @10."""
-    from imagespace.search.rerank import DBA_ALPHA, DBA_NEIGHBOURS, QE_ALPHA, QE_NEIGHBOURS, augment, expand_query
-
     _, vectors, species, split = _labels_of(coll)
-    q, ql = vectors[split == "test"], species[split == "test"]
-    d, dl = vectors[split == "train"], species[split == "train"]
-
-    def dba(db):
-        s = db @ db.T
-        np.fill_diagonal(s, -np.inf)
-        nb = np.argsort(-s, 1)[:, :DBA_NEIGHBOURS]
-        return augment(db, nb, np.take_along_axis(s, nb, 1), DBA_ALPHA)
-
-    def qe(queries, db):
-        s = queries @ db.T
-        nb = np.argsort(-s, 1)[:, :QE_NEIGHBOURS]
-        return np.stack([expand_query(queries[i], db[nb[i]], s[i, nb[i]], QE_ALPHA) for i in range(len(queries))])
-
-    def scores(queries, db):
-        return ranking_scores(queries, ql, db, dl)
-
-    d_dba = dba(d)
-    return {
-        "plain": scores(q, d),
-        "qe": scores(qe(q, d), d),
-        "dba": scores(q, d_dba),
-        "qe+dba": scores(qe(q, d_dba), d_dba),
-    }
+    train, test = split == "train", split == "test"
+    return rerank_scores(vectors[test], species[test], vectors[train], species[train])
 
 
 def measure_duplicates(work: Path, files: list[Path], copies: int) -> dict:

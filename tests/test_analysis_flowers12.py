@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imagespace.analysis.evaluate import merge_groups, pair_precision_recall, pairs_of, ranking_scores
+from imagespace.analysis.evaluate import merge_groups, pair_precision_recall, pairs_of, rerank_scores
 from imagespace.analysis.synthetic import build_duplicate_set, same_scene
 
 
@@ -83,30 +83,9 @@ def test_recommend_three_liked_returns_that_species(coll):
 
 def test_query_expansion_and_dba_raise_map(coll):
     """Test photos as queries against the training photos."""
-    from imagespace.search.rerank import DBA_ALPHA, DBA_NEIGHBOURS, QE_ALPHA, QE_NEIGHBOURS, augment, expand_query
-
     _, vectors, species, split = labels_of(coll)
-    q, ql = vectors[split == "test"], species[split == "test"]
-    d, dl = vectors[split == "train"], species[split == "train"]
-
-    def dba(db):
-        s = db @ db.T
-        np.fill_diagonal(s, -np.inf)
-        nb = np.argsort(-s, 1)[:, :DBA_NEIGHBOURS]
-        return augment(db, nb, np.take_along_axis(s, nb, 1), DBA_ALPHA)
-
-    def qe(queries, db):
-        s = queries @ db.T
-        nb = np.argsort(-s, 1)[:, :QE_NEIGHBOURS]
-        return np.stack([expand_query(queries[i], db[nb[i]], s[i, nb[i]], QE_ALPHA) for i in range(len(queries))])
-
-    d_dba = dba(d)
-    got = {
-        "plain": ranking_scores(q, ql, d, dl),
-        "qe": ranking_scores(qe(q, d), ql, d, dl),
-        "dba": ranking_scores(q, ql, d_dba, dl),
-        "qe+dba": ranking_scores(qe(q, d_dba), ql, d_dba, dl),
-    }
+    train, test = split == "train", split == "test"
+    got = rerank_scores(vectors[test], species[test], vectors[train], species[train])
     assert got["qe"]["map"] > got["plain"]["map"]
     assert got["dba"]["map"] > got["plain"]["map"]
     assert got["qe+dba"]["map"] > max(got["qe"]["map"], got["dba"]["map"])

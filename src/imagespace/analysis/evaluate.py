@@ -108,6 +108,31 @@ def ranking_scores(queries: np.ndarray, query_labels, database: np.ndarray, data
     return {"map": float(np.mean(aps)), "p@1": float(np.mean(p1)), "p@10": float(np.mean(p10))}
 
 
+def rerank_scores(queries: np.ndarray, query_labels, database: np.ndarray, database_labels) -> dict:
+    """:func:`ranking_scores` of plain queries, query expansion, database-side augmentation
+    and both (the settings of :mod:`imagespace.search.rerank`), over exact similarities."""
+    from ..search.rerank import DBA_ALPHA, DBA_NEIGHBOURS, QE_ALPHA, QE_NEIGHBOURS, augment, expand_query
+
+    def dba(db):
+        s = db @ db.T
+        np.fill_diagonal(s, -np.inf)
+        nb = np.argsort(-s, 1)[:, :DBA_NEIGHBOURS]
+        return augment(db, nb, np.take_along_axis(s, nb, 1), DBA_ALPHA)
+
+    def qe(q, db):
+        s = q @ db.T
+        nb = np.argsort(-s, 1)[:, :QE_NEIGHBOURS]
+        return np.stack([expand_query(q[i], db[nb[i]], s[i, nb[i]], QE_ALPHA) for i in range(len(q))])
+
+    d_dba = dba(database)
+    return {
+        "plain": ranking_scores(queries, query_labels, database, database_labels),
+        "qe": ranking_scores(qe(queries, database), query_labels, database, database_labels),
+        "dba": ranking_scores(queries, query_labels, d_dba, database_labels),
+        "qe+dba": ranking_scores(qe(queries, d_dba), query_labels, d_dba, database_labels),
+    }
+
+
 def merge_groups(groups: list[set[str]]) -> list[set[str]]:
     """Groups that share a member joined into one (the transitive closure of "same photo")."""
     merged: list[set[str]] = []
