@@ -266,17 +266,7 @@ class Collection:
 
     def _iter_raw(self, model_id: str | None, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, raw network vectors) of ``model_id``'s rows, in chunks."""
-        last = -1
-        while True:
-            pairs = self.conn.execute(
-                "SELECT id, coalesce(raw, embedding) FROM images WHERE model=? AND id>? ORDER BY id LIMIT ?",
-                (model_id, last, chunk),
-            ).fetchall()
-            if not pairs:
-                return
-            ids = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
-            yield ids, np.frombuffer(b"".join(p[1] for p in pairs), dtype=np.float32).reshape(len(pairs), -1)
-            last = int(ids[-1])
+        yield from self._vector_chunks("coalesce(raw, embedding)", model_id, chunk)
 
     def raw_vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(ids, the network's own vectors) of the current model's rows ``ids`` (for exports)."""
@@ -385,10 +375,15 @@ class Collection:
 
     def iter_vectors(self, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) in chunks, for exports and index builds that must not hold everything."""
+        yield from self._vector_chunks("embedding", self.model_id, chunk)
+
+    def _vector_chunks(self, column: str, model_id: str | None, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors of ``column``) of ``model_id``'s rows in id order, ``chunk`` at a time
+        (keyset paging: each chunk starts after the last id, so rows need not fit in memory)."""
         last = -1
         while True:
             pairs = self.conn.execute(
-                "SELECT id, embedding FROM images WHERE model=? AND id>? ORDER BY id LIMIT ?", (self.model_id, last, chunk)
+                f"SELECT id, {column} FROM images WHERE model=? AND id>? ORDER BY id LIMIT ?", (model_id, last, chunk)
             ).fetchall()
             if not pairs:
                 return
