@@ -29,18 +29,22 @@ from ._common import (
 PHOTO_DIR = Path(tempfile.gettempdir()) / "imagespace-bench-12mp"
 
 
-def baseline_rate(paths: list[str], arch: str = "efficientnet-lite0", threads: int | None = None) -> float:
+def baseline_rate(paths: list[str], arch: str | None = None, threads: int | None = None) -> float:
     """images/s of Pillow full decode + resize + PyTorch eager, batch of 1, one process,
-    with the network ``arch`` at its own input size (PyTorch's own thread count, or ``threads``)."""
+    with the network ``arch`` (default: the default model's) at its own input size (PyTorch's
+    own thread count, or ``threads``)."""
     return _baseline(paths, arch, threads)[0]
 
 
-def _baseline(paths: list[str], arch: str = "efficientnet-lite0", threads: int | None = None) -> tuple[float, float]:
+def _baseline(paths: list[str], arch: str | None = None, threads: int | None = None) -> tuple[float, float]:
     """(images/s of wall time, CPU seconds per image) of the usual pipeline."""
     import torch
     from PIL import Image
 
+    from imagespace.models import DEFAULT_MODEL
     from imagespace.models.networks import network
+
+    arch = arch or DEFAULT_MODEL
 
     net = _torch_net(arch)
     size = network(arch).input_size
@@ -98,7 +102,9 @@ def compare(title: str, folder: str, paths: list[str], baseline_n: int, repeats:
     """Whole runs side by side. The baseline is timed with PyTorch's own threads and with one
     thread, and the faster counts (on a loaded machine PyTorch's threads wait on each other
     and the default can be several times slower: that would flatter the ratio)."""
-    header(f"{title} (CPU: {cpu_name()}, {os.cpu_count()} cores)")
+    from imagespace.models import DEFAULT_MODEL
+
+    header(f"{title}, network {DEFAULT_MODEL} on both sides (CPU: {cpu_name()}, {os.cpu_count()} cores)")
     base, base_cpu, whole, inrun, cpu = [], [], [], [], []
     for _ in range(repeats):  # interleaved: baseline, candidate, baseline, candidate...
         tries = [_baseline(paths[:baseline_n]), _baseline(paths[:baseline_n], threads=1)]
@@ -164,7 +170,7 @@ def breakdown(title: str, paths: list[str]) -> None:
     ]
     with tempfile.TemporaryDirectory() as db:
         coll = Collection(db)
-        coll.bind_model(model.model_id, "efficientnet-lite0", model.dim)
+        coll.bind_model(model.model_id, model.name, model.dim)
         t = time.process_time()
         for i in range(0, n, 32):
             coll.write_embedded(items[i : i + 32], [])

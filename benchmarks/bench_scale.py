@@ -62,7 +62,7 @@ def _sync_rate(folder: Path, engine: str, workdir: Path) -> float:
     model = create_model()
     with Collection(db) as coll:
         embedder = ray_embedder() if engine == "ray" else None
-        report = sync(coll, [str(folder)], model, model_spec="efficientnet-lite0", embedder=embedder)
+        report = sync(coll, [str(folder)], model, model_spec=model.name, embedder=embedder)
     shutil.rmtree(db, ignore_errors=True)
     assert report.added > 0 and not report.failed, report.to_dict()
     return report.embedded / report.seconds

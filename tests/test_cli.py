@@ -14,6 +14,7 @@ import pytest
 from conftest import make_photo, run_cli
 
 from imagespace.collection import Collection
+from imagespace.models import DEFAULT_MODEL
 
 INDEX_KEYS = {"added", "updated", "removed", "unchanged", "failed", "seconds", "images_per_second"}
 
@@ -138,7 +139,7 @@ def test_info_json(indexed):
     doc = one_json_document(out.stdout)
     assert doc["images"] == 7
     assert doc["dim"] == 1280
-    assert doc["model"] == "efficientnet-lite0" and doc["model_id"].startswith("efficientnet-lite0/")
+    assert doc["model"] == DEFAULT_MODEL and doc["model_id"].startswith(DEFAULT_MODEL + "/")
     assert Path(doc["db"]) == indexed["db"]
     assert [f["path"] for f in doc["failures"]] == [str(indexed["photos"] / "broken.jpg")]
 

@@ -70,7 +70,7 @@ def test_int8_model_gives_the_same_vectors_on_a_cpu_without_vnni(tmp_path):
 
     pixels = _samples()
     assert "efficientnet-lite0-int8" in list_models()
-    fp32, int8 = create_model(), create_model("efficientnet-lite0-int8")  # quantised once, cached
+    fp32, int8 = create_model("efficientnet-lite0"), create_model("efficientnet-lite0-int8")  # quantised once, cached
     assert int8.model_id != fp32.model_id and int8.dim == fp32.dim
     assert PORTABLE_FORMAT in int8.model_id  # the format is part of the vectors' identity
     reference = fp32.embed(pixels).vectors
@@ -131,7 +131,7 @@ def test_int8_model_keeps_the_float_models_retrieval_on_flowers12(flowers12):
     def embed(model):
         return np.concatenate([model.embed(pixels[i : i + 32]).vectors for i in range(0, len(pixels), 32)])
 
-    fp32, int8 = embed(create_model()), embed(create_model("efficientnet-lite0-int8"))
+    fp32, int8 = embed(create_model("efficientnet-lite0")), embed(create_model("efficientnet-lite0-int8"))
     assert _cosine_shortfall(fp32, int8) is None, _cosine_shortfall(fp32, int8)
     (hit_f, ap_f), (hit_q, ap_q) = _leave_one_out(fp32, labels), _leave_one_out(int8, labels)
     assert ap_q.mean() >= ap_f.mean() - MAX_MAP_LOSS, (ap_f.mean(), ap_q.mean())
@@ -147,7 +147,7 @@ def test_signed_8bit_weights_saturate_on_a_cpu_without_vnni(tmp_path):
     from imagespace.models.quantize import calibration_pixels, default_calibration_paths, quantize_onnx
 
     pixels = _samples()
-    fp32 = create_model()
+    fp32 = create_model("efficientnet-lite0")
     calib = calibration_pixels(default_calibration_paths(), size=fp32.input_size)
     u8s8 = quantize_onnx(fp32.onnx_path, tmp_path / "u8s8.onnx", calib, fmt="u8s8")
     reference = fp32.embed(pixels).vectors
@@ -166,7 +166,7 @@ def test_the_flowers12_bar_catches_8bit_weights_saturating_on_a_cpu_without_vnni
 
     paths, _ = _flowers12_photos(flowers12)
     pixels = np.stack([load_image(p).pixels for p in paths[::80]])
-    fp32 = create_model()
+    fp32 = create_model("efficientnet-lite0")
     calib = calibration_pixels(default_calibration_paths(), size=fp32.input_size)
     u8s8 = quantize_onnx(fp32.onnx_path, tmp_path / "u8s8.onnx", calib, fmt="u8s8")
     shortfall = _cosine_shortfall(fp32.embed(pixels).vectors, _vectors_on_avx2_cpu(u8s8, pixels, tmp_path, timeout=1800))

@@ -14,6 +14,7 @@ from imagespace.images import decode, load_image
 from imagespace.models import DEFAULT_MODEL, EmbeddingModel, create_model, list_models, register_model
 from imagespace.models.labels import imagenet_labels
 from imagespace.models.model_dir import write_model_card
+from imagespace.models.networks import NETWORKS
 
 
 def sample_photos() -> list[Path]:
@@ -54,7 +55,7 @@ def test_create_model_default(model):
     assert isinstance(model, EmbeddingModel)
     assert model.name == DEFAULT_MODEL
     assert create_model().model_id == model.model_id == create_model(DEFAULT_MODEL).model_id
-    assert model.dim == 1280 and model.input_size == 224
+    assert model.dim == 1280 and model.input_size == NETWORKS[DEFAULT_MODEL].input_size
     assert Path(model.onnx_path).is_file()
 
 
@@ -84,7 +85,7 @@ def test_model_folder(tmp_path, model, pixels):
     folder = tmp_path / "m"
     folder.mkdir()
     shutil.copy(model.onnx_path, folder / "model.onnx")
-    write_model_card(folder, name="mine", model_id="mine/1", imagenet_labels=True)
+    write_model_card(folder, name="mine", model_id="mine/1", input_size=model.input_size, imagenet_labels=True)
     m = create_model(str(folder))
     assert (m.name, m.model_id) == ("mine", "mine/1")
     assert np.allclose(m.embed(pixels[:2]).vectors, model.embed(pixels[:2]).vectors, atol=1e-6)
@@ -118,7 +119,7 @@ def test_onnx_matches_pytorch(model, pixels):
     from imagespace.models.efficientnet import default_weights_path
     from imagespace.models.torch_nets import build_embedding_net
 
-    net = build_embedding_net(default_weights_path())
+    net = build_embedding_net(default_weights_path(model.name), arch=model.name)
     with torch.no_grad():
         features, logits = net(torch.from_numpy(pixels))
     features, logits = features.numpy(), logits.numpy()
@@ -176,8 +177,8 @@ def test_tags_of_an_image(model, pixels):
 def test_tags_name_what_is_in_a_real_photo(model):
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image's sample photos are not installed")
     base = Path(skimage_data.data_dir)
-    cat = decode((base / "chelsea.png").read_bytes())
-    coffee = decode((base / "coffee.png").read_bytes())
+    cat = decode((base / "chelsea.png").read_bytes(), size=model.input_size)
+    coffee = decode((base / "coffee.png").read_bytes(), size=model.input_size)
     out = model.embed(np.stack([cat.pixels, coffee.pixels]))
     cat_tags = [t.lower() for t, _ in out.tags[0][:3]]
     coffee_tags = [t.lower() for t, _ in out.tags[1][:3]]

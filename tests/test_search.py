@@ -93,7 +93,7 @@ def assert_same_ranking(hits, expected):
 def test_image_query_matches_exact_search(coll, corpus, model, k):
     searcher = Searcher(coll, model)
     for q in [*sorted(corpus["queries"].iterdir()), corpus["a"] / "img_007.jpg", corpus["b"] / "img_020.png"]:
-        hits = searcher.query(q, k=k).hits
+        hits = searcher.query(q, k=k, qe=False).hits  # the index alone: exactly the nearest
         assert len(hits) == min(k, 36)
         assert_same_ranking(hits, exact(coll, query_vector(model, q), k))
         assert all(hits[i].score >= hits[i + 1].score for i in range(len(hits) - 1))
@@ -119,8 +119,8 @@ def test_hnsw_graph_agrees_with_exact(coll, corpus, model, monkeypatch):
         v = query_vector(model, q)
         everything = set(exact(coll, v, 1).truth)
         for hits, expected, may in (
-            (searcher.query(vector=v, k=10).hits, exact(coll, v, 10), everything),
-            (searcher.query(vector=v, k=5, where="width >= 150").hits, exact(coll, v, 5, allowed), allowed),
+            (searcher.query(vector=v, k=10, qe=False).hits, exact(coll, v, 10), everything),
+            (searcher.query(vector=v, k=5, where="width >= 150", qe=False).hits, exact(coll, v, 5, allowed), allowed),
         ):
             assert len(hits) == len(expected)
             assert len({h.id for h in hits}) == len(hits)
@@ -141,7 +141,7 @@ def test_like_excludes_the_query_itself(coll, corpus):
     row = coll.row_by_path(target)
     ids, vecs = coll.vectors([row.id])
     for k in (1, 4, 35, 50):
-        hits = Searcher(coll).query(like=target, k=k).hits
+        hits = Searcher(coll).query(like=target, k=k, qe=False).hits
         assert row.id not in {h.id for h in hits}
         assert len(hits) == min(k, 35)
         assert_same_ranking(hits, exact(coll, vecs[0], k, exclude={row.id}))
@@ -165,13 +165,41 @@ def test_min_score(coll, corpus, model):
     v = query_vector(model, q)
     full = exact(coll, v, 36)
     cut = full[5][1]  # the sixth best score: exactly six results reach it
-    hits = Searcher(coll, model).query(q, k=20, min_score=cut - 1e-6).hits
+    hits = Searcher(coll, model).query(q, k=20, min_score=cut - 1e-6, qe=False).hits
     assert_same_ranking(hits, exact(coll, v, 6))
     assert all(h.score >= cut - 1e-6 for h in hits)
+    # expanded (the default): the same six, as the score is the plain cosine either way
+    expanded = Searcher(coll, model).query(q, k=20, min_score=cut - 1e-6).hits
+    assert {h.id for h in expanded} == {h.id for h in hits}
     assert Searcher(coll, model).query(q, k=20, min_score=1.01).hits == []
     # through the command line, with --like
     out = run_cli("search", "--like", corpus["a"] / "img_000.jpg", "--min-score", "0.999", "--db", corpus["db"], "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["results"] == []
+
+
+def test_the_default_expands_image_queries_and_keeps_plain_cosines(coll, corpus, model):
+    """A new collection is centred, so an image query is expanded with its nearest images
+    (alpha-QE): the expanded query orders the answer, and each score stays the plain cosine
+    between the query and the image (what --min-score and the weak line read)."""
+    from imagespace.vector_pipeline import CENTRED_QE_ALPHA, CENTRED_QE_NEIGHBOURS
+
+    assert coll.pipeline.expands_by_default
+    ids, vecs = coll.vectors()
+    for q in sorted(corpus["queries"].iterdir()):
+        v = query_vector(model, q)
+        hits = Searcher(coll, model).query(vector=v, k=36).hits
+        truth = exact(coll, v, 36).truth
+        assert sorted(h.id for h in hits) == sorted(truth)
+        assert all(abs(h.score - truth[h.id]) < 1e-5 for h in hits)
+        plain = vecs @ v
+        near = np.argsort(-plain, kind="stable")[:CENTRED_QE_NEIGHBOURS]
+        expanded = v + ((np.maximum(plain[near], 0) ** CENTRED_QE_ALPHA)[:, None] * vecs[near]).sum(0)
+        by_expanded = dict(zip(ids.tolist(), (vecs @ (expanded / np.linalg.norm(expanded))).tolist()))
+        order = [by_expanded[h.id] for h in hits]
+        assert all(a >= b - 1e-5 for a, b in zip(order, order[1:])), order
+        plain_order = [h.id for h in Searcher(coll, model).query(vector=v, k=36, qe=False).hits]
+        assert plain_order == [int(i) for i in ids[np.argsort(-plain, kind="stable")]] or np.allclose(
+            sorted(plain, reverse=True), [truth[i] for i in plain_order], atol=1e-6)
 
 
 # -- filters -----------------------------------------------------------------------------------
@@ -222,10 +250,10 @@ def test_where_filters(coll, corpus, model):
     v = query_vector(model, sorted(corpus["queries"].iterdir())[1])
     for expr, predicate in filter_cases(coll, corpus):
         allowed = rows_matching(coll, predicate)
-        hits = searcher.query(vector=v, k=100, where=expr).hits
+        hits = searcher.query(vector=v, k=100, where=expr, qe=False).hits
         assert {h.id for h in hits} == allowed, expr
         assert_same_ranking(hits, exact(coll, v, 100, allowed))
-        top3 = searcher.query(vector=v, k=3, where=expr).hits
+        top3 = searcher.query(vector=v, k=3, where=expr, qe=False).hits
         assert_same_ranking(top3, exact(coll, v, 3, allowed))
     # at least some filters really cut the collection down, and not all to nothing
     sizes = {expr: len(rows_matching(coll, p)) for expr, p in filter_cases(coll, corpus)}

@@ -36,7 +36,8 @@ def test_plans_cover_every_file_once(photo_folder):
 def test_sharded_search_equals_unsharded(photo_folder, tmp_path, model):
     folder = photo_folder(14)
     with Collection(tmp_path / "whole") as whole:
-        sync(whole, [str(folder)], model, model_spec="efficientnet-lite0")
+        # raw, as shards are (they answer one query vector together: no mean, no expansion)
+        sync(whole, [str(folder)], model, model_spec=model.name, pipeline="raw")
         ids, vecs = whole.vectors()
         searcher = Searcher(whole, model)
         queries = vecs[:5]
@@ -45,7 +46,7 @@ def test_sharded_search_equals_unsharded(photo_folder, tmp_path, model):
     assert sum(1 for p in plan.values() if p) >= 2
     for name, shard_paths in plan.items():  # each shard on its own, as separate workers would
         if shard_paths:
-            report = build_shard(tmp_path / "shards" / name, shard_paths, "efficientnet-lite0")
+            report = build_shard(tmp_path / "shards" / name, shard_paths, model.name)
             assert report.added == len(shard_paths)
     with ShardedIndex(tmp_path / "shards") as sharded:
         assert len(sharded) == len(ids) == 14
@@ -78,7 +79,7 @@ def test_cli_index_shards_stays_incremental(photo_folder, tmp_path):
 def test_sharded_engine_merges_like_one_collection_and_never_answers_short(photo_folder, tmp_path, model):
     folder = photo_folder(12)
     with Collection(tmp_path / "whole") as whole:
-        sync(whole, [str(folder)], model, model_spec="efficientnet-lite0")
+        sync(whole, [str(folder)], model, model_spec=model.name, pipeline="raw")  # as shards are
         _, vecs = whole.vectors()
         searcher = Searcher(whole, model)
         expected = [[(h.path, h.score) for h in searcher.query(vector=q, k=5, offset=1).hits] for q in vecs[:4]]

@@ -171,7 +171,8 @@ def test_self_supervised_on_unlabelled_images(tmp_path, photo_folder):
     names, dtype, outputs = _onnx_io(out)
     assert names == ["pixels"] and dtype == onnx.TensorProto.UINT8 and outputs == ["features", "logits"]
     model = create_model(str(out))
-    vecs = model.embed(np.stack([np.asarray(make_photo(1, (224, 224)))] * 2))
+    side = model.input_size  # the base network's (the default's)
+    vecs = model.embed(np.stack([np.asarray(make_photo(1, (side, side)))] * 2))
     assert vecs.vectors.shape == (2, 32) and vecs.tags[0]  # ImageNet tags still there
     card = json.loads((out / "imagespace-model.json").read_text())
     assert card["model_id"].startswith("imagespace-train/self-supervised/") and card["imagenet_labels"]

@@ -52,7 +52,7 @@ def test_centred_mean_is_frozen_until_the_collection_doubles(tmp_path):
         q = _rows(5000, 1, 4)[0].vector
         assert np.allclose(coll.post_process(q), unit(q - coll.pipeline.mean))
     pipe = _consistent(root)
-    assert pipe.kind == "centred" and pipe.query_expansion is not None and not pipe.expands_by_default
+    assert pipe.kind == "centred" and pipe.query_expansion is not None and pipe.expands_by_default
 
 
 def test_raw_collections_keep_their_vectors(tmp_path):

@@ -199,7 +199,13 @@ class Collection:
     @property
     def model_spec(self) -> str | None:
         """How to make the collection's model again: a registry name or a model folder."""
-        return self.get_meta("model_spec")
+        spec = self.get_meta("model_spec")
+        if spec is None and self.model_id:
+            # A collection from before specs were kept: its model id starts with the network's
+            # name, and it must keep that network whatever the default has become since.
+            prefix = self.model_id.split("/", 1)[0]
+            spec = prefix if prefix.startswith("efficientnet-") else None
+        return spec
 
     @property
     def dim(self) -> int | None:

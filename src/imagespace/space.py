@@ -45,7 +45,7 @@ class ImageSpace:
         root: the collection folder (the CLI's ``--db``).
         model: a model name (``imagespace.list_models()``) or a folder made by
             ``imagespace train``, used by :meth:`index`; default: the collection's own
-            model, else ``efficientnet-lite0``.
+            model, else ``efficientnet-lite2``.
         create: make the collection when the folder holds none yet (on first use: a folder
             that was never indexed into is not left behind by a failed first run).
         readonly: open the database for reading only (a server's second connection).
@@ -307,7 +307,8 @@ class ImageSpace:
             where: a filter, e.g. ``"width > 1000 and tag ~ dog"`` (``imagespace.WHERE_HELP``).
             min_score: drop results with a lower cosine similarity.
             qe: query expansion; ``None`` (default): as the collection's pipeline says
-                (``info``; off for now: scores are then against the expanded query).
+                (``info``; on for centred collections: it orders the answer, scores stay
+                plain cosines to the query).
             dba: database-side augmentation (better rankings, slower).
             text_model: a local CLIP folder for open-vocabulary ``text``.
 
@@ -492,7 +493,7 @@ def open(root: PathLike, model: PathLike | None = None, *, create: bool = True, 
         root: the collection folder, e.g. ``"~/Pictures/.imagespace"`` (the CLI's ``--db``).
         model: the model :meth:`ImageSpace.index` embeds with: a name
             (``imagespace.list_models()``) or a folder made by ``imagespace train``; default:
-            the collection's own model, else ``efficientnet-lite0``.
+            the collection's own model, else ``efficientnet-lite2``.
         create: when False, a folder without a collection is an error.
         readonly, threads, index_kind: see :class:`ImageSpace`.
 

@@ -150,7 +150,8 @@ class Searcher:
             text: words (matched to ImageNet concepts, or through ``text_model``, a local
                 CLIP folder).
             qe: query expansion (not for ``text``); ``None``: as the collection's pipeline
-                says (``info``; off for now, see :mod:`imagespace.vector_pipeline`).
+                says (``info``; on for centred collections, see :mod:`imagespace.vector_pipeline`).
+                It orders the answer; scores stay plain cosines to the query.
             dba: database-side augmentation (not for ``text``).
             where: a filter in the ``--where`` language (:mod:`imagespace.search.filters`).
             min_score: drop results with a lower cosine similarity.
@@ -190,6 +191,10 @@ class Searcher:
             knobs = {} if expansion is None else {"qe_neighbours": expansion[0], "qe_alpha": expansion[1]}
             ids, scores = reranked(self.collection, self.index, vector, want, allowed=allowed, exclude=exclude,
                                    qe=qe, dba=dba, **knobs)
+            if not dba:
+                # QE decides the order; each score stays the plain cosine between the query and
+                # the image (the query's own photo scores 1), which --min-score and the weak line read.
+                scores = self._plain_cosines(vector, ids)
         elif allowed is not None:
             ids, scores = self._filtered(vector, want, allowed)
         else:
@@ -213,6 +218,18 @@ class Searcher:
         return cosine_meaning(line, augmented=augmented)
 
     # -- the parts -----------------------------------------------------------------------
+
+    def _plain_cosines(self, vector: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.full(len(ids), -1.0, dtype=np.float32)
+        found, vecs = self.collection.vectors([int(i) for i in ids if i >= 0])
+        if len(found):
+            pos = {int(i): p for p, i in enumerate(found.tolist())}
+            plain = vecs @ vector
+            for p, i in enumerate(ids.tolist()):
+                if i in pos:
+                    out[p] = plain[pos[i]]
+        return out
 
     def _nearest(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         ids, scores = self.index.search(vector[None], k)
