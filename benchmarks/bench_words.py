@@ -1,6 +1,7 @@
 """Search by words: precision@10 of everyday words on cifar10 and flowers12, and its speed.
 
-``python -m benchmarks --only bench_words [--quick]``
+``python -m benchmarks --only bench_words [--quick]``; ``BENCH_MODEL=efficientnet-lite0`` measures
+another network than the default.
 
 Collections: 50 test images of each cifar10 class (500) and flowers12's test split (240).
 Each folder is answered by several words; half of them (DEV) were looked at while the rules
@@ -58,7 +59,9 @@ def run(quick: bool = False) -> dict:
         out = {}
         for name, folder in (("cifar10", cifar), ("flowers12", FLOWERS12 / "test")):
             db = work / f"db-{name}"
-            subprocess.run([*IMAGESPACE, "index", str(folder), "--db", str(db), "--json"], check=True, env=env, capture_output=True)
+            model = ["--model", os.environ["BENCH_MODEL"]] if os.environ.get("BENCH_MODEL") else []
+            subprocess.run([*IMAGESPACE, "index", str(folder), "--db", str(db), "--json", *model], check=True, env=env,
+                           capture_output=True)
             out[name] = db
         report = {
             "cifar10": _precision(out["cifar10"], CIFAR_DEV, CIFAR_HELD_OUT),

@@ -16,10 +16,11 @@ ray = pytest.importorskip("ray")
 
 from imagespace.indexing import sync
 from imagespace.collection import Collection  # noqa: E402
+from imagespace.models import DEFAULT_MODEL  # noqa: E402
 from imagespace.distributed import RayOptions, ray_embedder, sync_with_ray  # noqa: E402
 from imagespace.models import create_model  # noqa: E402
 
-SPEC = "efficientnet-lite0"
+SPEC = DEFAULT_MODEL  # what the model fixture is
 
 
 @pytest.fixture(scope="module")

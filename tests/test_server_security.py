@@ -123,7 +123,8 @@ def test_symlinks_out_of_the_collection_are_not_served(tmp_path):
     # indexed through a symlink that points out of the collection's folder
     os.symlink(outside / "private.jpg", photos / "linked.jpg")
     with Collection(db, create=False) as c:
-        sync(c, [str(photos)], model(), model_spec="efficientnet-lite0")
+        m = model()
+        sync(c, [str(photos)], m, model_spec=m.name)
     ids = ids_by_name(db)
     # after indexing: a photo swapped for a link to a secret, another for a link to an outside image
     (photos / "img_001.jpg").unlink()

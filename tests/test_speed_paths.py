@@ -160,7 +160,8 @@ def test_a_stored_image_query_imports_nothing_heavy(photo_folder, tmp_path):
 
     folder = photo_folder(4)
     with Collection(tmp_path / "db") as coll:
-        sync(coll, [str(folder)], create_model(), model_spec="efficientnet-lite0")
+        model = create_model()
+        sync(coll, [str(folder)], model, model_spec=model.name)
     code = (
         "import sys\nfrom imagespace.collection import Collection\nfrom imagespace.search import Searcher\n"
         f"hits = Searcher(Collection({str(tmp_path / 'db')!r})).query(like={str(folder / 'img_000.jpg')!r}, k=2).hits\n"

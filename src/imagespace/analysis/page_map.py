@@ -111,20 +111,45 @@ def _assign(xy: np.ndarray, cols: int, rows: int) -> np.ndarray:
 
 def _regions(points: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
     """The layout's clumps: k-means on the 2-D positions, k (2 to 12, at most n / 3) the one
-    with the best silhouette."""
+    with the best silhouette; then any region that itself splits cleanly is split. Silhouette
+    over the whole map favours coarse cuts: with flowers far from clothes, three tight clumps
+    of hats, trousers and shoes scored best as one region (0.87 against 0.85 split)."""
     if n < 6:
         return [np.arange(n)] if n else []
+    groups = _best_kmeans(points, np.arange(n), seed, max_k=12)
+    out: list[np.ndarray] = []
+    while groups:
+        g = groups.pop()
+        parts = _best_kmeans(points, g, seed, max_k=4, min_score=_CLEAN_SPLIT) if len(g) >= 2 * _MIN_REGION else [g]
+        if len(parts) > 1 and len(out) + len(groups) + len(parts) <= 12:
+            groups.extend(parts)
+        else:
+            out.append(g)
+    return sorted(out, key=lambda g: int(g[0]))
+
+
+# A region splits again when its own best k-means cut has at least this silhouette: tight
+# clumps with space between them score 0.8-0.95, one round blob cut in two about 0.4-0.5.
+_CLEAN_SPLIT = 0.7
+_MIN_REGION = 5
+
+
+def _best_kmeans(points: np.ndarray, members: np.ndarray, seed: int, *, max_k: int,
+                 min_score: float = -2.0) -> list[np.ndarray]:
+    """``members`` cut by the k-means (k from 2 to ``max_k``, at most a third of them) with the
+    best silhouette, if it reaches ``min_score``; else ``[members]``."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
-    best, best_score = None, -2.0
-    for k in range(2, int(min(12, n // 3)) + 1):
-        assign = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(points)
+    x = points[members]
+    best, best_score = None, min_score
+    for k in range(2, int(min(max_k, len(members) // 3)) + 1):
+        assign = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x)
         if len(set(assign.tolist())) < 2:
             continue
-        score = silhouette_score(points, assign, sample_size=min(n, 2000), random_state=seed)
+        score = silhouette_score(x, assign, sample_size=min(len(x), 2000), random_state=seed)
         if score > best_score:
             best, best_score = assign, score
     if best is None:
-        return [np.arange(n)]
-    return [np.flatnonzero(best == j) for j in range(int(best.max()) + 1) if (best == j).any()]
+        return [members]
+    return [members[best == j] for j in range(int(best.max()) + 1) if (best == j).any()]
