@@ -130,4 +130,7 @@ def test_words_find_daisies(coll):
     answer = Searcher(coll).query(text="daisies", k=10)
     hits, extra = answer.hits, answer.extra
     assert extra["understood_as"][0]["concept"] == "daisy"
-    assert sum(Path(h.path).parent.name == "daisy" for h in hits) >= 9
+    # Lite2 (the default network since 2026-12-04) gives ImageNet's "daisy" to some sunflowers
+    # (a daisy-family flower) at 0.88-0.91: 7 daisies of 10 (Lite0: 9). Anything else is a leak.
+    kinds = [Path(h.path).parent.name for h in hits]
+    assert kinds.count("daisy") >= 7 and set(kinds) <= {"daisy", "sunflower"}, kinds
