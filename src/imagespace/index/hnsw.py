@@ -459,14 +459,31 @@ class VectorIndex:
         order = np.argsort(ids, kind="stable")
         return ids[order], vecs[order]
 
+    @property
+    def holds_full_vectors(self) -> bool:
+        """Whether :meth:`vectors_of` reads the graph's own float32 vectors (exact, in memory)."""
+        return self.projection is None and self.settings.dtype == "f32"
+
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
         """The full vectors of ``ids``, in that order."""
         ids = np.asarray(ids, dtype=np.int64)
         if self.projection is not None:
             found, vecs = self._exact_vectors(np.unique(ids).tolist())
             return vecs[np.searchsorted(found, ids)]
-        got = self.index.get(ids)
-        return np.asarray(got, dtype=np.float32)
+        if not len(ids):
+            return np.zeros((0, self.index.ndim), dtype=np.float32)
+        got = self.index.get(ids)  # a tuple of vectors, None for a key the graph lacks
+        try:
+            whole = np.asarray(got, dtype=np.float32)
+            if whole.shape == (len(ids), self.index.ndim):
+                return whole
+        except (TypeError, ValueError):
+            pass
+        out = np.full((len(ids), self.index.ndim), np.nan, dtype=np.float32)
+        for row, v in enumerate(got):
+            if v is not None:
+                out[row] = v
+        return out
 
 
 def file_checksum(path: os.PathLike[str] | str) -> str:

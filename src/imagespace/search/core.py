@@ -220,15 +220,22 @@ class Searcher:
     # -- the parts -----------------------------------------------------------------------
 
     def _plain_cosines(self, vector: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Cosines of ``vector`` with the rows ``ids`` (-1 where a row is gone): from the index's
+        own float32 vectors when it keeps them (no database read for a page of 1,000 results),
+        else from the collection."""
         ids = np.asarray(ids, dtype=np.int64)
         out = np.full(len(ids), -1.0, dtype=np.float32)
-        found, vecs = self.collection.vectors([int(i) for i in ids if i >= 0])
+        real = ids >= 0
+        held = getattr(self.index, "vectors_of", None)
+        if held is not None and getattr(self.index, "holds_full_vectors", False):
+            vecs = held(ids[real])
+            if vecs is not None and len(vecs) == int(real.sum()) and np.isfinite(vecs).all():
+                out[real] = vecs @ vector
+                return out
+        found, vecs = self.collection.vectors(ids[real].tolist())
         if len(found):
-            pos = {int(i): p for p, i in enumerate(found.tolist())}
-            plain = vecs @ vector
-            for p, i in enumerate(ids.tolist()):
-                if i in pos:
-                    out[p] = plain[pos[i]]
+            plain = dict(zip(found.tolist(), (vecs @ vector).tolist()))
+            out = np.asarray([plain.get(int(i), -1.0) for i in ids], dtype=np.float32)
         return out
 
     def _nearest(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

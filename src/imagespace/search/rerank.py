@@ -146,7 +146,10 @@ def reranked(
             found, sims = index.search(q[None], n)
             return found[0], sims[0]
 
-        vectors_of = lambda ids: collection.vectors(ids.tolist())[1]  # noqa: E731
+        if getattr(index, "holds_full_vectors", False):
+            vectors_of = index.vectors_of  # the graph's own float32 vectors, in memory
+        else:
+            vectors_of = lambda ids: collection.vectors(ids.tolist())[1]  # noqa: E731
     if qe:
         found, sims = lookup(query, qe_neighbours + len(exclude) + 1)
         keep = [(int(i), float(s)) for i, s in zip(found, sims) if i >= 0 and int(i) not in exclude][:qe_neighbours]
