@@ -200,7 +200,8 @@ class Searcher:
         else:
             ids, scores = self._nearest(vector, want)
         hits = finish(self.collection, zip(ids, scores), exclude=exclude, **_page(opts))
-        return self._hinted(Answer(hits, {"scores": self.judge_cosines(hits, augmented=dba).to_dict()}), where)
+        meaning = self.judge_cosines(hits, augmented=dba, expanded=bool(qe))
+        return self._hinted(Answer(hits, {"scores": meaning.to_dict()}), where)
 
     def _hinted(self, answer: Answer, where: str | None) -> Answer:
         """An empty answer to a filter says which tag or label no image has (a typing error?)."""
@@ -210,12 +211,12 @@ class Searcher:
                 answer.extra["hints"] = hints
         return answer
 
-    def judge_cosines(self, hits: list[Hit], *, augmented: bool = False):
+    def judge_cosines(self, hits: list[Hit], *, augmented: bool = False, expanded: bool = False):
         """Mark ``hits`` (cosine scores) weak below the collection's chance line; its meaning."""
         line = None if augmented else chance_line(self.collection)
         for h in hits:
             h.weak = None if line is None else bool(h.score < line.value)
-        return cosine_meaning(line, augmented=augmented)
+        return cosine_meaning(line, augmented=augmented, expanded=expanded)
 
     # -- the parts -----------------------------------------------------------------------
 

@@ -33,9 +33,13 @@ class ScoreMeaning:
                 "weak_below": None if self.weak_below is None else round(self.weak_below, 4)}
 
 
-def cosine_meaning(line: ChanceLine | None, *, augmented: bool = False) -> ScoreMeaning:
-    """The meaning of a cosine score in a collection whose chance line is ``line``."""
+def cosine_meaning(line: ChanceLine | None, *, augmented: bool = False, expanded: bool = False) -> ScoreMeaning:
+    """The meaning of a cosine score in a collection whose chance line is ``line``;
+    ``expanded``: the answer was ordered by an expanded query (QE), its scores still plain."""
     meaning = "cosine similarity of the two images' vectors: 1 is the same picture, higher is closer"
+    if expanded and not augmented:
+        meaning += ("; ordered by the query together with its 2 nearest images (query expansion, "
+                    "--no-qe for plain order), so a score can exceed the one above it")
     if augmented:
         return ScoreMeaning(COSINE, meaning + " (here against vectors averaged with their neighbours, --dba)",
                             "not judged with --dba: its scores are higher than plain cosines")

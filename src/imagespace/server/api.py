@@ -238,13 +238,13 @@ def build_router(engine: Engine, thumbs: ThumbnailCache) -> APIRouter:
         return ImageDetails(
             id=row.id, path=row.path, size=row.size, width=row.width, height=row.height, format=row.format,
             tags=[Tag(label=t, score=s) for t, s in row.tags], thumb=thumb_url(row),
-            file=f"/api/images/{row.id}/file", neighbours=items(engine, hits), scores=engine.cosine_meaning(),
+            file=f"/api/images/{row.id}/file", neighbours=items(engine, hits), scores=engine.cosine_meaning(by_image=True),
         )
 
     @r.get("/images/{image_id}/similar", response_model=Results, summary="Search by a stored image")
     def similar(image_id: int, k: K = 24, offset: Offset = 0, where: Where = None, min_score: MinScore = None) -> Results:
         hits = engine.similar(get_row(engine, image_id), k=k, offset=offset, where=where, min_score=min_score)
-        return Results(results=items(engine, hits), k=k, offset=offset, scores=engine.cosine_meaning())
+        return Results(results=items(engine, hits), k=k, offset=offset, scores=engine.cosine_meaning(by_image=True))
 
     @r.get("/images/{image_id}/thumb", response_class=FileResponse, summary="A JPEG thumbnail (cached)")
     def thumbnail(

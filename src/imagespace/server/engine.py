@@ -220,11 +220,14 @@ class Engine:
     def similar(self, row: Row, **opts) -> list[Hit]:
         return self.query(like=row.path, **opts).hits
 
-    def cosine_meaning(self) -> dict:
+    def cosine_meaning(self, *, by_image: bool = False) -> dict:
         """What image-search scores mean in this collection, and its weak line (the same words
-        as the command line's)."""
+        as the command line's); ``by_image``: for a search by an image, which the collection
+        may expand (QE orders the answer, the scores stay plain)."""
         with self._search_lock:
-            return self._searcher_locked().judge_cosines([]).to_dict()
+            searcher = self._searcher_locked()
+            expanded = by_image and searcher.collection.pipeline.expands_by_default
+            return searcher.judge_cosines([], expanded=expanded).to_dict()
 
     def recommend(self, like: list[int], unlike: list[int], k: int) -> list[Hit]:
         with self._search_lock:

@@ -362,9 +362,10 @@ class ShardedEngine:
         extra = next((e for _, _, e in answers.values() if e), {})
         return self._merge({n: (hits, rows) for n, (hits, rows, _) in answers.items()}, k, offset), extra
 
-    def cosine_meaning(self) -> dict | None:
+    def cosine_meaning(self, *, by_image: bool = False) -> dict | None:
         """What image scores mean, as the first shard that holds images measures it (each shard
-        marks its own hits weak by its own line)."""
+        marks its own hits weak by its own line). Shards are raw, so nothing is expanded
+        (``by_image`` changes nothing here)."""
         meanings = self._fan("cosine_meaning")
         return next((m for _, m in sorted(meanings.items()) if m), None)
 
