@@ -156,8 +156,8 @@ class FeatureMaker:
         if not kp:
             return np.zeros((0, 2), np.float32), None
         # Strongest first: the first look matches only the head of the list.
-        order = np.argsort([-k.response for k in kp], kind="stable")
-        return np.float32([kp[i].pt for i in order]), desc[order]
+        order = np.argsort(-np.float32([k.response for k in kp]), kind="stable")
+        return self.cv2.KeyPoint_convert(kp)[order], desc[order]
 
 
 def _ratio_matches(da: np.ndarray, db: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
