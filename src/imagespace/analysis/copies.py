@@ -33,7 +33,13 @@ _MIN_SIDE = 320
 _FEATURES = 1000
 _RATIO = 0.8
 _RANSAC_PIXELS = 5.0
-_RANSAC_ROUNDS = 1000
+# RANSAC stops by itself (OpenCV's 99.5% rule) once the best model holds enough of the
+# matches: within 500 rounds from 32% inliers on. A shorter run is the start of a longer one
+# (the sampler is seeded the same), so only pairs with fewer inliers than that can fare
+# otherwise; on look-alikes, which hold none, every round is paid (13 ms for 1,000). On both
+# halves of benchmarks/duplicate_tiers.py 500 rounds gave every copy and retake verdict of
+# 1,000 unchanged (look-alikes kept 'similar', some with a point or two fewer).
+_RANSAC_ROUNDS = 500
 # The first look: the strongest points of each image only.
 _FIRST_LOOK_POINTS = 250
 # Tuned on the train half: true pairs had 24-250 such matches, other photos of one species
@@ -347,7 +353,7 @@ class PairChecker:
     def _match(self, pa, da, pb, db):
         cv2 = self.cv2
         # Inliers are a subset of the matches that pass the ratio test: with fewer of those
-        # than the bar, RANSAC (which runs its full 2,000 rounds on unrelated photos) is skipped.
+        # than the bar, RANSAC (which runs all its rounds on unrelated photos) is skipped.
         need = max(8, self.min_inliers)
         if da is None or db is None or len(da) < need or len(db) < need:
             return None, None, None, 0
