@@ -43,8 +43,7 @@ _RANSAC_ROUNDS = 500
 # The first look: the strongest points of each image only.
 _FIRST_LOOK_POINTS = 250
 # Tuned on the train half: true pairs had 24-250 such matches, other photos of one species
-# 95% at most 15 and 99% at most 23. The bar holds for each orientation (direct, mirrored)
-# before it is fitted: a fit is a RANSAC of _RANSAC_ROUNDS rounds (13 ms) on look-alikes.
+# 95% at most 15 and 99% at most 23.
 FIRST_LOOK_MATCHES = 16
 # Aligned grey thumbnails for the pixel check: small enough to keep for every image.
 THUMB_SIDE = 160
@@ -227,30 +226,26 @@ class PairChecker:
             raise ValueError(f"unknown signals {sorted(unknown)}: use some of {', '.join(SIGNALS)}")
         self.signals = frozenset(signals)  # fewer only to measure what each one adds
 
-    def first_look(self, a: ImageFeatures, b: ImageFeatures) -> tuple[int, int]:
+    def first_look(self, a: ImageFeatures, b: ImageFeatures) -> tuple[int, bool]:
         """Ratio-test matches between the strongest points of each, direct and mirrored (a
-        sixteenth of the cost of the full match; unrelated photos find almost none)."""
+        sixteenth of the cost of the full match; unrelated photos find almost none), and
+        whether the mirrored image matched better."""
         counts = []
         for da in (a.descriptors, a.descriptors_mirrored):
             if da is None or b.descriptors is None or len(da) < 2 or len(b.descriptors) < 2:
                 counts.append(0)
                 continue
             counts.append(len(_ratio_matches(da[:_FIRST_LOOK_POINTS], b.descriptors[:_FIRST_LOOK_POINTS])[0]))
-        return counts[0], counts[1]
+        return max(counts), counts[1] > counts[0]
 
     def compare(self, a: ImageFeatures, b: ImageFeatures, facts_a: CaptureFacts | None = None,
                 facts_b: CaptureFacts | None = None) -> PairVerdict:
-        looks = self.first_look(a, b)  # (direct, mirrored)
-        look = max(looks)
+        look, mirrored_first = self.first_look(a, b)
         if look < FIRST_LOOK_MATCHES:
             v = PairVerdict("similar", 0.0, f"alike, but no shared details at a first look ({look} matches)")
             v.first_look = look
             return v
-        # Only an orientation that passes the first look itself is fitted (a mirrored copy
-        # finds nothing unmirrored); the better one first.
-        first = looks[1] > looks[0]
-        orientations = [m for m in (first, not first) if looks[m] >= FIRST_LOOK_MATCHES]
-        h, src, dst, inliers, mirrored = self._fit(a, b, orientations)
+        h, src, dst, inliers, mirrored = self._fit(a, b, mirrored_first)
         if h is None or inliers < self.min_inliers:
             v = PairVerdict("similar", 0.0, f"alike, but only {inliers} matching points: not the same scene", inliers)
             v.first_look = look
@@ -338,10 +333,9 @@ class PairChecker:
 
     # -- the three measurements -------------------------------------------------------------
 
-    def _fit(self, a: ImageFeatures, b: ImageFeatures, orientations: list[bool]):
-        """The homography with the most inliers over ``orientations`` (mirrored or not), in order."""
+    def _fit(self, a: ImageFeatures, b: ImageFeatures, mirrored_first: bool = False):
         best = (None, None, None, 0, False)
-        for mirrored in orientations:
+        for mirrored in ((True, False) if mirrored_first else (False, True)):
             pa, da = (a.points_mirrored, a.descriptors_mirrored) if mirrored else (a.points, a.descriptors)
             found = self._match(pa, da, b.points, b.descriptors)
             if found[0] is not None and found[3] > best[3]:
