@@ -1,5 +1,7 @@
 """End-to-end indexing: ``imagespace index`` against the usual one-image-at-a-time pipeline.
 
+    python -m benchmarks.bench_indexing [--quick] [--cifar10]   # BENCH_MODEL=NET: another network
+
 The baseline is what img2vec-style tools do: Pillow decodes the whole file, resizes it,
 and PyTorch eager runs the same network on one image at a time, in one process. It is
 timed in this process with the network already loaded (its best case); ``imagespace
@@ -68,6 +70,17 @@ def _baseline(paths: list[str], arch: str | None = None, threads: int | None = N
 _NETS: dict = {}
 
 
+def _default() -> str:
+    from imagespace.models import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def _network() -> str:
+    """The network measured: the default, or ``BENCH_MODEL`` (e.g. efficientnet-lite0)."""
+    return os.environ.get("BENCH_MODEL") or _default()
+
+
 def _torch_net(arch: str):
     if arch not in _NETS:
         from imagespace.models.torch_nets import build_embedding_net
@@ -102,16 +115,15 @@ def compare(title: str, folder: str, paths: list[str], baseline_n: int, repeats:
     """Whole runs side by side. The baseline is timed with PyTorch's own threads and with one
     thread, and the faster counts (on a loaded machine PyTorch's threads wait on each other
     and the default can be several times slower: that would flatter the ratio)."""
-    from imagespace.models import DEFAULT_MODEL
-
-    header(f"{title}, network {DEFAULT_MODEL} on both sides (CPU: {cpu_name()}, {os.cpu_count()} cores)")
+    net = _network()
+    header(f"{title}, network {net} on both sides (CPU: {cpu_name()}, {os.cpu_count()} cores)")
     base, base_cpu, whole, inrun, cpu = [], [], [], [], []
     for _ in range(repeats):  # interleaved: baseline, candidate, baseline, candidate...
-        tries = [_baseline(paths[:baseline_n]), _baseline(paths[:baseline_n], threads=1)]
+        tries = [_baseline(paths[:baseline_n], net), _baseline(paths[:baseline_n], net, threads=1)]
         best = max(tries)
         base.append(best[0])
         base_cpu.append(best[1])
-        w, r, c = _imagespace(folder, len(paths))
+        w, r, c = _imagespace(folder, len(paths), None if net == _default() else net)
         whole.append(w)
         inrun.append(r)
         cpu.append(c)
@@ -143,7 +155,7 @@ def breakdown(title: str, paths: list[str]) -> None:
         shutil.rmtree(db, ignore_errors=True)
         shutil.rmtree(empty, ignore_errors=True)
     row("start-up: `imagespace index` of an empty folder (wall)", f"{wall * 1000:7.0f} ms once per run")
-    model = create_model()
+    model = create_model(_network())
     t = time.process_time()
     model.session  # noqa: B018
     row("model load (ONNX Runtime session, CPU)", f"{(time.process_time() - t) * 1000:7.0f} ms once per run")

@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_pipelines embed [NET ...]   # cache vectors (slow; once)
     python -m benchmarks.bench_pipelines                   # the tables, from the cache
+    python -m benchmarks.bench_pipelines library [NET ...] # P@1 / AP@1000 / ms through space.search
+    python -m benchmarks.bench_pipelines timing            # old default against new, queries in turn
 
 Vectors: each photo through a graph that pools the feature map with GeM at several p at
 once and gives the ImageNet logits, at the network's own input size, decoded as indexing
@@ -437,6 +439,42 @@ def library_queries(arch: str = "efficientnet-lite0", n_queries: int = 400, k: i
             space.close()
 
 
+def default_timing(n_queries: int = 400, k: int = 1000, rounds: int = 3) -> None:
+    """ms a query of ``space.search(like=..., k=k)``: the old default (Lite0, raw vectors, no
+    expansion) against the new (Lite2, centred, expanded), on the same 8,400-row collection
+    of cached vectors, the two asked in turn, query by query, so that the machine's load
+    falls on both alike."""
+    import imagespace
+
+    from ._common import cpu_name
+
+    header(f"old default against new, space.search(like=..., k={k}), {n_queries} queries in turn (CPU: {cpu_name()})")
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        spaces, paths = {}, {}
+        for name, arch, pipeline in (("old", "efficientnet-lite0", "raw"), ("new", "efficientnet-lite2", "centred")):
+            paths[name], _ = library_collection(Path(tmp) / name, arch, pipeline)
+            spaces[name] = imagespace.open(Path(tmp) / name)
+        test = [i for i, p in enumerate(paths["old"]) if "-test/" in p and "cifar" not in p]
+        chosen = rng.choice(test, size=min(n_queries, len(test)), replace=False)
+        times: dict[str, list[float]] = {"old": [], "new": [], "new, qe=False": []}
+        for name in spaces:
+            spaces[name].search(like=paths[name][chosen[0]], k=k)  # warm: index loaded
+        for _ in range(rounds):
+            for q in chosen:
+                for label, name, opts in (("old", "old", {}), ("new", "new", {}), ("new, qe=False", "new", {"qe": False})):
+                    t = time.perf_counter()
+                    spaces[name].search(like=paths[name][q], k=k, **opts)
+                    times[label].append(time.perf_counter() - t)
+        for space in spaces.values():
+            space.close()
+    old = float(np.median(times["old"]))
+    for label, ts in times.items():
+        med = float(np.median(ts))
+        print(f"  {label:<40} median {1000 * med:6.1f} ms  p90 {1000 * np.percentile(ts, 90):6.1f} ms  "
+              f"{med / old:4.2f}x the old default", flush=True)
+
+
 if __name__ == "__main__":
     archs = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
     if len(sys.argv) > 1 and sys.argv[1] == "embed":
@@ -444,6 +482,8 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "tune":
         header("TUNING halves: each photo of the half queries the rest of it (P@1 / mAP)")
         tables(archs, grid(), list(TUNE))
+    elif len(sys.argv) > 1 and sys.argv[1] == "timing":
+        default_timing(n_queries=int(os.environ.get("QUERIES", "400")))
     elif len(sys.argv) > 1 and sys.argv[1] == "library":
         for arch in sys.argv[2:] or ["efficientnet-lite0"]:
             library_queries(arch, n_queries=int(os.environ.get("QUERIES", "400")))

@@ -129,6 +129,27 @@ def test_a_collection_keeps_its_model_when_the_default_changes(tmp_path, monkeyp
     assert hits[0]["path"].endswith("img_2.jpg") and hits[0]["score"] > 0.999
 
 
+def test_a_collection_without_a_recorded_spec_keeps_the_network_its_ids_name(tmp_path):
+    """Collections from before the spec was kept have only a model id: they must keep the
+    network it names (Lite0) now that the default is another, not be re-embedded with it."""
+    from imagespace.space import ImageSpace
+
+    lite0 = NETWORKS["efficientnet-lite0"]
+    with Collection(tmp_path / "old") as coll:
+        coll.bind_model("efficientnet-lite0/gem3-tf-resize224-v1/0123456789ab", "efficientnet-lite0", lite0.feature_dim)
+        coll.conn.execute("DELETE FROM meta WHERE key='model_spec'")
+        assert coll.get_meta("model_spec") is None
+        assert coll.model_spec == "efficientnet-lite0"
+        coll.set_meta("model_id", "my-trained-net/v3")  # not a network's id: no guess
+        assert coll.model_spec is None
+    assert imagespace.models.DEFAULT_MODEL != "efficientnet-lite0"
+    with Collection(tmp_path / "old2") as coll:
+        coll.bind_model("efficientnet-lite0/gem3-tf-resize224-v1/0123456789ab", "efficientnet-lite0", lite0.feature_dim)
+        coll.conn.execute("DELETE FROM meta WHERE key='model_spec'")
+    with ImageSpace(tmp_path / "old2") as space:
+        assert space.collection.get_meta("model_spec") is None and space.model_spec == "efficientnet-lite0"
+
+
 def test_training_starts_from_the_named_network(tmp_path):
     pytest.importorskip("torch")
     from test_train import make_classes
