@@ -285,3 +285,49 @@ def test_kept_copy_has_the_most_detail_not_the_most_pixels(tmp_path, case):
         assert "enlarged 1.6" in why[1], why
     else:
         assert "fewer pixels" in why[1], why
+
+
+def test_enlargement_check_only_where_the_choice_comes_to_it(tmp_path):
+    """The band ratio needs both files decoded whole, so it is measured only when no earlier
+    rule (an added border, a crop, lost EXIF) decides which copy to keep, and those rules
+    decide alike with any ratio; made grey on the centred windows alone, it is the ratio of
+    the whole grey images."""
+    from types import SimpleNamespace
+
+    from imagespace.analysis.copies import PairVerdict, needs_band_ratio, original_of
+    from imagespace.analysis.enlargement import band_ratio, enlargement_ratio
+
+    big = scene(3, (733, 555))
+    turned = Image.Exif()
+    turned[0x0112] = 6  # stored sideways: read upright
+    files = {"big.jpg": (big, None), "small.png": (big.resize((97, 61)), None),
+             "mid.jpg": (big.resize((401, 303)), None), "turned.jpg": (big.rotate(90, expand=True), turned)}
+    for name, (im, exif) in files.items():
+        im.save(tmp_path / name, **({"exif": exif} if exif is not None else {}))
+    for larger, smaller, scale in (("big.jpg", "small.png", 7.5), ("big.jpg", "mid.jpg", 1.83),
+                                   ("turned.jpg", "mid.jpg", 1.83), ("mid.jpg", "small.png", 4.1)):
+        whole = [np.asarray(load_pil(tmp_path / f).convert("L")) for f in (larger, smaller)]
+        assert enlargement_ratio(str(tmp_path / larger), str(tmp_path / smaller), scale) == round(band_ratio(*whole, scale), 4)
+
+    shot, lost = CaptureFacts(taken=T0), CaptureFacts()
+    plain, framed = SimpleNamespace(border=False), SimpleNamespace(border=True)
+    cases = [  # (a, b, facts a, facts b, covered a, covered b, scale, aspect change, measured?)
+        (plain, plain, lost, lost, 1.0, 1.0, 0.6, 1.0, True),
+        (plain, plain, shot, shot, 1.0, 1.0, 1.6, 1.0, True),
+        (plain, framed, lost, lost, 1.0, 1.0, 0.6, 1.0, False),
+        (plain, plain, lost, lost, 0.8, 1.0, 0.6, 1.0, False),
+        (plain, plain, shot, lost, 1.0, 1.0, 1.6, 1.0, False),
+        (plain, plain, lost, lost, 1.0, 1.0, 1.03, 1.0, False),
+    ]
+    squashed = PairVerdict("copy", 0.95, "", 100, 0.5, 0.95, 0.6, 1.0, 1.0)
+    squashed.aspect_change = 1.2  # no one scale at which to compare the bands: never measured
+    assert not needs_band_ratio(plain, plain, lost, lost, squashed)
+    for a, b, fa, fb, ca, cb, scale, aspect, measured in cases:
+        v = PairVerdict("copy", 0.95, "", 100, 0.5, 0.95, scale, ca, cb)
+        v.aspect_change = aspect
+        assert needs_band_ratio(a, b, fa, fb, v) == measured, (a, b, fa, fb, ca, cb, scale, aspect)
+        answers = set()
+        for ratio in (None, 0.5, 1.2):
+            v.band_ratio = ratio
+            answers.add(original_of(a, b, fa, fb, v, T0_NS, T0_NS, 1000, 1000))
+        assert (len(answers) > 1) == measured, answers

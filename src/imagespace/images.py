@@ -167,7 +167,7 @@ def load_pil(path: str | os.PathLike[str], max_side: int | None = None) -> Image
         if max_side and im.format == "JPEG":
             im.draft("RGB", _box(w, h, max_side))
         im.load()
-        im = ImageOps.exif_transpose(im) or im
+        ImageOps.exif_transpose(im, in_place=True)  # (not in place, it copies even an upright image)
         im = _to_rgb(im)
         if max_side:
             im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..images import VERIFY_SIDE, CaptureFacts
-from .enlargement import is_enlarged
+from .enlargement import MIN_SCALE, is_enlarged
 
 # Verification works on images of this size: enough keypoints, bounded cost per image.
 # 500 rather than 512: a 4000x3000 JPEG then decodes at 1/8 of its size.
@@ -33,7 +33,13 @@ _MIN_SIDE = 320
 _FEATURES = 1000
 _RATIO = 0.8
 _RANSAC_PIXELS = 5.0
-_RANSAC_ROUNDS = 1000
+# RANSAC stops by itself (OpenCV's 99.5% rule) once the best model holds enough of the
+# matches: within 500 rounds from 32% inliers on. A shorter run is the start of a longer one
+# (the sampler is seeded the same), so only pairs with fewer inliers than that can fare
+# otherwise; on look-alikes, which hold none, every round is paid (13 ms for 1,000). On both
+# halves of benchmarks/duplicate_tiers.py 500 rounds gave every copy and retake verdict of
+# 1,000 unchanged (look-alikes kept 'similar', some with a point or two fewer).
+_RANSAC_ROUNDS = 500
 # The first look: the strongest points of each image only.
 _FIRST_LOOK_POINTS = 250
 # Tuned on the train half: true pairs had 24-250 such matches, other photos of one species
@@ -156,8 +162,8 @@ class FeatureMaker:
         if not kp:
             return np.zeros((0, 2), np.float32), None
         # Strongest first: the first look matches only the head of the list.
-        order = np.argsort([-k.response for k in kp], kind="stable")
-        return np.float32([kp[i].pt for i in order]), desc[order]
+        order = np.argsort(-np.float32([k.response for k in kp]), kind="stable")
+        return self.cv2.KeyPoint_convert(kp)[order], desc[order]
 
 
 def _ratio_matches(da: np.ndarray, db: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -341,7 +347,7 @@ class PairChecker:
     def _match(self, pa, da, pb, db):
         cv2 = self.cv2
         # Inliers are a subset of the matches that pass the ratio test: with fewer of those
-        # than the bar, RANSAC (which runs its full 2,000 rounds on unrelated photos) is skipped.
+        # than the bar, RANSAC (which runs all its rounds on unrelated photos) is skipped.
         need = max(8, self.min_inliers)
         if da is None or db is None or len(da) < need or len(db) < need:
             return None, None, None, 0
@@ -571,6 +577,30 @@ def _camera(a: CaptureFacts | None, b: CaptureFacts | None) -> str:
 # -- which one to keep ----------------------------------------------------------------------
 
 
+def _original_by_frame(a, b, facts_a: CaptureFacts, facts_b: CaptureFacts, verdict: PairVerdict) -> tuple[str, str] | None:
+    """The first rules of :func:`original_of` (an added border, a crop, lost EXIF), or None
+    when none of them decides."""
+    if a.border != b.border:
+        return ("b", "has a border added") if a.border else ("a", "has a border added")
+    if verdict.covered_a < 0.9 and verdict.covered_b > 0.97:
+        return "a", "is a crop"
+    if verdict.covered_b < 0.9 and verdict.covered_a > 0.97:
+        return "b", "is a crop"
+    if (facts_a.taken is None) != (facts_b.taken is None):
+        return ("a", "has lost the camera's EXIF") if facts_a.taken is not None else ("b", "has lost the camera's EXIF")
+    return None
+
+
+def needs_band_ratio(a, b, facts_a: CaptureFacts, facts_b: CaptureFacts, verdict: PairVerdict) -> bool:
+    """Whether :func:`original_of` can reach ``verdict.band_ratio`` for these two copies: they
+    differ in size at one aspect ratio, and no earlier rule (border, crop, lost EXIF) decides.
+    The band ratio needs both files decoded at full size (a 12 MP photo: about 60 ms each),
+    so it is measured only then."""
+    if verdict.tier != "copy" or verdict.aspect_change != 1.0 or max(verdict.scale, 1 / verdict.scale) < MIN_SCALE:
+        return False  # (a resize to another aspect ratio has no one scale at which to compare the bands)
+    return _original_by_frame(a, b, facts_a, facts_b, verdict) is None
+
+
 def original_of(a, b, facts_a: CaptureFacts, facts_b: CaptureFacts,
                 verdict: PairVerdict, mtime_a: int, mtime_b: int, bytes_a: int, bytes_b: int) -> tuple[str, str]:
     """Of two copies, which is more likely the original: ("a" or "b", why the other is not).
@@ -583,14 +613,9 @@ def original_of(a, b, facts_a: CaptureFacts, facts_b: CaptureFacts,
     they were made by enlarging the other (``verdict.band_ratio``); less
     recompressed; captured or modified earlier; the larger file.
     """
-    if a.border != b.border:
-        return ("b", "has a border added") if a.border else ("a", "has a border added")
-    if verdict.covered_a < 0.9 and verdict.covered_b > 0.97:
-        return "a", "is a crop"
-    if verdict.covered_b < 0.9 and verdict.covered_a > 0.97:
-        return "b", "is a crop"
-    if (facts_a.taken is None) != (facts_b.taken is None):
-        return ("a", "has lost the camera's EXIF") if facts_a.taken is not None else ("b", "has lost the camera's EXIF")
+    decided = _original_by_frame(a, b, facts_a, facts_b, verdict)
+    if decided is not None:
+        return decided
     # More pixels win only when they hold more detail: an enlargement is the copy.
     enlarged = is_enlarged(verdict.band_ratio)
     squashed = "was resized to another aspect ratio and " if verdict.aspect_change != 1.0 else ""

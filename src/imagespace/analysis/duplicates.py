@@ -43,8 +43,8 @@ from ..images import CaptureFacts, ImageError, capture_facts, load_pil, read_byt
 from ..index import open_index
 from ._threads import worker_threads
 from .copies import (REGION_SIDE, SIGNALS, VERIFY_SIDE, FeatureMaker, ImageFeatures, PairChecker, PairVerdict,
-                     differs_in_region, original_of, region_note)
-from .enlargement import MIN_SCALE, enlargement_ratio
+                     differs_in_region, needs_band_ratio, original_of, region_note)
+from .enlargement import enlargement_ratio
 from .pair_cache import ImageSummary, PairCache
 
 # Candidates: up to NEIGHBOURS nearest neighbours of each image with cosine at least
@@ -381,10 +381,10 @@ class _Verifier:
         if fa is None or fb is None:
             return PairVerdict("similar", 0.0, "one of the two files could not be read")
         verdict = self._tools()[1].compare(fa, fb, xa, xb)
-        if verdict.tier == "copy" and verdict.aspect_change == 1.0 and max(verdict.scale, 1 / verdict.scale) >= MIN_SCALE:
-            # (A resize to another aspect ratio has no one scale at which to compare the bands.)
+        if needs_band_ratio(fa, fb, xa, xb, verdict):
             # Which has more pixels is decided later; whether they hold more detail needs
-            # both files at full size, so it is measured now, once, and kept with the verdict.
+            # both files at full size, so it is measured now, once, and kept with the verdict
+            # (only when the choice of the one to keep can come to it).
             large, small = (b, a) if verdict.scale > 1 else (a, b)
             verdict.band_ratio = enlargement_ratio(large.path, small.path, max(verdict.scale, 1 / verdict.scale))
             with self._lock:
