@@ -23,7 +23,7 @@ from .chance import chance_line
 from .concept_ranking import concept_classes, concept_names, concept_scores, is_weak
 from .filter_hints import where_hints
 from .filters import ids_passing
-from .rerank import reranked
+from .rerank import reranked, stored_vectors
 from .results import Hit, QueryError, finish
 from .score_meaning import COSINE, ScoreMeaning, cosine_meaning, probability_meaning
 from .text import classes_vector, clip_scores, explain, understand_words
@@ -221,22 +221,12 @@ class Searcher:
     # -- the parts -----------------------------------------------------------------------
 
     def _plain_cosines(self, vector: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Cosines of ``vector`` with the rows ``ids`` (-1 where a row is gone): from the index's
-        own float32 vectors when it keeps them (no database read for a page of 1,000 results),
-        else from the collection."""
+        """Cosines of ``vector`` with the rows ``ids`` (-1 where a row is gone or an id pads)."""
         ids = np.asarray(ids, dtype=np.int64)
         out = np.full(len(ids), -1.0, dtype=np.float32)
         real = ids >= 0
-        held = getattr(self.index, "vectors_of", None)
-        if held is not None and getattr(self.index, "holds_full_vectors", False):
-            vecs = held(ids[real])
-            if vecs is not None and len(vecs) == int(real.sum()) and np.isfinite(vecs).all():
-                out[real] = vecs @ vector
-                return out
-        found, vecs = self.collection.vectors(ids[real].tolist())
-        if len(found):
-            plain = dict(zip(found.tolist(), (vecs @ vector).tolist()))
-            out = np.asarray([plain.get(int(i), -1.0) for i in ids], dtype=np.float32)
+        plain = stored_vectors(self.collection, self.index, ids[real]) @ vector
+        out[real] = np.where(np.isfinite(plain), plain, -1.0)
         return out
 
     def _nearest(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -121,6 +121,21 @@ def _neighbours(index: VectorSearch, ids: np.ndarray, vectors: np.ndarray, n: in
     return out_ids, out_sims
 
 
+def stored_vectors(collection: Collection, index: VectorSearch, ids: np.ndarray) -> np.ndarray:
+    """The stored vectors of rows ``ids``, in that order; NaN rows for ids no longer there.
+    From the index's own float32 vectors when it holds them in memory, else the database."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if getattr(index, "holds_full_vectors", False):
+        return index.vectors_of(ids)
+    found, vecs = collection.vectors(ids.tolist())
+    out = np.full((len(ids), vecs.shape[1]), np.nan, dtype=np.float32)
+    if len(found):
+        pos = np.searchsorted(found, ids)
+        there = (pos < len(found)) & (found[np.minimum(pos, len(found) - 1)] == ids)
+        out[there] = vecs[pos[there]]
+    return out
+
+
 def reranked(
     collection: Collection,
     index: VectorSearch,
@@ -155,10 +170,7 @@ def reranked(
                 found, sims = index.search(q[None], n)
             return found[0], sims[0]
 
-        if getattr(index, "holds_full_vectors", False):
-            vectors_of = index.vectors_of  # the graph's own float32 vectors, in memory
-        else:
-            vectors_of = lambda ids: collection.vectors(ids.tolist())[1]  # noqa: E731
+        vectors_of = lambda ids: stored_vectors(collection, index, ids)  # noqa: E731
     if qe:
         found, sims = lookup(query, qe_neighbours + len(exclude) + 1, neighbours_only=True)
         keep = [(int(i), float(s)) for i, s in zip(found, sims) if i >= 0 and int(i) not in exclude][:qe_neighbours]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..vector_pipeline import CENTRED_QE_NEIGHBOURS
 from .chance import ChanceLine
 
 COSINE = "cosine"
@@ -38,8 +39,8 @@ def cosine_meaning(line: ChanceLine | None, *, augmented: bool = False, expanded
     ``expanded``: the answer was ordered by an expanded query (QE), its scores still plain."""
     meaning = "cosine similarity of the two images' vectors: 1 is the same picture, higher is closer"
     if expanded and not augmented:
-        meaning += ("; ordered by the query together with its 2 nearest images (query expansion, "
-                    "--no-qe for plain order), so a score can exceed the one above it")
+        meaning += (f"; ordered by the query together with its {CENTRED_QE_NEIGHBOURS} nearest images (query "
+                    "expansion, --no-qe for plain order), so a score can exceed the one above it")
     if augmented:
         return ScoreMeaning(COSINE, meaning + " (here against vectors averaged with their neighbours, --dba)",
                             "not judged with --dba: its scores are higher than plain cosines")
