@@ -2,7 +2,8 @@
 
     python -m benchmarks.bench_duplicates            # 640x480, 1600x1200, 4000x3000 (12 MP)
     python -m benchmarks.bench_duplicates --quick
-    python -m benchmarks.bench_duplicates --growth 2500 10000   # whole pass on cifar10 images
+    python -m benchmarks.bench_duplicates --growth 1000 10000 60000 100000 --work DIR
+        # whole pass on the first N cifar10 images; past its 60,000, generated copies and retakes
 
 The duplicate pass costs, per image: reading the header facts and decoding at 512 px (JPEG
 draft mode), ORB points of the image and its mirror, a thumbnail (once per image); per
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -105,12 +107,17 @@ def growth(counts: list[int], work: Path) -> list[dict]:
     names = sorted(n for n in zipfile.ZipFile(zip_path).namelist() if n.endswith(".jpg"))
     out = []
     for n in counts:
-        folder = work / f"cifar{n}"
+        folder = work / f"cifar{min(n, len(names))}"
         if not folder.exists():
             with zipfile.ZipFile(zip_path) as z:
                 for name in names[:n]:
                     z.extract(name, folder)
-        coll = index_folder(folder, work / f"db{n}")
+        folders = [folder]
+        if n > len(names):  # beyond cifar10's 60,000: generated copies and retakes of its images
+            folders.append(_copies_and_retakes(folder, work / f"extra{n - len(names)}", n - len(names)))
+            if not (work / f"db{n}").exists() and (work / f"db{len(names)}").exists():
+                shutil.copytree(work / f"db{len(names)}", work / f"db{n}")  # index only the new ones
+        coll = index_folder(folders, work / f"db{n}")
         for name in (PAIRS_FILE, FEATURES_FILE):  # a first pass (a reused --work folder keeps them)
             (work / f"db{n}" / name).unlink(missing_ok=True)
         # The candidate stage timed on its own by wrapping it here: the pass carries no timers.
@@ -139,6 +146,34 @@ def growth(counts: list[int], work: Path) -> list[dict]:
         print(got, flush=True)
         out.append(got)
         coll.close()
+    return out
+
+
+def _copies_and_retakes(originals: Path, out: Path, n: int) -> Path:
+    """``n`` files in ``out``: for each of the first n/2 images under ``originals``, an edited
+    copy (brighter, recompressed, a third of them mirrored) and a retake (another viewpoint,
+    light and noise, made at 4x and brought back to the original's size)."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    from imagespace.analysis.synthetic import retake
+
+    if out.exists() and sum(1 for _ in out.glob("*.jpg")) >= n:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    r = random.Random(0)
+    files = sorted(originals.glob("*/*/*.jpg"))
+    made = 0
+    for i, f in enumerate(files):
+        if made >= n:
+            break
+        im = Image.open(f).convert("RGB")
+        copy = ImageEnhance.Brightness(im).enhance(1.15)
+        (ImageOps.mirror(copy) if i % 3 == 0 else copy).save(out / f"{i:05d}_copy.jpg", quality=80)
+        made += 1
+        if made < n:
+            big = im.resize((im.width * 4, im.height * 4), Image.Resampling.BICUBIC)
+            retake(big, r).resize(im.size, Image.Resampling.LANCZOS).save(out / f"{i:05d}_retake.jpg", quality=90)
+            made += 1
     return out
 
 

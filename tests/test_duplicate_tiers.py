@@ -227,6 +227,49 @@ def test_features_come_from_indexing_and_are_kept_with_the_same_verdicts(tmp_pat
     assert fresh == seeded and stats["images_grey_from_indexing"] == 0 and stats["images_with_features"] > 0, stats
 
 
+def test_a_pass_beyond_its_memory_computes_no_image_twice_and_keeps_the_store_bounded(tmp_path, monkeypatch):
+    """Memory for one image's features only, a store of 150 KB: what leaves memory comes back
+    from the pass's scratch file (never computed twice), the verdicts are those of a pass with
+    room for all, the store ends within its limit with the newest features, and the scratch
+    file leaves nothing behind."""
+    from functools import partial
+
+    from imagespace.analysis import duplicates
+    from imagespace.analysis.duplicates import duplicate_report
+    from imagespace.analysis.pair_cache import FILE_NAME as PAIRS_FILE
+    from imagespace.collection import Collection
+    from imagespace.feature_store import FILE_NAME, FeatureStore
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    src = scene(31, (480, 360))
+    src.save(photos / "original.jpg", quality=90)
+    ImageEnhance.Brightness(src).enhance(1.2).save(photos / "brighter.jpg", quality=85)
+    retake(src, random.Random(5)).save(photos / "retake.jpg", quality=90)
+    for i in range(32, 35):
+        scene(i, (480, 360)).save(photos / f"other_{i}.jpg", quality=90)
+    db = tmp_path / "db"
+    run_cli("index", photos, "--db", db, "--json")
+
+    def run():
+        (db / PAIRS_FILE).unlink(missing_ok=True)
+        (db / FILE_NAME).unlink(missing_ok=True)
+        with Collection(db, create=False) as coll:
+            report = duplicate_report(coll)
+        return {k: (p.verdict.tier, p.verdict.inliers) for k, p in report.pairs.items()}, report.stats
+
+    roomy, _ = run()
+    monkeypatch.setattr(duplicates, "_CACHE_BYTES", 1)
+    monkeypatch.setattr(duplicates, "FeatureStore", partial(FeatureStore, limit_bytes=150_000))
+    tight, stats = run()
+    assert tight == roomy and any(t == "copy" for t, _ in tight.values()), tight
+    assert stats["images_with_features"] == 6 and stats["images_features_stored"] > 0, stats
+    store = FeatureStore(db, limit_bytes=150_000)
+    assert 0 < store.total <= 150_000, store.total
+    store.close()
+    assert sorted(p.name for p in db.iterdir() if "imagespace-pass" in p.name) == []
+
+
 def test_plain_small_copy_falls_back_to_the_global_vectors(tmp_path):
     """A small smooth picture saved again has too few local features to verify: at cosine
     >= 0.99 it is still a copy (the earlier behaviour), with a reason that says so."""

@@ -1,11 +1,11 @@
 """The per-image store beside a collection (grey images from indexing, features from the
-duplicate pass): bounded in bytes, oldest out first, never an entry of the running pass."""
+duplicate pass): bounded in bytes, oldest out first; and a pass's own scratch file."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from imagespace.feature_store import FILE_NAME, FeatureStore, pack_grey, unpack_grey
+from imagespace.feature_store import FILE_NAME, FeatureStore, ScratchFile, pack_grey, unpack_grey
 
 
 def test_oldest_entries_leave_first_once_over_the_limit(tmp_path):
@@ -19,18 +19,24 @@ def test_oldest_entries_leave_first_once_over_the_limit(tmp_path):
     again.close()
 
 
-def test_a_running_pass_keeps_its_own_entries_until_it_closes(tmp_path):
+def test_a_pass_scratch_file_reads_back_by_digest_and_leaves_nothing(tmp_path):
+    scratch = ScratchFile(tmp_path)
+    scratch.put([(f"d{i}", bytes([i]) * 1000) for i in range(4)])
+    scratch.put([("d1", b"z" * 1000)])  # computed again: the newer wins
+    assert scratch.get("d0") == bytes([0]) * 1000 and scratch.get("d1") == b"z" * 1000 and scratch.get("x") is None
+    assert [d for d, _ in scratch.newest(2500)] == ["d2", "d3"]  # the newest that fit, oldest of them first
+    assert list(tmp_path.iterdir()) == []  # an unnamed file: a killed pass leaves nothing either
+    scratch.close()
+    assert scratch.get("d0") is None
+
+
+def test_the_store_stays_within_its_limit_whatever_is_put(tmp_path):
     old = FeatureStore(tmp_path, limit_bytes=2500)
     old.put("grey", [("old", b"x" * 1000)])
+    old.put("features", [(f"d{i}", b"y" * 1000) for i in range(4)], replaces="grey")
+    assert old.get("grey", "old") is None and old.total <= 2500  # oldest first
+    assert old.get("features", "d3") is not None and old.get("features", "d0") is None
     old.close()
-    run = FeatureStore(tmp_path, limit_bytes=2500, keep_this_run=True)
-    run.put("features", [(f"d{i}", b"y" * 1000) for i in range(4)], replaces="grey")
-    assert run.get("grey", "old") is None  # older entries go first
-    assert all(run.get("features", f"d{i}") for i in range(4))  # this pass's stay, over the limit
-    run.close()
-    after = FeatureStore(tmp_path, limit_bytes=2500)
-    assert after.total <= 2500 and after.get("features", "d3") is not None and after.get("features", "d0") is None
-    after.close()
 
 
 def test_features_replace_the_grey_image_and_a_broken_file_is_no_store(tmp_path):

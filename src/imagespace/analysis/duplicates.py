@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..collection import Collection, Row
-from ..feature_store import FeatureStore, unpack_grey
+from ..feature_store import FeatureStore, ScratchFile, unpack_grey
 from ..images import CaptureFacts, ImageError, capture_facts, load_pil, read_bytes, verify_grey
 from ..index import open_index
 from ._threads import worker_threads
@@ -62,9 +62,11 @@ UNVERIFIED_SIMILARITY = 0.95
 # Up to this many rows candidates come from an exact all-against-all product (about 1 ms of
 # CPU an image at the limit); beyond, from the ANN index.
 EXACT_CANDIDATES = 20_000
-# Features held in memory (about 160 KB an image at 500 px); beyond it they are read back
-# from the feature store beside the collection rather than computed again.
+# Features held in memory (about 100 KB a camera photo, 25 KB a small image); beyond it
+# they are read back from the pass's scratch file rather than computed again.
 _CACHE_BYTES = 512 * 1024 * 1024
+# The feature store's name for what pack_features writes: a new layout takes a new name.
+_FEATURES = "features2"
 _BLOCK = 512  # candidate pairs per block: at most 1,024 images, well inside the cache
 TIERS = ("copy", "retake", "all")
 
@@ -136,8 +138,9 @@ def duplicate_report(
     }
     rows = collection.rows({i for key in list(candidates) + list(identical) for i in key})
     cache = PairCache(collection.root if verify else None)
-    store = FeatureStore(collection.root if verify else None, keep_this_run=True)
-    verifier = _Verifier(SIGNALS, cache, store)
+    store = FeatureStore(collection.root if verify else None)
+    scratch = ScratchFile(collection.root) if verify else None
+    verifier = _Verifier(SIGNALS, cache, store, scratch)
     try:
         if verify:
             _verify(candidates, rows, pairs, verifier, progress)
@@ -152,9 +155,12 @@ def duplicate_report(
         groups, why, keep_too = _copy_groups(pairs, rows, verifier, verify)
         retakes = _retake_groups(pairs, rows, verifier, groups)
         verifier.flush()
+        verifier.keep_features()
     finally:
         cache.close()
         store.close()
+        if scratch is not None:
+            scratch.close()
     tiers = [p.verdict.tier for p in pairs.values()]
     stats.update({f"{t}_pairs": tiers.count(t) for t in ("copy", "retake", "similar")})
     stats["verified_pairs"] = verifier.pairs
@@ -307,16 +313,16 @@ class _Verifier:
     """
 
     def __init__(self, signals: tuple[str, ...] = SIGNALS, cache: PairCache | None = None,
-                 features: FeatureStore | None = None):
+                 features: FeatureStore | None = None, scratch: ScratchFile | None = None):
         import cv2
 
         self.signals = signals
         self.store = cache or PairCache(None)
         self.feature_store = features or FeatureStore(None)
+        self.scratch = scratch  # None: features stay in memory only
         self.summaries: dict[int, ImageSummary | None] = {}
         self._new_pairs: list[tuple[str, str, PairVerdict]] = []
         self._new_images: list[tuple[str, ImageSummary]] = []
-        self._new_features: list[tuple[str, bytes]] = []
         self.cached = 0
         cv2.setNumThreads(1)  # many tiny calls: threads inside OpenCV cost more than they give
         self._local = threading.local()
@@ -343,7 +349,8 @@ class _Verifier:
             if row.id in self.cache:
                 self.cache.move_to_end(row.id)
                 return self.cache[row.id]
-        kept = self.feature_store.get("features", row.digest)
+        kept = self.scratch.get(row.digest) if self.scratch is not None else None
+        kept = kept or self.feature_store.get(_FEATURES, row.digest)
         if kept is not None:
             feats, facts = unpack_features(kept)
             with self._lock:
@@ -370,10 +377,11 @@ class _Verifier:
         except ImageError:
             return None, facts  # unreadable now: it cannot be shown to be a duplicate
         feats = self._tools()[0](grey, (row.width or grey.shape[1], row.height or grey.shape[0]))
+        if self.scratch is not None:  # at once: memory may let it go before the block ends
+            self.scratch.put([(row.digest, pack_features(feats, facts))])
         with self._lock:
             self.extracted += 1
             self.from_indexing += seeded is not None
-            self._new_features.append((row.digest, pack_features(feats, facts)))
         return feats, facts
 
     def compare(self, a: Row, b: Row) -> PairVerdict:
@@ -438,16 +446,24 @@ class _Verifier:
 
     def flush(self) -> None:
         with self._lock:
-            pairs, images, features = self._new_pairs, self._new_images, self._new_features
-            self._new_pairs, self._new_images, self._new_features = [], [], []
+            pairs, images = self._new_pairs, self._new_images
+            self._new_pairs, self._new_images = [], []
         self.store.put_pairs(pairs)
         self.store.put_images(images)
-        self.feature_store.put("features", features, replaces="grey")
+
+    def keep_features(self) -> None:
+        """Into the feature store, for later passes: the features this pass computed last,
+        as many as its limit holds (each in place of the image's grey, now of no more use)."""
+        if self.scratch is None:
+            return
+        newest = self.scratch.newest(self.feature_store.limit)
+        for start in range(0, len(newest), 1024):
+            self.feature_store.put(_FEATURES, newest[start : start + 1024], replaces="grey")
 
 
 # -- features kept between runs -----------------------------------------------------------
 
-_ARRAYS = ("points", "descriptors", "points_mirrored", "descriptors_mirrored", "thumb")
+_ARRAYS = ("points", "descriptors", "points_mirrored", "descriptors_mirrored", "thumb_grey")
 
 
 def pack_features(feats: ImageFeatures, facts: CaptureFacts) -> bytes:
