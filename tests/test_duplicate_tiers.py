@@ -333,8 +333,8 @@ def test_kept_copy_has_the_most_detail_not_the_most_pixels(tmp_path, case):
 def test_enlargement_check_only_where_the_choice_comes_to_it(tmp_path):
     """The band ratio needs both files decoded whole, so it is measured only when no earlier
     rule (an added border, a crop, lost EXIF) decides which copy to keep, and those rules
-    decide alike with any ratio; made grey on the centred windows alone, it is the ratio of
-    the whole grey images."""
+    decide alike with any ratio; taken on the centred windows alone, it is the ratio of the
+    whole grey images."""
     from types import SimpleNamespace
 
     from imagespace.analysis.copies import PairVerdict, needs_band_ratio, original_of
@@ -349,8 +349,12 @@ def test_enlargement_check_only_where_the_choice_comes_to_it(tmp_path):
         im.save(tmp_path / name, **({"exif": exif} if exif is not None else {}))
     for larger, smaller, scale in (("big.jpg", "small.png", 7.5), ("big.jpg", "mid.jpg", 1.83),
                                    ("turned.jpg", "mid.jpg", 1.83), ("mid.jpg", "small.png", 4.1)):
-        whole = [np.asarray(load_pil(tmp_path / f).convert("L")) for f in (larger, smaller)]
-        assert enlargement_ratio(str(tmp_path / larger), str(tmp_path / smaller), scale) == round(band_ratio(*whole, scale), 4)
+        whole = [np.asarray(load_pil(tmp_path / f, grey=True)) for f in (larger, smaller)]
+        ratio = enlargement_ratio(str(tmp_path / larger), str(tmp_path / smaller), scale)
+        assert ratio == round(band_ratio(*whole, scale), 4)
+        # A JPEG's own luma, decoded without its colour, against its RGB image made grey.
+        from_rgb = [np.asarray(load_pil(tmp_path / f).convert("L")) for f in (larger, smaller)]
+        assert abs(ratio / band_ratio(*from_rgb, scale) - 1) < 0.02
 
     shot, lost = CaptureFacts(taken=T0), CaptureFacts()
     plain, framed = SimpleNamespace(border=False), SimpleNamespace(border=True)

@@ -152,6 +152,27 @@ def test_orientation_6_rotates_pixels_clockwise():
     assert bottom[0] > 200 and bottom[2] < 50
 
 
+@pytest.mark.parametrize("mode", ["RGB", "CMYK", "RGBA"])
+def test_grey_load_is_upright_and_matches_the_colour_image_made_grey(tmp_path, mode):
+    """``load_pil(grey=True)``: a JPEG's own luma (its colour never decoded), or any other
+    image made grey; upright, and within a few grey levels of the RGB image made grey."""
+    y, x = np.mgrid[0:40, 0:60]
+    a = np.stack([x * 4, y * 6, 255 - x * 2], axis=-1).astype(np.uint8)  # smooth colours, like a photo
+    a[:, :30] //= 4  # a dark left half
+    im = Image.fromarray(a).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / ("x.png" if mode == "RGBA" else "x.jpg")
+    im.save(path, **({"exif": exif.tobytes(), "quality": 95} if mode != "RGBA" else {}))
+    grey, rgb = load_pil(path, grey=True), load_pil(path)
+    assert grey.mode == "L" and grey.size == rgb.size == ((40, 60) if mode != "RGBA" else (60, 40))
+    g = np.asarray(grey, dtype=int)
+    diff = np.abs(g - np.asarray(rgb.convert("L"), dtype=int))
+    assert diff.mean() < 1 and diff.max() <= 8, (diff.mean(), diff.max())  # most at the sharp colour edge
+    if mode != "RGBA":  # turned clockwise: the dark left half is now on top
+        assert g[:25].mean() < g[35:].mean() / 2
+
+
 def test_broken_exif_block_is_ignored():
     # An EXIF segment that is not valid TIFF data must not fail the image.
     good = encode(Image.fromarray(quadrants()), "JPEG")

@@ -154,8 +154,9 @@ def load_image(path: str | os.PathLike[str], size: int = 224) -> DecodedImage:
     return decode(read_bytes(path), size=size)
 
 
-def load_pil(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image:
-    """An upright RGB Pillow image, for thumbnails and analysis that needs more pixels."""
+def load_pil(path: str | os.PathLike[str], max_side: int | None = None, *, grey: bool = False) -> Image.Image:
+    """An upright RGB Pillow image, for thumbnails and analysis that needs more pixels; with
+    ``grey``, an "L" image (a JPEG's own luma: its colour is never decoded, half the time)."""
     data = read_bytes(path)
     try:
         im = Image.open(io.BytesIO(data))
@@ -164,11 +165,11 @@ def load_pil(path: str | os.PathLike[str], max_side: int | None = None) -> Image
             raise ImageError(f"image is {w:,}x{h:,} pixels, over the limit of {MAX_PIXELS:,}")
         if getattr(im, "n_frames", 1) > 1:
             im.seek(0)
-        if max_side and im.format == "JPEG":
-            im.draft("RGB", _box(w, h, max_side))
+        if im.format == "JPEG" and (max_side or grey):
+            im.draft("L" if grey else "RGB", _box(w, h, max_side) if max_side else (w, h))
         im.load()
         ImageOps.exif_transpose(im, in_place=True)  # (not in place, it copies even an upright image)
-        im = _to_rgb(im)
+        im = (im if im.mode == "L" else _to_rgb(im).convert("L")) if grey else _to_rgb(im)
         if max_side:
             im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
         return im

@@ -94,11 +94,12 @@ def enlargement_ratio(path_larger: str, path_smaller: str, scale: float) -> floa
     if scale < MIN_SCALE:
         return None
     try:
-        large, small = load_pil(path_larger), load_pil(path_smaller)
+        # Grey as decoded: a JPEG's luma alone, without its colour (38 ms for a 12 MP photo
+        # rather than 65-80, and within 2 grey levels of the RGB image made grey).
+        large, small = load_pil(path_larger, grey=True), load_pil(path_smaller, grey=True)
     except ImageError:
         return None
-    # Only the centred windows are made grey (a 12 MP photo's whole grey image costs 25 ms):
-    # cut with their own centring, they give the very windows band_ratio takes.
+    # Cut with their own centring, the windows are the very ones band_ratio takes.
     side, small_side = _sides(small.size, scale)
     large, small = (_centre_grey(im, s) for im, s in ((large, side), (small, small_side)))
     ratio = _ratio(large, small, side, small_side, scale)
@@ -106,9 +107,9 @@ def enlargement_ratio(path_larger: str, path_smaller: str, scale: float) -> floa
 
 
 def _centre_grey(im, side: int) -> np.ndarray:
-    """The centred window of :func:`_centre` of a Pillow RGB image, grey."""
+    """The centred window of :func:`_centre` of a grey Pillow image."""
     x0, y0, n = _centre(im.size, side)
-    return np.asarray(im.crop((x0, y0, x0 + n, y0 + n)).convert("L"))
+    return np.asarray(im.crop((x0, y0, x0 + n, y0 + n)))
 
 
 def is_enlarged(ratio: float | None) -> bool:
