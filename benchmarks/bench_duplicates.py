@@ -275,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         margin(photos, tuple(args.margin), args.work or Path(tempfile.mkdtemp(prefix="dup-margin-")))
         return 0
     if args.growth:
+        from benchmarks._common import cpu_name
+
+        print(f"CPU: {cpu_name()}, {os.cpu_count()} cores", flush=True)
         growth(args.growth, args.work or Path(tempfile.mkdtemp(prefix="dup-growth-")))
         return 0
     cv2.setNumThreads(1)

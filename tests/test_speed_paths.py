@@ -64,6 +64,11 @@ def test_reduced_index_returns_exact_top_results_and_cosines(tmp_path):
     np.testing.assert_allclose(np.sort(sims[0])[::-1], np.sort(stored @ queries[0])[::-1], atol=1e-5)
     assert sims[0][order].shape == (5,)
     np.testing.assert_allclose(index.vectors_of(ids[0][:2]), vecs[ids[0][:2] - 1], atol=1e-6)
+    # Many queries at once (each against its own candidates) answer as one at a time.
+    for i in (0, 7, 19):
+        one_ids, one_sims = index.search(queries[i : i + 1], 5)
+        assert one_ids[0].tolist() == ids[i].tolist()
+        np.testing.assert_allclose(one_sims[0], sims[i], atol=1e-5)
 
 
 def test_reduced_index_survives_saving_reopening_and_new_rows(tmp_path):
