@@ -27,7 +27,9 @@ def test_a_pass_scratch_file_reads_back_by_digest_and_leaves_nothing(tmp_path):
     assert [d for d, _ in scratch.newest(2500)] == ["d2", "d3"]  # the newest that fit, oldest of them first
     assert list(tmp_path.iterdir()) == []  # an unnamed file: a killed pass leaves nothing either
     scratch.close()
-    assert scratch.get("d0") is None
+    assert scratch.get("d0") is None and scratch.newest(2500) == []
+    scratch.put([("d9", b"x")])  # after closing (or a full disk): keeps nothing, raises nothing
+    assert scratch.get("d9") is None
 
 
 def test_the_store_stays_within_its_limit_whatever_is_put(tmp_path):
@@ -52,3 +54,17 @@ def test_features_replace_the_grey_image_and_a_broken_file_is_no_store(tmp_path)
     assert not broken.enabled and broken.get("grey", "d") is None
     broken.put("grey", [("d", b"x")])  # nothing happens, nothing raises
     broken.close()
+
+
+def test_a_full_disk_leaves_the_pass_to_its_memory(tmp_path, monkeypatch):
+    import imagespace.feature_store as feature_store
+
+    scratch = ScratchFile(tmp_path)
+    scratch.put([("a", b"1" * 10)])
+
+    def full(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(feature_store.os, "pwrite", full)
+    scratch.put([("b", b"2" * 10)])  # nothing raises: what leaves memory is computed again
+    assert scratch.get("a") is None and scratch.get("b") is None and scratch.newest(100) == []

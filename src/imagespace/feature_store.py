@@ -6,9 +6,9 @@ Two kinds of entries:
 - ``grey``: the grey image duplicate verification works on (longest side 500), written by
   indexing when its own decode gave it for free (large JPEGs decode at 1/8 for the model
   and for verification alike), so the duplicate pass need not decode those files again;
-- ``features``: what verification computed of an image (local features, thumbnail, facts),
-  written by the duplicate pass, so a later pass, or the same pass when an image comes back
-  after leaving its memory, does not compute them again. It replaces the image's ``grey``.
+- features (the duplicate pass names the kind after its layout): what verification computed
+  of an image (local features, thumbnail, facts), written when a pass ends, the newest that
+  fit, so a later pass does not compute them again. They replace the image's ``grey``.
 
 A cache only: a SQLite file of its own (never the collection's database), safe to delete;
 where it cannot be written, callers run without it. Entries go oldest first once the file
@@ -172,7 +172,7 @@ class ScratchFile:
         """The most recently added entries that fit in ``limit_bytes``, oldest of them first."""
         out, size = [], 0
         for digest in reversed(self._order):
-            n = self._where[digest][1]
+            n = self._where.get(digest, (0, limit_bytes + 1))[1]
             if size + n > limit_bytes:
                 break
             blob = self.get(digest)
@@ -187,6 +187,7 @@ class ScratchFile:
             self._file.close()
         self._file = None
         self._where.clear()
+        self._order.clear()
 
     def close(self) -> None:
         with self._lock:
