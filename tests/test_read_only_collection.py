@@ -71,6 +71,17 @@ def test_search_and_info_work_on_read_only_storage(read_only_db):
     assert sorted(p.name for p in db.iterdir()) == read_only_db["before"]
 
 
+def test_duplicates_work_on_read_only_storage_and_leave_nothing(read_only_db):
+    """The pair cache, the feature store and the pass's scratch file cannot be beside the
+    collection: the pass runs without the first two and keeps its scratch file elsewhere."""
+    db, prefix = read_only_db["db"], read_only_db["prefix"]
+    found = run_cli("duplicates", "--db", db, "--json", prefix=prefix)
+    assert found.returncode == 0, found.stderr
+    stats = json.loads(found.stdout)["stats"]
+    assert stats["images"] == 6 and stats["verified_pairs"] > 0 and stats["images_with_features"] > 0, stats
+    assert sorted(p.name for p in db.iterdir()) == read_only_db["before"]
+
+
 def test_writing_commands_say_the_collection_is_read_only(read_only_db):
     db, prefix = read_only_db["db"], read_only_db["prefix"]
     out = run_cli("index", read_only_db["photos"], "--db", db, prefix=prefix)
