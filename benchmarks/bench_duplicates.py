@@ -146,6 +146,10 @@ def growth(counts: list[int], work: Path) -> list[dict]:
         print(got, flush=True)
         out.append(got)
         coll.close()
+    first = out[0]
+    for got in out:  # flat means a ratio near 1 against the smallest collection of this run
+        print(f"  {got['images']:>7,} images: {got['cpu_ms_per_image']:.2f} ms CPU an image, "
+              f"{got['cpu_ms_per_image'] / first['cpu_ms_per_image']:.2f}x the cost at {first['images']:,}", flush=True)
     return out
 
 
