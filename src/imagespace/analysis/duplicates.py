@@ -11,8 +11,9 @@ Four stages, cheapest first:
 3. each candidate pair is placed in one tier by :mod:`.copies` (the shape of the fitted
    transform, the agreement of the aligned pixels, EXIF capture times) with a reason. Each
    image's features are computed once: from the grey image indexing kept, else by decoding
-   the file; then kept in memory up to a byte budget and in the feature store beside the
-   collection (:mod:`imagespace.feature_store`), so no image is decoded twice in a pass;
+   the file; then kept in memory up to a byte budget and beyond it in the pass's scratch
+   file, so no image is decoded twice in a pass; the newest go to the feature store beside
+   the collection (:mod:`imagespace.feature_store`) for later passes;
 4. groups are made only of verified pairs of one tier, as stars around one member: every
    member of a copy group was checked to be a copy of the kept one, so nothing joins a
    group by chaining through pairs that were never compared.
@@ -62,7 +63,7 @@ UNVERIFIED_SIMILARITY = 0.95
 # Up to this many rows candidates come from an exact all-against-all product (about 1 ms of
 # CPU an image at the limit); beyond, from the ANN index.
 EXACT_CANDIDATES = 20_000
-# Features held in memory (about 100 KB a camera photo, 25 KB a small image); beyond it
+# Features held in memory (about 100 KB a camera photo, 28 KB a small image); beyond it
 # they are read back from the pass's scratch file rather than computed again.
 _CACHE_BYTES = 512 * 1024 * 1024
 # The feature store's name for what pack_features writes: a new layout takes a new name.
@@ -306,7 +307,7 @@ def _verify(candidates: dict[tuple[int, int], float], rows: dict[int, Row], pair
 
 class _Verifier:
     """Features and capture facts per image (in memory up to a byte budget, then in the
-    feature store), and pair verdicts.
+    pass's scratch file), and pair verdicts.
 
     Safe to call from several threads: each thread has its own OpenCV tools, and the cache
     and the counters are shared under a lock.
